@@ -1,0 +1,365 @@
+"""The file formats: a core, an adapter, or a full network, each one `safetensors` file.
+
+Every file carries string metadata (`__metadata__`):
+
+    format_version   "1"
+    kind             "core" | "adapter" | "network" (a baseline: all weights, no projection)
+    config           the HourglassConfig as JSON (K, widths, depth, input size, normalisation)
+    num_landmarks, input_size, normalization (JSON mean/std), landmark_names (JSON list)
+    core_sha256      core: its own content fingerprint; adapter: the exact core it adapts
+    category         adapter/network: what it finds landmarks on
+    targets          adapter: which convs carry projections ("all" or "3x3")
+    command, created, training_seconds, metrics (JSON), license   provenance
+
+The fingerprint is the SHA-256 of the tensors as stored (names, dtypes, shapes, bytes), so
+re-saving with other metadata keeps it. Loading never unpickles: we parse the safetensors
+header ourselves, reject pickle and zip (torch.save) content by its magic bytes, and check
+names, shapes, dtypes, finiteness, version and fingerprint with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
+
+from landmarks.hourglass import HourglassConfig, LandmarkHourglass
+from landmarks.projection import expected_adapter_shapes
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ArtifactError",
+    "NotSafetensorsError",
+    "PickleFileError",
+    "MetadataError",
+    "TensorMismatchError",
+    "NonFiniteError",
+    "CoreMismatchError",
+    "TooLargeError",
+    "Core",
+    "Adapter",
+    "Network",
+    "tensor_fingerprint",
+    "save_core",
+    "save_adapter",
+    "save_network",
+    "read_artifact",
+    "load_core",
+    "load_adapter",
+    "load_network",
+]
+
+FORMAT_VERSION = "1"
+_ALLOWED_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+_MAX_HEADER = 16 * 1024 * 1024
+
+
+class ArtifactError(ValueError):
+    """A core/adapter/network file is unusable; the message says why and what to do."""
+
+
+class NotSafetensorsError(ArtifactError):
+    pass
+
+
+class PickleFileError(NotSafetensorsError):
+    pass
+
+
+class MetadataError(ArtifactError):
+    pass
+
+
+class TensorMismatchError(ArtifactError):
+    pass
+
+
+class NonFiniteError(ArtifactError):
+    pass
+
+
+class CoreMismatchError(ArtifactError):
+    """The adapter was trained against another core (serving: FAILED_PRECONDITION)."""
+
+
+class TooLargeError(ArtifactError):
+    pass
+
+
+def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class _Artifact:
+    config: HourglassConfig
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    sha256: str  # fingerprint of this file's tensors
+
+    @property
+    def num_landmarks(self) -> int:
+        return self.config.num_landmarks
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return json.loads(self.metadata.get("landmark_names", "[]"))
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for k, t in self.tensors.items() if not k.endswith(("running_mean", "running_var",
+                                                                                 "num_batches_tracked")))
+
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+@dataclass(frozen=True)
+class Core(_Artifact):
+    def build(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LandmarkHourglass:
+        model = LandmarkHourglass(self.config)
+        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()})
+        return model.to(device).eval()
+
+    def float_state(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()}
+
+
+@dataclass(frozen=True)
+class Adapter(_Artifact):
+    @property
+    def category(self) -> str:
+        return self.metadata["category"]
+
+    @property
+    def core_sha256(self) -> str:
+        return self.metadata["core_sha256"]
+
+    @property
+    def targets(self) -> str:
+        return self.metadata["targets"]
+
+
+@dataclass(frozen=True)
+class Network(_Artifact):
+    """A baseline's full network (finetune / scratch): every weight, no projection."""
+
+    @property
+    def category(self) -> str:
+        return self.metadata.get("category", "")
+
+    def build(self, device: torch.device | str = "cpu") -> LandmarkHourglass:
+        model = LandmarkHourglass(self.config)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.tensors.items()})
+        return model.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------- saving
+def _base_metadata(kind: str, config: HourglassConfig, landmark_names: list[str] | None, extra: Mapping[str, object]):
+    names = list(landmark_names or [])
+    if names and len(names) != config.num_landmarks:
+        raise ValueError(f"{len(names)} landmark names for K={config.num_landmarks}")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config.to_json(),
+        "num_landmarks": str(config.num_landmarks),
+        "input_size": str(config.input_size),
+        "normalization": json.dumps({"mean": list(config.mean), "std": list(config.std)}),
+        "landmark_names": json.dumps(names),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for key, value in extra.items():
+        if value is None:
+            continue
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    return meta
+
+
+def _write(path: Path | str, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)  # atomic: readers never see a half-written file
+    return path
+
+
+def save_core(
+    path: Path | str,
+    model: LandmarkHourglass,
+    landmark_names: list[str] | None = None,
+    dtype: torch.dtype = torch.float16,
+    **provenance: object,
+) -> str:
+    """Store a trained core (fp16 by default, ~13 MB for the paper preset); returns its fingerprint."""
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+    fingerprint = tensor_fingerprint(tensors)
+    meta = _base_metadata("core", model.config, landmark_names, {"core_sha256": fingerprint, **provenance})
+    _write(path, tensors, meta)
+    return fingerprint
+
+
+def save_adapter(
+    path: Path | str,
+    tensors: Mapping[str, torch.Tensor],
+    config: HourglassConfig,
+    category: str,
+    core_sha256: str,
+    targets: str = "all",
+    landmark_names: list[str] | None = None,
+    **provenance: object,
+) -> Path:
+    """Store an adapter (float32: the projections sit close to identity and fp16 would blur them)."""
+    meta = _base_metadata("adapter", config, landmark_names,
+                          {"category": category, "core_sha256": core_sha256, "targets": targets, **provenance})
+    return _write(path, {k: v.float() for k, v in tensors.items()}, meta)
+
+
+def save_network(path: Path | str, model: LandmarkHourglass, category: str, **provenance: object) -> Path:
+    tensors = {k: v.float() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    meta = _base_metadata("network", model.config, None, {"category": category, **provenance})
+    return _write(path, tensors, meta)
+
+
+# ---------------------------------------------------------------------------------------- loading
+def _parse_header(data: bytes, source: str) -> dict:
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise PickleFileError(
+            f"{source} is a Python pickle, which we never load (unpickling runs arbitrary code). "
+            "Convert the weights to safetensors (safetensors.torch.save_file) and try again."
+        )
+    if data[:4] == b"PK\x03\x04":
+        raise PickleFileError(
+            f"{source} is a zip archive, most likely torch.save output (pickle inside), which we never load. "
+            "Convert it to safetensors (safetensors.torch.save_file) and try again."
+        )
+    if len(data) < 10:
+        raise NotSafetensorsError(f"{source} is {len(data)} bytes: too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > min(_MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
+        raise NotSafetensorsError(f"{source} is not a safetensors file (bad header); save it with safetensors")
+    try:
+        return json.loads(data[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotSafetensorsError(f"{source}: safetensors header is not valid JSON ({exc})") from None
+
+
+def read_artifact(
+    source: Path | str | bytes, expected_kind: str | None = None, max_bytes: int | None = None, name: str = ""
+) -> Core | Adapter | Network:
+    """Parse and validate any of our files (structure, metadata, tensors); no core check here."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, label = bytes(source), name or "the adapter bytes"
+    else:
+        path = Path(source)
+        label = name or str(path)
+        if not path.is_file():
+            raise ArtifactError(f"{label}: no such file")
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise TooLargeError(f"{label} is {path.stat().st_size} bytes, over the {max_bytes}-byte limit")
+        data = path.read_bytes()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise TooLargeError(f"{label} is {len(data)} bytes, over the {max_bytes}-byte limit")
+
+    header = _parse_header(data, label)
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise MetadataError(f"{label}: __metadata__ must map strings to strings")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MetadataError(
+            f"{label}: format_version {version!r} is not supported (this build reads {FORMAT_VERSION!r}); "
+            "re-export the file with this version of landmark-adapters"
+        )
+    kind = meta.get("kind")
+    if kind not in ("core", "adapter", "network"):
+        raise MetadataError(f"{label}: kind {kind!r} must be 'core', 'adapter' or 'network'")
+    if expected_kind and kind != expected_kind:
+        raise MetadataError(f"{label} is a {kind} file, expected a {expected_kind}")
+    required = {"config"} | ({"category", "core_sha256", "targets"} if kind == "adapter" else set())
+    missing = sorted(required - set(meta))
+    if missing:
+        raise MetadataError(f"{label}: metadata lacks {missing}")
+    try:
+        config = HourglassConfig.from_json(meta["config"])
+    except (ValueError, TypeError) as exc:
+        raise MetadataError(f"{label}: bad config metadata: {exc}") from None
+    if kind == "adapter" and meta["targets"] not in ("all", "3x3"):
+        raise MetadataError(f"{label}: targets {meta['targets']!r} must be 'all' or '3x3'")
+
+    try:
+        tensors = _st_load(data)
+    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
+        raise NotSafetensorsError(f"{label}: corrupt safetensors payload ({exc})") from None
+
+    if kind == "adapter":
+        # The core's own K does not change an adapter's shapes (the head is new).
+        expected = expected_adapter_shapes(config, config.num_landmarks, meta["targets"])
+    else:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in LandmarkHourglass(config).state_dict().items()
+                        if not k.endswith("num_batches_tracked")}
+    _check_tensors(label, tensors, expected)
+    cls = {"core": Core, "adapter": Adapter, "network": Network}[kind]
+    artifact = cls(config=config, tensors=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
+    if kind == "core" and meta.get("core_sha256") not in (None, artifact.sha256):
+        raise MetadataError(f"{label}: tensors do not match the core_sha256 in its metadata (file corrupted or edited)")
+    return artifact
+
+
+def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise TensorMismatchError(
+            f"{label}: tensor names do not match this architecture: "
+            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for key, shape in expected.items():
+        tensor = tensors[key]
+        if tuple(tensor.shape) != tuple(shape):
+            raise TensorMismatchError(f"{label}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+        if tensor.dtype not in _ALLOWED_DTYPES:
+            raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/bfloat16/float32")
+        if not torch.isfinite(tensor).all():
+            raise NonFiniteError(f"{label}: tensor {key} contains NaN or Inf values; the file is broken")
+
+
+def load_core(source: Path | str | bytes) -> Core:
+    return read_artifact(source, expected_kind="core")  # type: ignore[return-value]
+
+
+def load_network(source: Path | str | bytes) -> Network:
+    return read_artifact(source, expected_kind="network")  # type: ignore[return-value]
+
+
+def load_adapter(
+    source: Path | str | bytes, core: Core, max_bytes: int | None = None, name: str = ""
+) -> Adapter:
+    """Load an adapter and check it against `core`: fingerprint and architecture."""
+    adapter = read_artifact(source, expected_kind="adapter", max_bytes=max_bytes, name=name)
+    label = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "the adapter bytes")
+    if adapter.core_sha256 != core.sha256:
+        raise CoreMismatchError(
+            f"{label} was trained against core {adapter.core_sha256[:12]}, but this core is {core.sha256[:12]}; "
+            "adapt it again against this core (landmarks adapt --core ...)"
+        )
+    if adapter.config.replace(num_landmarks=core.config.num_landmarks) != core.config:
+        raise CoreMismatchError(f"{label}: its architecture config differs from the core's")
+    return adapter  # type: ignore[return-value]

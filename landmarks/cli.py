@@ -1,0 +1,123 @@
+"""`landmarks`: one entry point, one subcommand per job.
+
+Subcommands import their side (training or serving) lazily, so a server install without the
+training extra still runs `landmarks serve` and `landmarks info`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+_EPILOG = """\
+examples:
+  landmarks info adapters/core.safetensors           what a core or adapter file holds
+  landmarks train-core --preset cpu --out runs/core  train the frozen core on LSP-extended
+  landmarks evaluate-core adapters/core.safetensors --dataset lspet:../shared/data/lspet --split 9000:
+"""
+
+# name -> (module, help); each module has add_arguments(parser) and main(args) -> int
+_SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("landmarks.cli", "print a core's, adapter's or network's metadata, parameter counts and size"),
+    "train-core": ("training.train_core", "train the core landmark detector supervised on human pose"),
+    "evaluate-core": ("training.evaluate_core", "PCK of a core on annotated pose data, with an overlay picture"),
+}
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="a .safetensors core, adapter or network file")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+
+
+def _info_main(args: argparse.Namespace) -> int:
+    import torch
+
+    from landmarks.adapter_io import ArtifactError, read_artifact
+    from landmarks.hourglass import LandmarkHourglass
+
+    try:
+        art = read_artifact(args.file)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = dict(art.metadata)
+    kind = meta["kind"]
+    info: dict[str, object] = {
+        "file": str(args.file),
+        "kind": kind,
+        "file_bytes": args.file.stat().st_size,
+        "tensor_sha256": art.sha256,
+        "parameters": art.num_parameters(),
+        "num_landmarks": art.num_landmarks,
+        "input_size": art.config.input_size,
+    }
+    with torch.device("meta"):
+        core = LandmarkHourglass(art.config)
+    convs3 = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m is not core.head]
+    info["architecture"] = {
+        "core_parameters": sum(p.numel() for p in core.parameters()),
+        "conv3x3_layers": len(convs3),
+        "sum_cout2_conv3x3": sum(m.out_channels**2 for m in convs3),
+        "sum_cout2_all_core_convs": sum(m.out_channels**2 for m in convs),
+    }
+    info["metadata"] = {k: v for k, v in meta.items() if k != "config"}
+    info["config"] = json.loads(meta["config"])
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.file}: {kind}, {info['file_bytes'] / 1e6:.2f} MB, {info['parameters']:,} parameters")
+    print(f"  K={art.num_landmarks}  input {art.config.input_size}x{art.config.input_size}  "
+          f"tensors sha256 {art.sha256[:16]}")
+    arch = info["architecture"]
+    print(f"  architecture: core {arch['core_parameters']:,} parameters; {arch['conv3x3_layers']} 3x3 convs, "
+          f"sum C_out^2 = {arch['sum_cout2_conv3x3']:,} (all core convs: {arch['sum_cout2_all_core_convs']:,})")
+    for key in sorted(info["metadata"]):
+        print(f"  {key}: {info['metadata'][key]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="landmarks",
+        description="Object landmarks without labels: one frozen core, one small adapter per category "
+                    "(Sanchez & Tzimiropoulos, NeurIPS 2019), trained here and served over gRPC.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in _SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if module == __name__:
+            _info_arguments(p)
+        else:
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ImportError as exc:  # e.g. training extra not installed in a server image
+                p.set_defaults(_unavailable=f"{name} needs more packages ({exc}); "
+                                            "install with: pip install 'landmark-adapters[train]'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    if getattr(args, "_unavailable", None):
+        print(f"error: {args._unavailable}", file=sys.stderr)
+        return 2
+    module = _SUBCOMMANDS[args.command][0]
+    if module == __name__:
+        return _info_main(args)
+    return importlib.import_module(module).main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The paper's adapter (equation 1): theta_Y,L = W_L x_1 theta_X,L on every conv of a frozen core.
+
+An *adapted* network is the core with each targeted conv wrapped in `ProjectedConv2d`
+(frozen `base_layer` + trainable `proj`, identity at init), its batch-norm layers trainable
+(initialised from the core) and a new K-landmark head. The adapter is what differs from the
+core, named by the core's own module paths:
+
+    <conv path>.proj                     (C_out, C_out) projection W_L
+    <bn path>.{weight,bias,running_mean,running_var}
+    head.weight, head.bias               the new head (K outputs)
+    <conv path>.{weight,bias}            only with targets="3x3" (the official code's choice):
+                                         the convs it leaves unprojected train freely
+
+`fold` turns core + adapter into plain conv weights, so serving runs an ordinary network.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal, Mapping
+
+import torch
+from torch import nn
+
+from landmarks.hourglass import HourglassConfig, LandmarkHourglass
+
+__all__ = [
+    "ProjectionTargets",
+    "ProjectedConv2d",
+    "build_adapted",
+    "adapter_state_dict",
+    "load_adapter_state",
+    "expected_adapter_shapes",
+    "fold_state_dict",
+    "fold",
+]
+
+ProjectionTargets = Literal["all", "3x3"]
+HEAD = "head"
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+class ProjectedConv2d(nn.Module):
+    """A frozen conv whose weight is seen through a learnable output-channel projection.
+
+    weight = proj @ base.weight.reshape(C_out, -1); the frozen bias (if any) is added unprojected,
+    which is what (proj . conv)(x) + b means and what `fold` reproduces.
+    """
+
+    adapter_param_names = ("proj",)
+
+    def __init__(self, base_layer: nn.Conv2d) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        c_out = base_layer.out_channels
+        weight = base_layer.weight
+        self.proj = nn.Parameter(torch.eye(c_out, dtype=weight.dtype, device=weight.device))
+
+    def projected_weight(self) -> torch.Tensor:
+        base = self.base_layer.weight
+        return (self.proj @ base.reshape(base.shape[0], -1)).reshape(base.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, self.projected_weight(), self.base_layer.bias)
+
+
+def _is_targeted(name: str, conv: nn.Conv2d, targets: ProjectionTargets) -> bool:
+    if name == HEAD:
+        return False
+    if targets == "all":
+        return True
+    if targets == "3x3":
+        return conv.kernel_size == (3, 3)
+    raise ValueError(f"targets must be 'all' or '3x3', got {targets!r}")
+
+
+def build_adapted(
+    core: LandmarkHourglass,
+    num_landmarks: int,
+    targets: ProjectionTargets = "all",
+    init_head_from_core: bool = False,
+) -> LandmarkHourglass:
+    """A copy of `core` ready to learn one category's adapter; `core` itself is untouched.
+
+    Only the adapter (projections, batch-norm, head; plus free convs with targets="3x3")
+    requires grad; the core's conv weights are frozen buffers of the wrapped layers.
+
+    Args:
+        num_landmarks: K for the new head, trained from scratch unless `init_head_from_core`
+            (only possible when K equals the core's landmark count).
+        targets: "all" convs (the paper) or "3x3" only (the official code).
+    """
+    model = copy.deepcopy(core)
+    model.requires_grad_(False)
+    features = core.config.features
+    if init_head_from_core:
+        if num_landmarks != core.config.num_landmarks:
+            raise ValueError(
+                f"init_head_from_core needs K == the core's {core.config.num_landmarks} landmarks, got {num_landmarks}"
+            )
+    else:
+        model.head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
+    model.config = core.config.replace(num_landmarks=num_landmarks)
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            path = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Conv2d):
+                if _is_targeted(path, child, targets):
+                    setattr(module, child_name, ProjectedConv2d(child))
+                else:
+                    child.requires_grad_(True)  # head, or a free conv with targets="3x3"
+            elif isinstance(child, nn.BatchNorm2d):
+                child.requires_grad_(True)
+    return model
+
+
+def adapter_state_dict(model: LandmarkHourglass) -> dict[str, torch.Tensor]:
+    """The adapter's tensors, named by the core's module paths (see the module docstring)."""
+    out: dict[str, torch.Tensor] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, ProjectedConv2d):
+            out[f"{path}.proj"] = module.proj.detach()
+        elif isinstance(module, nn.BatchNorm2d):
+            for key in _BN_KEYS:
+                out[f"{path}.{key}"] = getattr(module, key).detach()
+        elif isinstance(module, nn.Conv2d) and not path.endswith(".base_layer") and module.weight.requires_grad:
+            out[f"{path}.weight"] = module.weight.detach()
+            if module.bias is not None:
+                out[f"{path}.bias"] = module.bias.detach()
+    return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def load_adapter_state(model: LandmarkHourglass, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into an adapted model (the inverse of `adapter_state_dict`)."""
+    expected = adapter_state_dict(model)
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    if missing or unexpected:
+        raise KeyError(f"adapter keys do not match the model: missing {sorted(missing)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
+    # Adapter keys are also the adapted model's own state keys (a projected conv keeps its path).
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in tensors.items():
+            state[key].copy_(value.to(state[key].dtype))
+
+
+def expected_adapter_shapes(
+    core_config: HourglassConfig, num_landmarks: int, targets: ProjectionTargets
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a valid adapter for this core architecture (built on the meta device)."""
+    with torch.device("meta"):
+        core = LandmarkHourglass(core_config)
+        adapted = build_adapted(core, num_landmarks, targets)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path, module in adapted.named_modules():
+        if isinstance(module, ProjectedConv2d):
+            shapes[f"{path}.proj"] = tuple(module.proj.shape)
+        elif isinstance(module, nn.BatchNorm2d):
+            for key in _BN_KEYS:
+                shapes[f"{path}.{key}"] = tuple(getattr(module, key).shape)
+        elif isinstance(module, nn.Conv2d) and not path.endswith(".base_layer") and module.weight.requires_grad:
+            shapes[f"{path}.weight"] = tuple(module.weight.shape)
+            if module.bias is not None:
+                shapes[f"{path}.bias"] = tuple(module.bias.shape)
+    return shapes
+
+
+def fold_state_dict(
+    core_state: Mapping[str, torch.Tensor], adapter: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Core + adapter -> the state dict of a plain `LandmarkHourglass` (no projection at run time).
+
+    Pure tensor math, no I/O; raises ValueError if folding produces non-finite weights.
+    """
+    folded = {k: v for k, v in core_state.items()}
+    for key, value in adapter.items():
+        if key.endswith(".proj"):
+            path = key[: -len(".proj")]
+            base = core_state[f"{path}.weight"]
+            proj = value.to(device=base.device, dtype=torch.float32)
+            weight = (proj @ base.float().reshape(base.shape[0], -1)).reshape(base.shape)
+            if not torch.isfinite(weight).all():
+                raise ValueError(f"folding {key} produced non-finite weights")
+            folded[f"{path}.weight"] = weight.to(base.dtype)
+        else:
+            folded[key] = value
+    return folded
+
+
+def fold(core: LandmarkHourglass, adapter: Mapping[str, torch.Tensor]) -> LandmarkHourglass:
+    """Core + adapter -> a new plain network with ordinary conv weights, in eval mode."""
+    num_landmarks = adapter[f"{HEAD}.weight"].shape[0]
+    param = next(core.parameters())
+    with torch.device("meta"):
+        plain = LandmarkHourglass(core.config.replace(num_landmarks=num_landmarks))
+    state = fold_state_dict(core.state_dict(), adapter)
+    plain.load_state_dict({k: v.to(param.device, param.dtype) if v.is_floating_point() else v
+                           for k, v in state.items()}, assign=True)
+    # non-persistent normalisation buffers were created on meta; rebuild them on the right device
+    plain.pixel_mean = core.pixel_mean.clone()
+    plain.pixel_std = core.pixel_std.clone()
+    return plain.eval()

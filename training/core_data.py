@@ -1,0 +1,71 @@
+"""Torch datasets for supervised core training: person crops, augmentation, heatmap targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from landmarks.geometry import square_box
+from landmarks.heatmaps import input_to_heatmap, render_gaussians
+from training.augment import AugmentConfig, crop_matrix, points_box, random_similarity, transform_points, warp_pil
+from training.datasets.base import Dataset, Sample
+
+__all__ = ["PoseCrops", "sample_box"]
+
+PERSON_MARGIN = 0.3  # square box around the joints, 30% larger (LSP people fill the crop)
+
+
+def sample_box(sample: Sample) -> tuple[float, float, float, float]:
+    if sample.box is not None:
+        return sample.box
+    return square_box(points_box(sample.points, sample.visible), margin=PERSON_MARGIN)
+
+
+class PoseCrops(torch.utils.data.Dataset):
+    """(image (3,S,S) in [0,1], heatmaps (K,S/4,S/4), weights (K,), points (K,2) in input px).
+
+    With `augment` None the crop is deterministic (validation / evaluation).
+    """
+
+    def __init__(self, dataset: Dataset, size: int = 128, sigma: float = 1.5,
+                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
+        self.dataset, self.size, self.sigma, self.augment, self.seed = dataset, size, sigma, augment, seed
+        self.epoch = 0
+        self.failures = 0
+        flip = np.arange(len(dataset.landmark_names) or len(dataset.samples[0].points))
+        for a, b in dataset.flip_pairs:
+            flip[a], flip[b] = b, a
+        self.flip_index = flip
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self)):
+            sample = self.dataset.samples[(index + attempt) % len(self)]
+            try:
+                with Image.open(sample.path) as im:
+                    image = im.convert("RGB")
+                break
+            except (OSError, SyntaxError, ValueError):
+                self.failures += 1  # corrupt image: use the next one rather than kill the epoch
+        else:
+            raise RuntimeError("no readable image in the dataset")
+        matrix = crop_matrix(sample_box(sample), self.size)
+        points, visible = sample.points.astype(np.float64), sample.visible.copy()
+        if self.augment is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            sim, flipped = random_similarity(rng, self.size, self.augment)
+            matrix = sim @ matrix
+            if flipped:
+                points, visible = points[self.flip_index], visible[self.flip_index]
+        crop = warp_pil(image, matrix, self.size)
+        pts = transform_points(points, matrix)
+        inside = (pts >= -0.5).all(1) & (pts <= self.size - 0.5).all(1)
+        weights = (visible & inside).astype(np.float32)
+        tensor = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        pts_t = torch.from_numpy(pts.astype(np.float32))
+        heat = render_gaussians(input_to_heatmap(pts_t, 4.0), self.size // 4, self.sigma)
+        heat = heat * torch.from_numpy(weights)[:, None, None]
+        return tensor, heat, torch.from_numpy(weights), pts_t

@@ -1,0 +1,96 @@
+"""What every dataset reader returns: samples with points, and a report of what it skipped."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DatasetError", "Sample", "ReadReport", "Dataset", "check_image", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset path or format is unusable; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its annotation in original-image pixels (pixel centres at integers).
+
+    points: (K, 2) float32 (x, y), or None for unlabelled images.
+    visible: (K,) bool, True where the point is annotated (and usable for training/metrics).
+    box: optional (x0, y0, x1, y1) edge-coordinate box of the object (e.g. MPII center/scale).
+    """
+
+    path: Path
+    points: np.ndarray | None = None
+    visible: np.ndarray | None = None
+    box: tuple[float, float, float, float] | None = None
+
+
+@dataclass
+class ReadReport:
+    """Counts of what a reader kept and skipped, with reasons (shown to the user)."""
+
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def skip(self, reason: str, example: str) -> None:
+        self.skipped[reason] += 1
+        self.examples.setdefault(reason, example)
+
+    def __str__(self) -> str:
+        lines = [f"kept {self.kept} samples"]
+        for reason, count in self.skipped.most_common():
+            lines.append(f"skipped {count}: {reason} (e.g. {self.examples[reason]})")
+        return "; ".join(lines)
+
+
+@dataclass
+class Dataset:
+    name: str
+    samples: list[Sample]
+    report: ReadReport
+    landmark_names: list[str] = field(default_factory=list)
+    # Index pairs swapped by a horizontal flip (left <-> right), for augmentation.
+    flip_pairs: list[tuple[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, spec: str | None) -> "Dataset":
+        """Python-slice subset, e.g. ':9000' (first 9,000) or '9000:' (the rest)."""
+        if not spec:
+            return self
+        try:
+            parts = [int(p) if p.strip() else None for p in spec.split(":")]
+        except ValueError:
+            raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'") from None
+        if len(parts) != 2:
+            raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'")
+        return Dataset(self.name, self.samples[slice(*parts)], self.report, self.landmark_names, self.flip_pairs)
+
+
+def check_image(path: Path, report: ReadReport, verify: bool = False) -> bool:
+    """True if `path` is an image (header parses; with verify, fully decodes), else record why not.
+
+    The header check is cheap and catches missing files and non-images; truncated pixel data is
+    only caught by verify=True (or later by the loader, which then skips the sample).
+    """
+    if not path.is_file():
+        report.skip("missing image file", str(path))
+        return False
+    try:
+        with Image.open(path) as im:
+            if verify:
+                im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        report.skip("corrupt or unreadable image", f"{path}: {exc}")
+        return False
+    return True
