@@ -1,0 +1,155 @@
+"""A small Python client for the landmarks server.
+
+    from serving.client import LandmarkClient
+    with LandmarkClient("localhost:50051") as client:
+        result = client.detect("photo.jpg", category="faces")       # path, bytes, PIL image or HxWxC uint8 array
+        for x, y, conf in result.points: ...
+        client.register("cats", "v2", "cats-v2.safetensors")
+        client.activate("cats", "v1")                                 # roll back
+        print(client.categories())
+
+Errors arrive as `grpc.RpcError` (`.code()`, `.details()`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from landmarks.v1 import landmarks_pb2 as pb
+from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+
+__all__ = ["DetectResult", "LandmarkClient", "image_message"]
+
+
+@dataclass
+class DetectResult:
+    points: list[tuple[float, float, float]]  # (x, y, confidence) per landmark, image pixels
+    names: list[str]
+    category: str
+    version: str
+    adapter_sha256: str
+    box: tuple[float, float, float, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, r: pb.DetectResponse) -> "DetectResult":
+        return cls(
+            points=[(m.x, m.y, m.confidence) for m in r.landmarks],
+            names=[m.name for m in r.landmarks],
+            category=r.category, version=r.version, adapter_sha256=r.adapter_sha256,
+            box=(r.box.x0, r.box.y0, r.box.x1, r.box.y1),
+            timings={"decode_ms": r.timings.decode_ms, "queue_ms": r.timings.queue_ms,
+                     "compute_ms": r.timings.compute_ms, "total_ms": r.timings.total_ms},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category, "version": self.version, "adapter_sha256": self.adapter_sha256,
+            "box": list(self.box),
+            "landmarks": [{"name": n, "x": x, "y": y, "confidence": c} for (x, y, c), n in zip(self.points, self.names)],
+            "timings": self.timings,
+        }
+
+
+def image_message(image: Any) -> pb.Image:
+    """A path, encoded bytes, a PIL image or an H x W (x C) uint8 numpy array -> `Image`."""
+    if isinstance(image, (str, Path)):
+        return pb.Image(encoded=Path(image).read_bytes())
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return pb.Image(encoded=bytes(image))
+    if hasattr(image, "save") and hasattr(image, "mode"):  # PIL
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return pb.Image(encoded=buf.getvalue())
+    if hasattr(image, "shape") and hasattr(image, "tobytes"):  # numpy
+        shape = tuple(image.shape)
+        h, w, c = (shape[0], shape[1], 1) if len(shape) == 2 else shape
+        return pb.Image(raw=pb.RawImage(pixels=image.astype("uint8").tobytes(), height=h, width=w, channels=c))
+    raise TypeError(f"cannot send {type(image).__name__} as an image")
+
+
+def _box(box: Sequence[float] | None) -> pb.Box | None:
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    return pb.Box(x0=x0, y0=y0, x1=x1, y1=y1)
+
+
+class LandmarkClient:
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
+                 channel: grpc.Channel | None = None, max_message_bytes: int = 64 << 20) -> None:
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self.channel = channel or grpc.insecure_channel(target, options=options)
+        self.timeout = timeout
+        self.inference = pb_grpc.LandmarkServiceStub(self.channel)
+        self.admin = pb_grpc.AdminServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "LandmarkClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------- inference
+    @staticmethod
+    def request(image: Any, category: str, box: Sequence[float] | None = None, version: str = "") -> pb.DetectRequest:
+        req = pb.DetectRequest(image=image_message(image), category=category, version=version)
+        if box is not None:
+            req.box.CopyFrom(_box(box))
+        return req
+
+    def detect(self, image: Any, category: str, box: Sequence[float] | None = None, version: str = "") -> DetectResult:
+        return DetectResult.from_proto(self.inference.Detect(self.request(image, category, box, version),
+                                                             timeout=self.timeout))
+
+    def detect_batch(self, images: Sequence[Any], category: str | Sequence[str],
+                     boxes: Sequence[Sequence[float] | None] | None = None) -> list[DetectResult]:
+        cats = [category] * len(images) if isinstance(category, str) else list(category)
+        boxes = list(boxes) if boxes is not None else [None] * len(images)
+        reqs = [self.request(img, c, b) for img, c, b in zip(images, cats, boxes)]
+        reply = self.inference.DetectBatch(pb.DetectBatchRequest(requests=reqs), timeout=self.timeout)
+        return [DetectResult.from_proto(r) for r in reply.responses]
+
+    # ----------------------------------------------------------------------------- admin
+    def register(self, category: str, version: str, adapter: str | Path | bytes, activate: bool = True,
+                 server_path: bool = False) -> pb.RegisterAdapterResponse:
+        """Send the adapter file's bytes (or, with server_path, a path the server may read)."""
+        req = pb.RegisterAdapterRequest(category=category, version=version, activate=activate)
+        if server_path:
+            req.path = str(adapter)
+        else:
+            req.data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
+        return self.admin.RegisterAdapter(req, timeout=self.timeout)
+
+    def activate(self, category: str, version: str) -> pb.CategoryInfo:
+        return self.admin.SetActiveVersion(pb.SetActiveVersionRequest(category=category, version=version),
+                                           timeout=self.timeout)
+
+    def unregister(self, category: str, version: str = "") -> list[str]:
+        reply = self.admin.UnregisterAdapter(pb.UnregisterAdapterRequest(category=category, version=version),
+                                             timeout=self.timeout)
+        return list(reply.removed_versions)
+
+    def categories(self) -> list[pb.CategoryInfo]:
+        return list(self.admin.ListCategories(pb.ListCategoriesRequest(), timeout=self.timeout).categories)
+
+    def server_info(self) -> pb.ServerInfoResponse:
+        return self.admin.ServerInfo(pb.ServerInfoRequest(), timeout=self.timeout)
+
+    def health_status(self, service: str = "") -> str:
+        reply = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)

@@ -1,0 +1,151 @@
+"""Client bytes -> model input, safely, and model output -> landmarks in the client's pixels.
+
+Decoding: the header is read first and its size checked against the pixel budget before any
+pixel is decoded (a 20000 x 20000 PNG of a few hundred bytes is rejected without allocating);
+truncated or garbage data, unsupported formats, too small images and inconsistent raw buffers
+raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
+
+Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
+image under it is converted, reduced by an integer factor when it is much larger than the model
+input (box filter, so no aliasing and no big intermediate canvas), then resized with
+`landmarks.geometry.crop_to_tensor`. Points come back with `landmarks.geometry.input_to_original`
+in the pixel-centre convention of `landmarks.heatmaps`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import grpc
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from landmarks.geometry import crop_to_tensor, input_to_original, square_box
+from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
+from serving.errors import ServingError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "decode_encoded",
+    "decode_raw",
+    "resolve_box",
+    "crop_square",
+    "heatmaps_to_landmarks",
+]
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+Box = tuple[float, float, float, float]
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _bad(field: str, why: str) -> ServingError:
+    return ServingError(_INVALID, f"{field}: {why}")
+
+
+def _check_size(field: str, width: int, height: int, max_pixels: int, min_side: int) -> None:
+    if width <= 0 or height <= 0:
+        raise _bad(field, f"image is {width}x{height}; it needs positive width and height")
+    if width * height > max_pixels:
+        raise _bad(field, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over this server's limit of "
+                          f"{max_pixels / 1e6:.1f} MP; downscale it before sending")
+    if min(width, height) < min_side:
+        raise _bad(field, f"image is {width}x{height}; both sides must be at least {min_side} px")
+
+
+def decode_encoded(data: bytes, max_pixels: int, min_side: int, field: str = "image.encoded") -> Image.Image:
+    """JPEG/PNG/WebP/BMP bytes -> a fully decoded RGB PIL image (raises ServingError)."""
+    if not data:
+        raise _bad(field, "empty; send the bytes of a JPEG, PNG, WebP or BMP file")
+    try:
+        # Only the header is parsed here. PIL itself refuses > 2 * Image.MAX_IMAGE_PIXELS (~179 MP);
+        # our own, lower limit is checked right after, still before decoding.
+        image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+    except Image.DecompressionBombError as exc:
+        raise _bad(field, f"image header declares too many pixels ({exc}); over this server's limit of "
+                          f"{max_pixels / 1e6:.1f} MP") from None
+    except UnidentifiedImageError:
+        head = data[:8]
+        raise _bad(field, f"not a JPEG, PNG, WebP or BMP image ({len(data)} bytes starting {head!r})") from None
+    except Exception as exc:  # PIL raises many types for broken headers
+        raise _bad(field, f"cannot read the image header: {exc}") from None
+    width, height = image.size
+    _check_size(field, width, height, max_pixels, min_side)
+    try:
+        image.load()
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except Exception as exc:  # OSError "image file is truncated", SyntaxError, ValueError, zlib errors ...
+        raise _bad(field, f"{image.format} data is truncated or corrupt ({exc})") from None
+
+
+def decode_raw(pixels: bytes, height: int, width: int, channels: int, max_pixels: int, min_side: int,
+               field: str = "image.raw") -> Image.Image:
+    """H x W x C uint8 bytes (C = 1, 3 or 4) -> an RGB PIL image."""
+    if channels not in (1, 3, 4):
+        raise _bad(f"{field}.channels", f"must be 1 (grey), 3 (RGB) or 4 (RGBA), got {channels}")
+    _check_size(field, width, height, max_pixels, min_side)
+    expected = height * width * channels
+    if len(pixels) != expected:
+        raise _bad(f"{field}.pixels", f"has {len(pixels)} bytes, but {height}x{width}x{channels} needs {expected}")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    image = Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
+    return image if mode == "RGB" else image.convert("RGB")
+
+
+def resolve_box(box: Box | None, width: int, height: int, field: str = "box") -> Box:
+    """The square box actually used: the given box (or the whole image), made square."""
+    if box is None:
+        box = (0.0, 0.0, float(width), float(height))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise _bad(field, f"coordinates must be finite, got {box}")
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise _bad(field, f"needs x1 > x0 and y1 > y0 (at least 1 px), got ({x0}, {y0}, {x1}, {y1})")
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise _bad(field, f"({x0}, {y0}, {x1}, {y1}) lies outside the {width}x{height} image")
+    if max(x1 - x0, y1 - y0) > 4 * max(width, height):
+        raise _bad(field, f"is more than 4x larger than the {width}x{height} image")
+    return square_box((x0, y0, x1, y1))
+
+
+def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
+    """`box` (square, edge coordinates, may extend past the image) -> (3, size, size) in [0, 1].
+
+    Same result as `crop_to_tensor(image, box, size)` for boxes up to 2x the input size; larger
+    ones are first reduced by an integer factor f (box average), which keeps memory bounded.
+    """
+    x0, y0, x1, y1 = box
+    width, height = image.size
+    factor = max(1, int((x1 - x0) // (2 * size)))
+    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
+    ix1, iy1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+    ix0, iy0 = ix0 - ix0 % factor, iy0 - iy0 % factor  # align to the reduction grid
+    sub = image.crop((ix0, iy0, ix1, iy1))
+    if factor > 1:
+        sub = sub.reduce(factor)
+    local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
+    return crop_to_tensor(sub, local, size)
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    points: torch.Tensor       # (K, 2) x, y in original image pixels
+    confidence: torch.Tensor   # (K,)
+
+
+def heatmaps_to_landmarks(heatmaps: torch.Tensor, boxes: list[Box], input_size: int,
+                          beta: float = PAPER_BETA) -> list[Landmarks]:
+    """(B, K, h, w) raw heatmaps -> per image K points in original pixels and confidences.
+
+    The point is the soft-argmax (how adapters are trained); the confidence is the largest
+    probability of softmax(beta * heatmap), in [1/(h*w), 1].
+    """
+    b, k, h, w = heatmaps.shape
+    heatmaps = heatmaps.float()
+    points = heatmap_to_input(soft_argmax(heatmaps, beta), input_size / w)  # (B, K, 2) input pixels
+    confidence = torch.softmax(beta * heatmaps.reshape(b, k, h * w), dim=-1).amax(dim=-1)
+    return [Landmarks(input_to_original(points[i].double(), boxes[i], input_size).float(), confidence[i])
+            for i in range(b)]

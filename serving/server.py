@@ -1,0 +1,195 @@
+"""Assemble the gRPC server: inference + admin services, standard health and reflection.
+
+    server, port = create_server(ServerConfig(port=0))   # binds, does not start
+    server.start(); ...; server.stop(grace=5)
+
+Health (`grpc.health.v1`) reports NOT_SERVING until the core is loaded and the adapter store is
+read, then SERVING for "" and both services. With `load_in_background` the core loads in a
+thread after `create_server` returns (requests get UNAVAILABLE meanwhile); otherwise it loads
+before, and a missing or broken core raises `CoreLoadError` with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from landmarks.adapter_io import ArtifactError, Core, load_core
+from landmarks.v1 import landmarks_pb2 as pb
+from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.backend import TorchFoldedBackend
+from serving.config import ServerConfig
+from serving.engine import InferenceEngine
+from serving.errors import ServingError
+from serving.folding import FoldedCache
+from serving.registry import AdapterRegistry
+from serving.servicer import AdminServicer, LandmarkServicer
+
+__all__ = ["CoreLoadError", "ServerState", "ServerHandle", "build_server", "create_server", "serve"]
+
+log = logging.getLogger(__name__)
+SERVICE_NAMES = (
+    pb.DESCRIPTOR.services_by_name["LandmarkService"].full_name,
+    pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+class CoreLoadError(RuntimeError):
+    pass
+
+
+class ServerState:
+    """What the servicers share; filled in once the core is loaded."""
+
+    def __init__(self, cfg: ServerConfig, health_servicer: health.HealthServicer) -> None:
+        self.cfg = cfg
+        self.health = health_servicer
+        self.core: Core | None = None
+        self.backend: TorchFoldedBackend | None = None
+        self.cache: FoldedCache | None = None
+        self.registry: AdapterRegistry | None = None
+        self.engine: InferenceEngine | None = None
+        self.load_error: str = ""
+        self.ready = False
+        self.loaded = threading.Event()
+
+    @property
+    def input_size(self) -> int:
+        assert self.core is not None
+        return self.core.config.input_size
+
+    def _unavailable(self) -> ServingError:
+        why = f"failed to load: {self.load_error}" if self.load_error else "is starting (loading the core)"
+        return ServingError(grpc.StatusCode.UNAVAILABLE, f"server {why}")
+
+    def require_engine(self) -> InferenceEngine:
+        if not self.ready:
+            raise self._unavailable()
+        return self.engine  # type: ignore[return-value]
+
+    def require_registry(self) -> AdapterRegistry:
+        if not self.ready:
+            raise self._unavailable()
+        return self.registry  # type: ignore[return-value]
+
+    def set_health(self, status: int) -> None:
+        for name in ("",) + SERVICE_NAMES:
+            self.health.set(name, status)
+
+    def load(self) -> None:
+        cfg = self.cfg
+        path = cfg.resolved_core_path
+        try:
+            if cfg.torch_threads:
+                import torch
+
+                torch.set_num_threads(cfg.torch_threads)
+            if not path.is_file():
+                raise CoreLoadError(
+                    f"no core file at {path}. Train one (landmarks train-core ...) and copy its core.safetensors "
+                    f"there, or point the server at one with --core FILE")
+            try:
+                core = load_core(path)
+            except ArtifactError as exc:
+                raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
+            backend = TorchFoldedBackend(core, cfg.device)
+            cache = FoldedCache(cfg.cache_bytes)
+            registry = AdapterRegistry(core, backend, cache, cfg.adapters_dir, cfg.max_adapter_bytes,
+                                       cfg.allowed_register_dirs)
+            registry.load_store()
+            self.core, self.backend, self.cache, self.registry = core, backend, cache, registry
+            self.engine = InferenceEngine(registry, cache, backend)
+            self.ready = True
+            self.set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("server failed to load: %s", exc)
+            raise
+        finally:
+            self.loaded.set()
+
+
+@dataclass
+class ServerHandle:
+    server: grpc.Server
+    port: int
+    state: ServerState
+
+    @property
+    def address(self) -> str:
+        host = self.state.cfg.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{host}:{self.port}"
+
+
+def build_server(cfg: ServerConfig) -> ServerHandle:
+    """Bind (not start) a server for `cfg`; see the module docstring for loading."""
+    options = [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks"),
+                         options=options)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    state = ServerState(cfg, health_servicer)
+    state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    pb_grpc.add_LandmarkServiceServicer_to_server(LandmarkServicer(state), server)
+    if cfg.enable_admin:
+        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(state), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [SERVICE_NAMES[0]] + ([SERVICE_NAMES[1]] if cfg.enable_admin else [])
+    reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if cfg.load_in_background:
+        threading.Thread(target=_load_quietly, args=(state,), name="landmarks-load", daemon=True).start()
+    else:
+        state.load()
+    try:
+        port = server.add_insecure_port(cfg.address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {cfg.address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {cfg.address} (port in use?)")
+    return ServerHandle(server, port, state)
+
+
+def _load_quietly(state: ServerState) -> None:
+    try:
+        state.load()
+    except Exception:
+        pass  # recorded in state.load_error; requests answer UNAVAILABLE with it
+
+
+def create_server(cfg: ServerConfig) -> tuple[grpc.Server, int]:
+    """(server, bound port); call `server.start()`."""
+    handle = build_server(cfg)
+    return handle.server, handle.port
+
+
+def serve(cfg: ServerConfig) -> int:
+    """Run until interrupted (Ctrl-C / SIGTERM stop it with a 5 s grace)."""
+    import signal
+
+    handle = build_server(cfg)
+    handle.server.start()
+    log.info("listening on %s", handle.address)
+    print(f"landmarks server listening on {handle.address} (core {handle.state.core.sha256[:12] if handle.state.core else '?'}, "
+          f"device {cfg.device})", flush=True)
+    stop = threading.Event()
+
+    def _stop(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    stop.wait()
+    handle.state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    handle.server.stop(grace=5).wait()
+    return 0
