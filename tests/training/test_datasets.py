@@ -135,8 +135,6 @@ def test_joints_mat_wrong_path_or_not_a_mat_file(tmp_path):
         read_lspet(tmp_path / "bad")
 
 
-@pytest.mark.xfail(strict=True, reason="pose._load_joints_mat does not catch scipy's MatReadError "
-                   "(not a ValueError), raised for files shorter than a MAT header")
 def test_truncated_joints_mat_is_a_dataset_error(tmp_path):
     (tmp_path / "joints.mat").write_text("not matlab")
     with pytest.raises(DatasetError, match="not a MATLAB file"):

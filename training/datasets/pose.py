@@ -21,13 +21,14 @@ LSP_FLIP_PAIRS = [(0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9)]
 
 def _load_joints_mat(root: Path) -> np.ndarray:
     from scipy.io import loadmat  # training extra; serving never reads datasets
+    from scipy.io.matlab import MatReadError
 
     mat_path = root / "joints.mat"
     if not mat_path.is_file():
         raise DatasetError(f"{root}: no joints.mat; expected the LSP/LSPET layout (joints.mat + images/)")
     try:
         joints = loadmat(mat_path)["joints"]
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, MatReadError) as exc:
         raise DatasetError(f"{mat_path}: not a MATLAB file with a 'joints' variable ({exc})") from None
     return np.asarray(joints, dtype=np.float64)
 
