@@ -80,12 +80,16 @@ class _Reader:
         q = self.tensor(index).Quantization()
         if q is None or q.ScaleLength() == 0:
             raise ValueError(f"tensor {index} is not quantised")
-        return q.ScaleAsNumpy().astype(np.float64), q.ZeroPointAsNumpy().astype(np.int64), q.QuantizedDimension()
+        return (
+            q.ScaleAsNumpy().astype(np.float64),
+            q.ZeroPointAsNumpy().astype(np.int64),
+            q.QuantizedDimension(),
+        )
 
     def raw(self, index: int) -> np.ndarray:
         t = self.tensor(index)
         data = self.model.Buffers(t.Buffer()).DataAsNumpy()
-        if isinstance(data, int):  # flatbuffers returns 0 for an empty vector
+        if np.ndim(data) == 0:  # flatbuffers returns 0 for an empty vector
             raise ValueError(f"tensor {index} ({t.Name().decode()}) has no constant data")
         return np.frombuffer(data.tobytes(), dtype=_NP_TYPES[t.Type()]).reshape(t.ShapeAsNumpy())
 
@@ -176,12 +180,22 @@ def convert(tflite_path: Path) -> tuple[dict[str, np.ndarray], dict]:
         proj = take(f"{tf}/project", f"blocks.{i}.project", 1, _ACT_NONE)
         block_in = first[4] if has_expand else dw[4]
         residual = any({a, b} == {proj[5], block_in} for a, b, _ in adds)
-        c_in = out[f"blocks.{i}.expand.weight"].shape[1] if has_expand else out[f"blocks.{i}.dw.weight"].shape[0]
+        c_in = (
+            out[f"blocks.{i}.expand.weight"].shape[1] if has_expand else out[f"blocks.{i}.dw.weight"].shape[0]
+        )
         c_out = out[f"blocks.{i}.project.weight"].shape[0]
         if residual != (dw[2] == 1 and c_in == c_out):
             raise ValueError(f"{tf}: residual connection where MobileNetV2 has none (or vice versa)")
-        blocks.append({"in": int(c_in), "out": int(c_out), "stride": int(dw[2]), "expand": has_expand,
-                       "hidden": int(out[f"blocks.{i}.dw.weight"].shape[0]), "residual": residual})
+        blocks.append(
+            {
+                "in": int(c_in),
+                "out": int(c_out),
+                "stride": int(dw[2]),
+                "expand": has_expand,
+                "hidden": int(out[f"blocks.{i}.dw.weight"].shape[0]),
+                "residual": residual,
+            }
+        )
         i += 1
     take("Conv_1", "head", 1, _ACT_RELU6)
     take("Logits/Conv2d_1c_1x1", "classifier", 1, _ACT_NONE)
@@ -205,12 +219,31 @@ def convert(tflite_path: Path) -> tuple[dict[str, np.ndarray], dict]:
     return out, arch
 
 
+def _sort_header(path: Path) -> None:
+    """Rewrite the safetensors JSON header with sorted keys, so the same input gives identical bytes.
+
+    (safetensors serialises the metadata from a hash map, in an order that changes from run to run.)
+    """
+    import struct
+
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + n :])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tflite", type=Path, default=DEFAULT_TFLITE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                   help="float16 halves the file (7 MB) and is exact to ~1e-3 relative for these weights")
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="float16 halves the file (7 MB) and is exact to ~1e-3 relative for these weights",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -240,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(args.out), metadata=metadata)
+    _sort_header(args.out)
     n = sum(v.numel() for v in state.values())
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {n:,} parameters, {len(state)} tensors)")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {n:,} parameters, {len(state)} tensors)"
+    )
     return 0
 
 

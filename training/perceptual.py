@@ -54,7 +54,8 @@ class _Frozen(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True):  # noqa: ARG002 - always eval: a fixed feature extractor
+    def train(self, mode: bool = True):
+        # always eval (mode is ignored): a fixed feature extractor
         return super().train(False)
 
 
@@ -114,7 +115,7 @@ class MobileNetV2Features(_Frozen):
             meta = f.metadata() or {}
             if meta.get("format") != "landmark-adapters/mobilenet_v2_features":
                 raise ValueError(f"{path} is not a converted MobileNetV2 feature file")
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
+            state = {k: f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         arch = json.loads(meta["architecture"])
         self.metadata = dict(meta)
         self.input_scale = float(arch["input_scale"])
@@ -125,7 +126,8 @@ class MobileNetV2Features(_Frozen):
         self.layers = tuple(layers)
         self.stem = _SameConv(3, blocks[0]["in"], 3, 2)
         self.blocks = nn.ModuleList(
-            _InvertedResidual(b["in"], b["out"], b["hidden"], b["stride"], b["expand"], b["residual"]) for b in blocks
+            _InvertedResidual(b["in"], b["out"], b["hidden"], b["stride"], b["expand"], b["residual"])
+            for b in blocks
         )
         cw = state["head.weight"]
         self.head = _SameConv(cw.shape[1], cw.shape[0], 1)
@@ -140,7 +142,9 @@ class MobileNetV2Features(_Frozen):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = F.relu6(self.stem(self.normalise(images)))
         feats = []
-        for i, block in enumerate(self.blocks[: self.layers[-1] + 1]):  # nothing past the last tap is computed
+        for i, block in enumerate(
+            self.blocks[: self.layers[-1] + 1]
+        ):  # nothing past the last tap is computed
             x = block(x)
             if i in self.layers:
                 feats.append(x)

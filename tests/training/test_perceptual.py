@@ -21,7 +21,10 @@ from training.perceptual import MobileNetV2Features, PerceptualLoss, load_percep
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO.parent / "shared" / "models" / "mobilenet_v2"
 TFLITE = MODELS / "mobilenet_v2_1.0_224_quant.tflite"
-EXPECTED = {"cat.bmp": {"Egyptian cat", "tabby, tabby cat", "tiger cat"}, "grace_hopper.bmp": {"military uniform"}}
+EXPECTED = {
+    "cat.bmp": {"Egyptian cat", "tabby, tabby cat", "tiger cat"},
+    "grace_hopper.bmp": {"military uniform"},
+}
 needs_models = pytest.mark.skipif(not TFLITE.is_file(), reason=f"{MODELS} not present")
 
 
@@ -45,7 +48,9 @@ def _image(name: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(MODELS / name) as im:
-        return np.array(im.convert("RGB").resize((224, 224), Image.BILINEAR))  # uint8 HWC, as the TFLite input
+        return np.array(
+            im.convert("RGB").resize((224, 224), Image.BILINEAR)
+        )  # uint8 HWC, as the TFLite input
 
 
 def _to_torch(img: np.ndarray) -> torch.Tensor:
@@ -76,7 +81,12 @@ def test_feature_shapes_and_classifier(mobilenet):
     assert all(torch.isfinite(f).all() for f in feats)
     assert logits.shape == (1, 1001)
     # odd sizes: TF SAME padding gives ceil(n / stride)
-    assert [tuple(f.shape[2:]) for f in mobilenet(torch.rand(1, 3, 37, 50))] == [(19, 25), (10, 13), (5, 7), (3, 4)]
+    assert [tuple(f.shape[2:]) for f in mobilenet(torch.rand(1, 3, 37, 50))] == [
+        (19, 25),
+        (10, 13),
+        (5, 7),
+        (3, 4),
+    ]
 
 
 def test_tf_same_padding_is_asymmetric():
@@ -184,8 +194,11 @@ def test_matches_tflite_interpreter(mobilenet, name):
     tensors = {t["name"]: t for t in it.get_tensor_details()}
     for block, feat in zip(mobilenet.layers, feats):
         scope = "expanded_conv" if block == 0 else f"expanded_conv_{block}"
-        tname = next(n for n in tensors if n.endswith(f"MobilenetV2/{scope}/add")) if block else next(
-            n for n in tensors if n.endswith(f"MobilenetV2/{scope}/project/BatchNorm_Fold/bias1"))
+        tname = (
+            next(n for n in tensors if n.endswith(f"MobilenetV2/{scope}/add"))
+            if block
+            else next(n for n in tensors if n.endswith(f"MobilenetV2/{scope}/project/BatchNorm_Fold/bias1"))
+        )
         t = tensors[tname]
         s, z = t["quantization"]
         ref = (it.get_tensor(t["index"]).astype(np.float32) - z) * s
