@@ -14,9 +14,10 @@ Errors arrive as `grpc.RpcError` (`.code()`, `.details()`).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -38,7 +39,7 @@ class DetectResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_proto(cls, r: pb.DetectResponse) -> "DetectResult":
+    def from_proto(cls, r: pb.DetectResponse) -> DetectResult:
         return cls(
             points=[(m.x, m.y, m.confidence) for m in r.landmarks],
             names=[m.name for m in r.landmarks],
@@ -95,7 +96,7 @@ class LandmarkClient:
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "LandmarkClient":
+    def __enter__(self) -> LandmarkClient:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:

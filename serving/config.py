@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServerConfig", "REPO_ADAPTERS", "DEFAULT_PORT"]
+__all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "ServerConfig"]
 
 REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 DEFAULT_PORT = 50051

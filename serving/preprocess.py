@@ -28,11 +28,11 @@ from serving.errors import ServingError
 
 __all__ = [
     "ALLOWED_FORMATS",
+    "crop_square",
     "decode_encoded",
     "decode_raw",
-    "resolve_box",
-    "crop_square",
     "heatmaps_to_landmarks",
+    "resolve_box",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -70,14 +70,14 @@ def decode_encoded(data: bytes, max_pixels: int, min_side: int, field: str = "im
     except UnidentifiedImageError:
         head = data[:8]
         raise _bad(field, f"not a JPEG, PNG, WebP or BMP image ({len(data)} bytes starting {head!r})") from None
-    except Exception as exc:  # PIL raises many types for broken headers
-        raise _bad(field, f"cannot read the image header: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  PIL raises many types for broken headers
+        raise _bad(field, f"image header is truncated or corrupt ({exc})") from None
     width, height = image.size
     _check_size(field, width, height, max_pixels, min_side)
     try:
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
-    except Exception as exc:  # OSError "image file is truncated", SyntaxError, ValueError, zlib errors ...
+    except Exception as exc:  # noqa: BLE001  OSError "truncated", SyntaxError, ValueError, zlib errors
         raise _bad(field, f"{image.format} data is truncated or corrupt ({exc})") from None
 
 
@@ -114,14 +114,16 @@ def resolve_box(box: Box | None, width: int, height: int, field: str = "box") ->
 def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     """`box` (square, edge coordinates, may extend past the image) -> (3, size, size) in [0, 1].
 
-    Same result as `crop_to_tensor(image, box, size)` for boxes up to 2x the input size; larger
-    ones are first reduced by an integer factor f (box average), which keeps memory bounded.
+    Same result as `crop_to_tensor(image, box, size)` for boxes up to 2x the input size (only the
+    part under the box, plus the resampling filter's reach, is converted); larger ones are first reduced by an integer factor f (box average), which keeps memory bounded.
     """
     x0, y0, x1, y1 = box
     width, height = image.size
     factor = max(1, int((x1 - x0) // (2 * size)))
-    ix0, iy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-    ix1, iy1 = min(width, math.ceil(x1)), min(height, math.ceil(y1))
+    # keep the resampling filter's support around the box (its radius is the downscale ratio)
+    margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)
+    ix0, iy0 = max(0, math.floor(x0) - margin), max(0, math.floor(y0) - margin)
+    ix1, iy1 = min(width, math.ceil(x1) + margin), min(height, math.ceil(y1) + margin)
     ix0, iy0 = ix0 - ix0 % factor, iy0 - iy0 % factor  # align to the reduction grid
     sub = image.crop((ix0, iy0, ix1, iy1))
     if factor > 1:

@@ -27,10 +27,10 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import torch
@@ -42,12 +42,12 @@ from serving.folding import FoldedCache
 
 __all__ = [
     "CATEGORY_RE",
-    "VERSION_RE",
     "SHIPPED",
-    "VersionEntry",
-    "CategoryStatus",
-    "VersionLease",
+    "VERSION_RE",
     "AdapterRegistry",
+    "CategoryStatus",
+    "VersionEntry",
+    "VersionLease",
     "validate_category",
     "validate_version",
 ]
@@ -293,7 +293,8 @@ class AdapterRegistry:
                 active = max(good, key=lambda v: (v.created, v.version)).version if good else None
             cat.active = active
             if active is None or cat.versions[active].adapter is None:
-                cat.error = (cat.versions[active].error if active else "no version could be loaded")
+                failed = [v.error for v in cat.versions.values() if v.error]
+                cat.error = cat.versions[active].error if active else "; ".join(failed)
             self._categories[category] = cat
             log.info("category %s: versions %s, active %s", category, sorted(cat.versions), cat.active)
 
@@ -491,8 +492,9 @@ class AdapterRegistry:
             if entry is None:
                 if version:
                     raise ServingError(Code.NOT_FOUND, f"version: {category!r} has no version {version!r}")
-                raise ServingError(Code.UNAVAILABLE, f"category: {category!r} has no usable active version "
-                                                     f"({cat.error or 'none set'})")
+                if cat.error:
+                    raise ServingError(Code.UNAVAILABLE, f"category: {category!r} failed to load: {cat.error}")
+                raise ServingError(Code.UNAVAILABLE, f"category: {category!r} has no active version")
             if entry.adapter is None:
                 raise ServingError(Code.UNAVAILABLE,
                                    f"category: {category}/{entry.version} failed to load: {entry.error}")

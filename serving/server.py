@@ -31,7 +31,7 @@ from serving.folding import FoldedCache
 from serving.registry import AdapterRegistry
 from serving.servicer import AdminServicer, LandmarkServicer
 
-__all__ = ["CoreLoadError", "ServerState", "ServerHandle", "build_server", "create_server", "serve"]
+__all__ = ["CoreLoadError", "ServerHandle", "ServerState", "build_server", "create_server", "serve"]
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = (
@@ -163,7 +163,7 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
 def _load_quietly(state: ServerState) -> None:
     try:
         state.load()
-    except Exception:
+    except Exception:  # noqa: BLE001, S110  recorded in state.load_error and logged by load()
         pass  # recorded in state.load_error; requests answer UNAVAILABLE with it
 
 
@@ -180,8 +180,8 @@ def serve(cfg: ServerConfig) -> int:
     handle = build_server(cfg)
     handle.server.start()
     log.info("listening on %s", handle.address)
-    print(f"landmarks server listening on {handle.address} (core {handle.state.core.sha256[:12] if handle.state.core else '?'}, "
-          f"device {cfg.device})", flush=True)
+    core = handle.state.core.sha256[:12] if handle.state.core else "?"
+    print(f"landmarks server listening on {handle.address} (core {core}, device {cfg.device})", flush=True)
     stop = threading.Event()
 
     def _stop(signum, frame):
@@ -189,7 +189,9 @@ def serve(cfg: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    stop.wait()
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: health NOT_SERVING, finishing in-flight requests (5 s grace)")
     handle.state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     handle.server.stop(grace=5).wait()
     return 0

@@ -21,7 +21,7 @@ from serving.errors import ServingError
 from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
 from serving.registry import CategoryStatus, VersionEntry, validate_category, validate_version
 
-__all__ = ["LandmarkServicer", "AdminServicer", "category_to_proto"]
+__all__ = ["AdminServicer", "LandmarkServicer", "category_to_proto"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode

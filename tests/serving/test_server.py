@@ -1,0 +1,362 @@
+"""The server end to end on a real socket: inference, admin, bad inputs, restart."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from landmarks.adapter_io import load_adapter, load_core
+from landmarks.geometry import crop_to_tensor, input_to_original, square_box
+from landmarks.heatmaps import heatmap_to_input, soft_argmax
+from landmarks.projection import build_adapted, load_adapter_state
+from landmarks.v1 import landmarks_pb2 as pb
+from serving.client import LandmarkClient
+from tests.serving.conftest import jpeg_bytes, make_adapter, make_core, png_bytes, start_server
+from tests.serving.test_units import png_header
+
+Code = grpc.StatusCode
+
+
+def rpc_code(fn, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as exc:
+        fn(*args, **kwargs)
+    return exc.value.code(), exc.value.details()
+
+
+def assert_healthy(client: LandmarkClient) -> None:
+    assert client.health_status() == "SERVING"
+    assert len(client.detect(png_bytes(), "cats").points) == 4
+
+
+# ----------------------------------------------------------------------------- inference
+def test_detect_every_category(client):
+    cats = {c.name: c for c in client.categories()}
+    assert set(cats) == {"cats", "faces"}
+    for name, info in cats.items():
+        assert info.state == pb.READY and info.active_version == "shipped"
+        for image, (w, h) in [(png_bytes(48, 40), (48, 40)), (jpeg_bytes(64, 48), (64, 48))]:
+            res = client.detect(image, name)
+            assert len(res.points) == info.num_landmarks and res.version == "shipped"
+            assert res.adapter_sha256 == info.active_sha256
+            for x, y, conf in res.points:
+                assert all(map(torch.isfinite, map(torch.tensor, (x, y, conf))))
+                # inside the (square) box, and so within the letterboxed image
+                assert res.box[0] - 0.5 <= x <= res.box[2] - 0.5 and res.box[1] - 0.5 <= y <= res.box[3] - 0.5
+                assert 0 < conf <= 1
+            assert res.names == [f"{name}-{i}" for i in range(info.num_landmarks)]
+    # raw pixels give the same answer as the PNG holding them
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(io.BytesIO(png_bytes(48, 40))).convert("RGB"))
+    a, b = client.detect(arr, "cats"), client.detect(png_bytes(48, 40), "cats")
+    assert a.points == b.points
+
+
+def reference_points(core_path, adapter_path, image_bytes, box=None):
+    """The unfolded projected network (what training runs) on the same crop."""
+    from PIL import Image
+
+    core = load_core(core_path)
+    adapter = load_adapter(adapter_path, core)
+    adapted = build_adapted(core.build(), adapter.num_landmarks)
+    load_adapter_state(adapted, adapter.tensors)
+    adapted.eval()
+    image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+    w, h = image.size
+    sq = square_box(box or (0, 0, w, h))
+    size = core.config.input_size
+    with torch.no_grad():
+        heat = adapted(crop_to_tensor(image, sq, size).unsqueeze(0))
+    pts = heatmap_to_input(soft_argmax(heat), size / heat.shape[-1])[0]
+    return input_to_original(pts.double(), sq, size)
+
+
+def test_folded_matches_unfolded_projection(client, store):
+    for name, box in [("cats", None), ("faces", (4.0, 6.0, 40.0, 30.0))]:
+        image = png_bytes(48, 40, seed=7)
+        got = torch.tensor([p[:2] for p in client.detect(image, name, box=box).points], dtype=torch.float64)
+        want = reference_points(store / "core.safetensors", store / f"{name}.safetensors", image, box)
+        assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
+
+
+def test_detect_batch_equals_single_calls(client):
+    images = [png_bytes(48, 40, seed=s) for s in range(3)] + [jpeg_bytes(50, 70, seed=9)]
+    cats = ["cats", "faces", "cats", "faces"]
+    boxes = [None, (2, 2, 30, 30), None, None]
+    batch = client.detect_batch(images, cats, boxes)
+    for img, cat, box, res in zip(images, cats, boxes, batch):
+        single = client.detect(img, cat, box=box)
+        assert res.category == cat and res.version == single.version
+        assert torch.allclose(torch.tensor(res.points), torch.tensor(single.points), atol=1e-5)
+    code, msg = rpc_code(client.detect_batch, [png_bytes(), b"junk"], "cats")
+    assert code == Code.INVALID_ARGUMENT and msg.startswith("requests[1].image.encoded")
+
+
+# ---------------------------------------------------------------------------- bad inputs
+def raw_request(category="cats", **raw):
+    return pb.DetectRequest(category=category, image=pb.Image(raw=pb.RawImage(**raw)))
+
+
+@pytest.mark.parametrize("request_factory, code, needle", [
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=b"")), Code.INVALID_ARGUMENT, "empty"),
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=jpeg_bytes()[:900])),
+     Code.INVALID_ARGUMENT, "truncated"),
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=b"GET / HTTP/1.1\r\nHost: x\r\n")),
+     Code.INVALID_ARGUMENT, "not a JPEG"),
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=png_bytes(1, 1))),
+     Code.INVALID_ARGUMENT, "at least"),
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=png_header(20000, 20000))),
+     Code.INVALID_ARGUMENT, "pixels"),
+    (lambda: raw_request(pixels=bytes(2 * 8 * 8), height=8, width=8, channels=2),
+     Code.INVALID_ARGUMENT, "image.raw.channels"),
+    (lambda: raw_request(pixels=bytes(10), height=8, width=8, channels=3), Code.INVALID_ARGUMENT, "image.raw.pixels"),
+    (lambda: pb.DetectRequest(category="cats"), Code.INVALID_ARGUMENT, "image: missing"),
+    (lambda: pb.DetectRequest(category="dogs", image=pb.Image(encoded=png_bytes())), Code.NOT_FOUND, "dogs"),
+    (lambda: pb.DetectRequest(category="cats", version="v9", image=pb.Image(encoded=png_bytes())),
+     Code.NOT_FOUND, "v9"),
+    (lambda: pb.DetectRequest(category="../x", image=pb.Image(encoded=png_bytes())), Code.INVALID_ARGUMENT,
+     "category"),
+    (lambda: pb.DetectRequest(category="cats", image=pb.Image(encoded=png_bytes()),
+                              box=pb.Box(x0=10, y0=10, x1=5, y1=20)), Code.INVALID_ARGUMENT, "box"),
+])
+def test_bad_detect_inputs(client, request_factory, code, needle):
+    got, msg = rpc_code(client.inference.Detect, request_factory(), timeout=10)
+    assert got == code and needle in msg, (got, msg)
+    assert_healthy(client)
+
+
+def _adapter_bytes(path, edit=None, metadata_edit=None) -> bytes:
+    data = path.read_bytes()
+    tensors = st_load(data)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    if edit:
+        edit(tensors)
+    if metadata_edit:
+        metadata_edit(meta)
+    return st_save(tensors, metadata=meta)
+
+
+def _rename_key(t):
+    t["head.bias_typo"] = t.pop("head.bias")
+
+
+def _bad_shape(t):
+    key = next(k for k in t if k.endswith(".proj"))
+    t[key] = torch.eye(t[key].shape[0] + 1)
+
+
+def _nan(t):
+    t["head.weight"][0, 0] = float("nan")
+
+
+def _negative_var(t):  # finite tensors, but the trial forward yields NaN (sqrt of a negative variance)
+    key = next(k for k in t if k.endswith("running_var"))
+    t[key].fill_(-1.0)
+
+
+def _other_core(m):
+    m["core_sha256"] = "0" * 64
+
+
+@pytest.mark.parametrize("make, code, needle", [
+    (lambda p: _adapter_bytes(p, edit=_rename_key), Code.INVALID_ARGUMENT, "tensor names"),
+    (lambda p: _adapter_bytes(p, edit=_bad_shape), Code.INVALID_ARGUMENT, "shape"),
+    (lambda p: _adapter_bytes(p, edit=_nan), Code.INVALID_ARGUMENT, "NaN"),
+    (lambda p: _adapter_bytes(p, edit=_negative_var), Code.INVALID_ARGUMENT, "trial forward"),
+    (lambda p: _adapter_bytes(p, metadata_edit=_other_core), Code.FAILED_PRECONDITION, "core"),
+    (lambda p: pickle.dumps({"head.weight": torch.zeros(3, 8, 1, 1).numpy()}), Code.INVALID_ARGUMENT, "pickle"),
+    (lambda p: _torch_save_bytes(), Code.INVALID_ARGUMENT, "pickle"),
+    (lambda p: b"", Code.INVALID_ARGUMENT, "empty"),
+    (lambda p: b"not a safetensors file at all", Code.INVALID_ARGUMENT, "safetensors"),
+])
+def test_bad_adapters_rejected(client, artifacts, make, code, needle):
+    got, msg = rpc_code(client.register, "birds", "v1", make(artifacts.extra["birds-v1"]))
+    assert got == code and needle in msg, (got, msg)
+    assert "birds" not in {c.name for c in client.categories()}  # nothing left behind
+    assert_healthy(client)
+
+
+def _torch_save_bytes() -> bytes:
+    buf = io.BytesIO()
+    torch.save({"head.weight": torch.zeros(3)}, buf)
+    return buf.getvalue()
+
+
+def test_oversized_adapter(client, server, artifacts):
+    server.state.registry.max_adapter_bytes = 1000  # the tiny adapters are ~20 kB
+    got, msg = rpc_code(client.register, "birds", "v1", artifacts.extra["birds-v1"])
+    assert got == Code.RESOURCE_EXHAUSTED and "limit" in msg
+    assert_healthy(client)
+
+
+# ---------------------------------------------------------------------------------- admin
+def test_register_versions_activate_unregister(client, artifacts, store):
+    v1, v2 = artifacts.extra["birds-v1"], artifacts.extra["birds-v2"]
+    reply = client.register("birds", "v1", v1)
+    assert reply.created and reply.category.state == pb.READY and reply.category.active_version == "v1"
+    assert (store / "birds" / "v1.safetensors").read_bytes() == v1.read_bytes()
+    # idempotent, then immutable
+    assert client.register("birds", "v1", v1).created is False
+    code, msg = rpc_code(client.register, "birds", "v1", v2)
+    assert code == Code.ALREADY_EXISTS and "immutable" in msg
+    # K must match the category's other versions
+    code, _ = rpc_code(client.register, "birds", "k5", artifacts.extra["birds-k5"])
+    assert code == Code.FAILED_PRECONDITION
+    # reserved / invalid version names
+    assert rpc_code(client.register, "birds", "shipped", v2)[0] == Code.INVALID_ARGUMENT
+    assert rpc_code(client.register, "birds", "../v2", v2)[0] == Code.INVALID_ARGUMENT
+    assert rpc_code(client.register, "../etc", "v2", v2)[0] == Code.INVALID_ARGUMENT
+
+    client.register("birds", "v2", v2, activate=False)
+    img = png_bytes(seed=3)
+    r1 = client.detect(img, "birds")
+    assert r1.version == "v1"
+    client.register("birds", "v2", v2)  # idempotent + activate
+    r2 = client.detect(img, "birds")
+    assert r2.version == "v2" and r2.points != r1.points
+    assert client.detect(img, "birds", version="v1").points == r1.points  # explicit version
+    assert client.activate("birds", "v1").active_version == "v1"  # roll back
+    assert client.detect(img, "birds").points == r1.points
+    assert rpc_code(client.activate, "birds", "v7")[0] == Code.NOT_FOUND
+    assert rpc_code(client.activate, "dogs", "v1")[0] == Code.NOT_FOUND
+
+    assert rpc_code(client.unregister, "birds", "v1")[0] == Code.FAILED_PRECONDITION  # active
+    assert client.unregister("birds", "v2") == ["v2"]
+    assert not (store / "birds" / "v2.safetensors").exists()
+    assert client.unregister("birds") == ["v1"]
+    assert not (store / "birds").exists()
+    assert rpc_code(client.detect, img, "birds")[0] == Code.NOT_FOUND
+    assert rpc_code(client.unregister, "birds")[0] == Code.NOT_FOUND
+    # re-registering a removed version with other content is a new registration
+    assert client.register("birds", "v1", v2).created
+    info = client.server_info()
+    assert info.ready and info.backend == "torch-folded" and info.core_sha256 == artifacts.core_sha256
+    assert info.cache.entries >= 1 and info.cache.hits >= 1
+
+
+def test_register_by_path(client, server, store, artifacts, tmp_path):
+    allowed = store.parent / "allowed"
+    allowed.mkdir()
+    (allowed / "b.safetensors").write_bytes(artifacts.extra["birds-v1"].read_bytes())
+    assert client.register("birds", "v1", str(allowed / "b.safetensors"), server_path=True).created
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes(artifacts.extra["birds-v2"].read_bytes())
+    (allowed / "link.safetensors").symlink_to(outside)
+    for path in (str(outside), f"{allowed}/../outside.safetensors", str(allowed / "link.safetensors")):
+        code, msg = rpc_code(client.register, "birds", "v2", path, server_path=True)
+        assert code == Code.PERMISSION_DENIED and "outside" in msg, (path, code, msg)
+    assert rpc_code(client.register, "birds", "v2", str(allowed / "nope.safetensors"), server_path=True)[0] \
+        == Code.NOT_FOUND
+
+
+def test_wrong_core_shipped_file_fails_only_its_category(store, tmp_path):
+    other = tmp_path / "other-core.safetensors"
+    make_core(other, seed=5)
+    make_adapter(store / "dogs.safetensors", other, "dogs", seed=8)
+    handle = start_server(store)
+    try:
+        with LandmarkClient(f"127.0.0.1:{handle.port}") as client:
+            cats = {c.name: c for c in client.categories()}
+            assert cats["dogs"].state == pb.FAILED and "core" in cats["dogs"].error
+            code, msg = rpc_code(client.detect, png_bytes(), "dogs")
+            assert code == Code.UNAVAILABLE and "failed to load" in msg
+            assert_healthy(client)
+    finally:
+        handle.server.stop(None).wait()
+
+
+# -------------------------------------------------------------------------- restart, health
+def test_restart_serves_what_was_registered(store, artifacts):
+    handle = start_server(store)
+    img = png_bytes(seed=11)
+    with LandmarkClient(f"127.0.0.1:{handle.port}") as client:
+        client.register("birds", "v1", artifacts.extra["birds-v1"])
+        client.register("birds", "v2", artifacts.extra["birds-v2"])
+        client.activate("birds", "v1")
+        before = client.detect(img, "birds")
+        client.unregister("faces")  # a shipped category: its file stays, but it stays removed
+        before_cats = {c.name: (c.active_version, c.active_sha256, [v.version for v in c.versions])
+                       for c in client.categories()}
+    handle.server.stop(None).wait()
+    assert (store / "faces.safetensors").exists()
+
+    handle = start_server(store)
+    try:
+        with LandmarkClient(f"127.0.0.1:{handle.port}") as client:
+            after_cats = {c.name: (c.active_version, c.active_sha256, [v.version for v in c.versions])
+                          for c in client.categories()}
+            assert after_cats == before_cats and set(after_cats) == {"birds", "cats"}
+            after = client.detect(img, "birds")
+            assert after.version == "v1" and after.points == before.points
+            # a shipped category can be registered again under a version
+            client.register("faces", "v1", artifacts.shipped["faces"])
+            assert client.detect(img, "faces").version == "v1"
+    finally:
+        handle.server.stop(None).wait()
+
+
+def test_health_reflection_and_missing_core(server, client, tmp_path):
+    from serving.config import ServerConfig
+    from serving.server import CoreLoadError, build_server
+
+    for service in ("", "landmarks.v1.LandmarkService", "landmarks.v1.AdminService"):
+        assert client.health_status(service) == "SERVING"
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"landmarks.v1.LandmarkService", "landmarks.v1.AdminService", "grpc.health.v1.Health"} <= names
+
+    with pytest.raises(CoreLoadError, match="no core file"):
+        build_server(ServerConfig(port=0, adapters_dir=tmp_path))
+    # background loading: NOT_SERVING, requests UNAVAILABLE with the reason
+    handle = build_server(ServerConfig(port=0, adapters_dir=tmp_path, load_in_background=True))
+    handle.server.start()
+    try:
+        handle.state.loaded.wait(10)
+        with LandmarkClient(f"127.0.0.1:{handle.port}") as c:
+            assert c.health_status() == "NOT_SERVING"
+            code, msg = rpc_code(c.detect, png_bytes(), "cats")
+            assert code == Code.UNAVAILABLE and "no core file" in msg
+    finally:
+        handle.server.stop(None).wait()
+    assert health_pb2.HealthCheckResponse.SERVING  # imported for the enum
+
+
+def test_cli_commands(server, artifacts, tmp_path, capsys):
+    from landmarks.cli import main
+
+    target = f"127.0.0.1:{server.port}"
+    image = tmp_path / "img.png"
+    image.write_bytes(png_bytes(48, 40))
+    assert main(["register", "--server", target, "--category", "birds", "--version", "v1",
+                 str(artifacts.extra["birds-v1"])]) == 0
+    assert main(["categories", "--server", target, "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "birds" in out and "READY" in out
+    assert main(["detect", "--server", target, "--category", "birds", str(image), "--draw",
+                 str(tmp_path / "out.png")]) == 0
+    import json
+
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["landmarks"]) == 3 and (tmp_path / "out.png").is_file()
+    assert main(["activate", "--server", target, "--category", "birds", "--version", "v1"]) == 0
+    assert main(["unregister", "--server", target, "--category", "birds"]) == 0
+    capsys.readouterr()
+    assert main(["detect", "--server", target, "--category", "birds", str(image)]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--adapters", str(tmp_path)]) == 2
+    assert "no core file" in capsys.readouterr().err
+    assert os.path.exists(str(image))

@@ -1,0 +1,177 @@
+"""Pure pieces: image decoding and cropping, the folded-weights cache, name validation."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zlib
+
+import grpc
+import pytest
+import torch
+from PIL import Image
+
+from landmarks.geometry import crop_to_tensor, input_to_original, original_to_input
+from serving.errors import ServingError
+from serving.folding import CacheFullError, FoldedCache
+from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
+from serving.registry import validate_category, validate_version
+from tests.serving.conftest import jpeg_bytes, png_bytes
+
+MAXPIX, MINSIDE = 50_000_000, 4
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose IHDR claims width x height (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(bytes(10000), 9))
+            + _chunk(b"IEND", b""))
+
+
+def _code(exc_info) -> grpc.StatusCode:
+    return exc_info.value.code
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"", "empty"),
+    (b"hello, I am text and not an image at all", "not a JPEG"),
+    (jpeg_bytes()[:300], "truncated or corrupt"),
+    (jpeg_bytes()[: len(jpeg_bytes()) // 2], "JPEG data is truncated"),
+    (png_bytes()[:120], "truncated or corrupt"),
+    (png_bytes(1, 1), "at least 4 px"),
+    (png_header(20000, 20000), "too many pixels"),
+    (png_header(8000, 8000), "over this server's limit"),
+])
+def test_decode_rejects(data, needle):
+    with pytest.raises(ServingError) as exc:
+        decode_encoded(data, MAXPIX, MINSIDE)
+    assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in exc.value.message and exc.value.message.startswith("image.encoded")
+
+
+def test_decode_modes():
+    for mode in ("L", "RGBA", "P", "RGB"):
+        img = decode_encoded(png_bytes(20, 10, mode=mode), MAXPIX, MINSIDE)
+        assert img.mode == "RGB" and img.size == (20, 10)
+
+
+def test_decode_raw():
+    img = decode_raw(bytes(range(24)) * 2, 4, 4, 3, MAXPIX, MINSIDE)
+    assert img.size == (4, 4) and img.getpixel((1, 0)) == (3, 4, 5)
+    for args, needle in [((bytes(32), 4, 4, 2), "channels"), ((bytes(47), 4, 4, 3), "needs 48"),
+                         ((bytes(3), 1, 1, 3), "at least"), ((b"", 0, 0, 3), "positive")]:
+        with pytest.raises(ServingError, match=needle):
+            decode_raw(*args, MAXPIX, MINSIDE)
+
+
+def test_box_validation_and_square():
+    assert resolve_box(None, 40, 20) == (0.0, -10.0, 40.0, 30.0)
+    assert resolve_box((10, 10, 20, 30), 40, 40) == (5.0, 10.0, 25.0, 30.0)
+    for box in [(5, 5, 5, 9), (50, 50, 60, 60), (0, 0, float("nan"), 3), (-1000, -1000, 1000, 1000)]:
+        with pytest.raises(ServingError) as exc:
+            resolve_box(box, 40, 40)
+        assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT and exc.value.message.startswith("box")
+
+
+def test_crop_square_matches_geometry_and_bounds_memory():
+    image = Image.open(io.BytesIO(png_bytes(48, 40)))
+    box = resolve_box(None, 48, 40)
+    assert torch.allclose(crop_square(image, box, 32), crop_to_tensor(image, box, 32), atol=1e-6)
+    box = resolve_box((3.3, 5.1, 30.7, 33.9), 48, 40)  # fractional offset: PIL rounds to 8 bits differently
+    assert torch.allclose(crop_square(image, box, 32), crop_to_tensor(image, box, 32), atol=1.01 / 255)
+    # a large image is reduced first: a uniform image stays uniform, shape is right
+    big = Image.new("RGB", (1000, 700), (200, 100, 50))
+    out = crop_square(big, resolve_box(None, 1000, 700), 32)
+    assert out.shape == (3, 32, 32)
+    assert torch.allclose(out[:, 16, 16], torch.tensor([200, 100, 50]) / 255, atol=1e-2)
+    assert out[:, 0, 16].abs().max() == 0  # padding above the image is black
+
+
+def test_point_round_trip():
+    pts = torch.tensor([[3.0, 4.0], [17.25, 30.5]], dtype=torch.float64)
+    box = (-2.0, 1.0, 46.0, 49.0)
+    assert torch.allclose(input_to_original(original_to_input(pts, box, 32), box, 32), pts)
+
+
+def test_names():
+    for good in ("cats", "faces_2", "a-b", "0"):
+        assert validate_category(good) == good
+    for bad in ("../x", "Cats", "", "-x", "a" * 65, "a/b", "core", "x.y"):
+        with pytest.raises(ServingError) as exc:
+            validate_category(bad)
+        assert _code(exc) == grpc.StatusCode.INVALID_ARGUMENT
+    assert validate_version("v1.2-rc_3") == "v1.2-rc_3"
+    for bad in ("../v", ".hidden", "", "a/b", "x.safetensors"):
+        with pytest.raises(ServingError):
+            validate_version(bad)
+    with pytest.raises(ServingError, match="reserved"):
+        validate_version("shipped", allow_shipped=False)
+
+
+# --------------------------------------------------------------------------------- cache
+def test_cache_lru_in_bytes_and_counters():
+    cache = FoldedCache(100)
+    builds = []
+
+    def builder(key, nbytes=40):
+        return lambda: (builds.append(key) or f"model-{key}", nbytes)
+
+    for key in ("a", "b"):
+        with cache.lease(key, builder(key)) as value:
+            assert value == f"model-{key}"
+    with cache.lease("a", builder("a")):  # hit, now b is least recent
+        pass
+    with cache.lease("c", builder("c")):  # evicts b
+        pass
+    s = cache.stats()
+    assert (s.hits, s.misses, s.evictions, s.entries, s.resident_bytes) == (1, 3, 1, 2, 80)
+    assert "b" not in cache and "a" in cache and builds == ["a", "b", "c"]
+
+
+def test_cache_never_evicts_leased_entries():
+    cache = FoldedCache(100)
+    with cache.lease("a", lambda: ("A", 60)):
+        with pytest.raises(CacheFullError), cache.lease("b", lambda: ("B", 60)):
+            pass
+        assert "a" in cache
+    with cache.lease("b", lambda: ("B", 60)) as value:  # now a can go
+        assert value == "B"
+    assert "a" not in cache and cache.stats().evictions == 1
+
+
+def test_cache_discard_waits_for_last_lease():
+    cache = FoldedCache(100)
+    with cache.lease("a", lambda: ("A", 10)) as value:
+        cache.discard("a")
+        assert value == "A" and cache.stats().resident_bytes == 10
+    assert cache.stats().resident_bytes == 0 and cache.stats().entries == 0
+
+
+def test_cache_concurrent_misses_build_once():
+    cache = FoldedCache(100)
+    calls = []
+    gate = threading.Event()
+
+    def build():
+        calls.append(1)
+        gate.wait(5)
+        return "A", 10
+
+    results = []
+
+    def worker():
+        with cache.lease("a", build) as v:
+            results.append(v)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert results == ["A"] * 6 and len(calls) == 1
