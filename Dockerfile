@@ -44,6 +44,7 @@ COPY serving ./serving
 COPY training/__init__.py ./training/__init__.py
 RUN pip install --extra-index-url ${TORCH_INDEX} . && \
     python -c "import serving.server, landmarks.v1.landmarks_pb2_grpc"
+# adapters/ is in git (a .gitkeep at least); shipped core/adapters in it are baked into the image
 COPY adapters ./adapters
 
 RUN useradd --system --uid 10001 --home /app landmarks && chown -R landmarks /app/adapters
