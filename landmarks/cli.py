@@ -26,6 +26,8 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("landmarks.cli", "print a core's, adapter's or network's metadata, parameter counts and size"),
     "train-core": ("training.train_core", "train the core landmark detector supervised on human pose"),
     "evaluate-core": ("training.evaluate_core", "PCK of a core on annotated pose data, with an overlay picture"),
+    "adapt": ("training.adapt", "learn a new category's landmarks from unlabelled images (adapter or baseline)"),
+    "evaluate": ("training.evaluate", "forward / backward / consistency errors of an adapter or baseline, with pictures"),
     "serve": ("serving.commands.serve", "run the gRPC landmark server (inference + admin, health, reflection)"),
     "detect": ("serving.commands.detect", "landmarks of images from a running server, as JSON (--draw to plot)"),
     "register": ("serving.commands.register", "register an adapter version with a running server"),

@@ -1,0 +1,125 @@
+"""Adaptation for a few steps on synthetic images, and the evaluation protocol, end to end."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from landmarks.adapter_io import load_adapter, load_core, load_network, save_core
+from landmarks.projection import adapter_state_dict, build_adapted, fold
+from tests.factories import make_tiny_core
+from training.adapt import PRESETS, AdaptConfig, adapt
+from training.evaluate import evaluate, forward_backward, regression_error, ridge_fit, Detections
+
+
+@pytest.fixture
+def face_data(tmp_path):
+    """MTFL-format list files over synthetic 40x40 'faces' (two eyes, nose, mouth)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mtfl"
+    (root / "img").mkdir(parents=True)
+    lines = []
+    for i in range(14):
+        img = Image.new("RGB", (40, 40), tuple(int(v) for v in rng.integers(100, 200, 3)))
+        pts = np.array([[12, 15], [28, 15], [20, 22], [14, 30], [26, 30]], float) + rng.normal(0, 1.5, (5, 2))
+        px = img.load()
+        for x, y in pts.round().astype(int):
+            px[int(x), int(y)] = (0, 0, 0)
+        img.save(root / "img" / f"{i}.jpg")
+        lines.append(f"img/{i}.jpg " + " ".join(f"{v:.2f}" for v in pts[:, 0]) + " "
+                     + " ".join(f"{v:.2f}" for v in pts[:, 1]))
+    (root / "train.txt").write_text("\n".join(lines[:10]) + "\n")
+    (root / "test.txt").write_text("\n".join(lines[10:]) + "\n")
+    return root
+
+
+@pytest.fixture
+def core_file(tmp_path):
+    path = tmp_path / "core.safetensors"
+    save_core(path, make_tiny_core())
+    return path
+
+
+def _cfg(tmp_path, core_file, data, mode):
+    return AdaptConfig(**{**PRESETS["smoke"], "images": f"mtfl:{data / 'train.txt'}", "core": str(core_file),
+                          "mode": mode, "category": "faces", "out": str(tmp_path / mode), "num_landmarks": 4})
+
+
+def test_proposed_mode_changes_only_the_adapter(tmp_path, core_file, face_data):
+    core = load_core(core_file)
+    before = {k: v.clone() for k, v in core.tensors.items()}
+    path = adapt(_cfg(tmp_path, core_file, face_data, "proposed"), command="test")
+    adapter = load_adapter(path, core)
+    assert adapter.metadata["training_steps"] == "3" and adapter.category == "faces"
+    # the core file is untouched, and the adapter moved away from its initial values
+    after = load_core(core_file)
+    assert all(torch.equal(before[k], after.tensors[k]) for k in before)
+    init = adapter_state_dict(build_adapted(core.build(), 4))
+    moved = [k for k in init if k.endswith(".proj") and not torch.equal(init[k], adapter.tensors[k])]
+    assert moved, "no projection changed in 3 steps"
+    # everything the adapted network computes beyond the adapter is the core's frozen weights
+    assert set(adapter.tensors) == set(init)
+    assert (tmp_path / "proposed" / "samples.png").is_file() and (tmp_path / "proposed" / "curve.png").is_file()
+
+
+@pytest.mark.parametrize("mode", ["finetune", "scratch"])
+def test_baselines_write_networks(tmp_path, core_file, face_data, mode):
+    net = load_network(adapt(_cfg(tmp_path, core_file, face_data, mode), command="test"))
+    assert net.num_landmarks == 4 and net.metadata["mode"] == mode
+
+
+def test_resume_continues(tmp_path, core_file, face_data):
+    cfg = _cfg(tmp_path, core_file, face_data, "proposed")
+    adapt(cfg, command="test")
+    longer = AdaptConfig(**{**cfg.__dict__, "steps": 5})
+    path = adapt(longer, resume=True, command="test")
+    assert load_adapter(path, load_core(core_file)).metadata["training_steps"] == "5"
+
+
+def test_evaluate_end_to_end(tmp_path, core_file, face_data):
+    path = adapt(_cfg(tmp_path, core_file, face_data, "proposed"), command="test")
+    result = evaluate(path, f"mtfl:{face_data / 'train.txt'}", f"mtfl:{face_data / 'test.txt'}", None,
+                      tmp_path / "eval", core_path=core_file, consistency_images=4)
+    assert np.isfinite([result["forward"], result["backward"], result["consistency"]]).all()
+    assert [r["train_images"] for r in result["subsets"]] == [1, 5, 10]
+    for name in ("evaluation.json", "evaluation.md", "landmarks.png", "consistency.png"):
+        assert (tmp_path / "eval" / name).is_file()
+    cons = evaluate(path, None, None, f"folder:{face_data / 'img'}", None, core_path=core_file, consistency_images=4)
+    assert len(cons["consistency_per_landmark"]) == 4
+
+
+def test_ridge_recovers_a_linear_map():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    w, b = rng.normal(size=(6, 4)), rng.normal(size=4)
+    predict = ridge_fit(x, x @ w + b, lam=1e-12)
+    assert np.allclose(predict(x[:5]), x[:5] @ w + b, atol=1e-6)
+
+
+def test_regression_error_is_zero_for_an_exact_affine_relation():
+    rng = np.random.default_rng(1)
+    disc = rng.uniform(0, 128, size=(300, 10, 2))
+    truth = disc[:, :5] * 0.5 + 10  # annotations are an exact linear function of the discovered points
+    iod = np.linalg.norm(truth[:, 0] - truth[:, 1], axis=-1) + 1
+    assert regression_error(disc[:200], truth[:200], disc[200:], truth[200:], iod[200:], 128) < 0.05  # ridge shrinkage only
+    det_train = Detections(disc[:200], truth[:200], np.zeros(0), torch.zeros(0))
+    det_test = Detections(disc[200:], truth[200:], np.zeros(0), torch.zeros(0))
+    res = forward_backward(det_train, det_test, 128)
+    assert res["forward"] < 0.1 and [r["train_images"] for r in res["subsets"]] == [1, 5, 10, 100, 200]
+
+
+def test_consistency_is_zero_for_an_equivariant_detector():
+    from training.evaluate import consistency_error
+
+    class CentreDetector(torch.nn.Module):
+        """Always finds the crop centre, which every rotation about the centre keeps in place."""
+
+        config = make_tiny_core().config.replace(num_landmarks=2)
+
+        def forward(self, x):
+            h = torch.full((x.shape[0], 2, 8, 8), -100.0)
+            h[:, :, 3:5, 3:5] = 100.0
+            return h
+
+    err = consistency_error(CentreDetector(), torch.rand(5, 3, 32, 32))
+    assert err.shape == (2,) and err.max() < 1e-3

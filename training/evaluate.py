@@ -1,0 +1,258 @@
+"""`landmarks evaluate`: forward, backward and consistency errors of discovered landmarks.
+
+Protocol (the paper's, without the official code's pitfalls):
+- Landmarks are the detector's soft-argmax (beta 10) in eval mode (batch-norm uses its running
+  statistics), mapped to input pixels with the half-pixel convention.
+- Crops: MTFL/AFLW images are face crops already and are used whole; 300-W images are cropped to
+  the box of the annotated points plus a fixed margin (POINTS_MARGIN), squared, no jitter, the
+  same for every method.
+- Forward: ridge regression from discovered (K x 2) to annotated points on the training split,
+  error on the test split = mean point-to-point distance / inter-ocular distance (eye centres
+  for 5-point data, outer eye corners for 68-point data), in percent.
+- Backward: the same from annotated to discovered points, normalised by the same distance.
+- Regressor: ridge with intercept on mean-centred coordinates in units of the input size,
+  R = (X'X + lambda * max(X'X) I)^-1 X'Y, lambda = 1e-4 (the official code's form).
+  Subset sizes 1, 5, 10, 100, 500, 1000, 5000 and all; sizes <= 100 average 10 random draws.
+- Consistency: ||detect(A(y)) - A(detect(y))|| per landmark, A a random rotation N(0, 15 deg)
+  about the crop centre, in pixels of a 128 x 128 input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landmarks.adapter_io import ArtifactError, load_adapter, load_core, read_artifact
+from landmarks.geometry import apply_affine, similarity_matrix, warp_images
+from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
+from landmarks.hourglass import LandmarkHourglass
+from landmarks.projection import fold
+from training.datasets import Dataset, DatasetError, open_dataset
+from training.image_data import ObjectCrops
+
+__all__ = ["load_detector", "detect_dataset", "ridge_fit", "regression_error", "consistency_error",
+           "evaluate", "add_arguments", "main"]
+
+SUBSET_SIZES = (1, 5, 10, 100, 500, 1000, 5000)
+RIDGE_LAMBDA = 1e-4
+POINTS_MARGIN = 0.25
+CONSISTENCY_ROTATION_SD = 15.0
+PAPER = {  # Sanchez & Tzimiropoulos 2019, K = 10 (Tables 1-3); % of inter-ocular distance, px at 128
+    "proposed": {"forward": 6.69, "backward": 9.19, "consistency": 2.52},
+    "finetune": {"forward": 6.79, "backward": 11.14, "consistency": 4.32},
+    "scratch": {"forward": 7.65, "backward": 25.50, "consistency": 11.20},
+    "cats_consistency": 2.44,
+    "shoes_consistency": 2.14,
+}
+
+
+def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHourglass, dict]:
+    """An adapter (folded with its core) or a baseline network file -> eval-mode network."""
+    art = read_artifact(path)
+    kind = art.metadata["kind"]
+    if kind == "adapter":
+        core_file = core_path or Path(path).parent / "core.safetensors"
+        core = load_core(core_file)
+        adapter = load_adapter(path, core)
+        return fold(core.build(), adapter.tensors), dict(adapter.metadata)
+    if kind == "network":
+        return art.build(), dict(art.metadata)  # type: ignore[union-attr]
+    raise ArtifactError(f"{path} is a core; evaluate an adapter or a network (core: landmarks evaluate-core)")
+
+
+@dataclass
+class Detections:
+    points: np.ndarray  # (N, K, 2) discovered, input px
+    truth: np.ndarray  # (N, P, 2) annotated, input px (P = 0 for unlabelled data)
+    images: np.ndarray  # a few crops for pictures (n, S, S, 3)
+    tensors: torch.Tensor  # all crops (N, 3, S, S) for consistency (kept small by the caller)
+
+
+@torch.no_grad()
+def _detect(model: LandmarkHourglass, images: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tensor:
+    heat = model(images).float()
+    stride = model.config.input_size / model.config.heatmap_size
+    return heatmap_to_input(soft_argmax(heat, beta), stride)
+
+
+def detect_dataset(model: LandmarkHourglass, data: Dataset, points_margin: float | None,
+                   keep_tensors: int = 0, batch_size: int = 64) -> Detections:
+    loader = torch.utils.data.DataLoader(ObjectCrops(data, model.config.input_size, points_margin),
+                                         batch_size=batch_size, num_workers=1)
+    points, truth, kept = [], [], []
+    try:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=f"detect {data.name}", mininterval=10, leave=False)
+    except ImportError:
+        pass
+    for images, pts, _, ok in loader:
+        images, pts = images[ok], pts[ok]
+        points.append(_detect(model, images).numpy())
+        truth.append(pts.numpy())
+        if sum(len(k) for k in kept) < keep_tensors:
+            kept.append(images)
+    all_kept = torch.cat(kept)[:keep_tensors] if kept else torch.zeros(0)
+    return Detections(np.concatenate(points), np.concatenate(truth),
+                      all_kept[:12].permute(0, 2, 3, 1).numpy() if len(all_kept) else np.zeros(0), all_kept)
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float = RIDGE_LAMBDA):
+    """Ridge with intercept: returns predict(x_new). x: (N, Dx), y: (N, Dy)."""
+    mx, my = x.mean(0), y.mean(0)
+    xc, yc = x - mx, y - my
+    gram = xc.T @ xc
+    reg = lam * max(float(np.abs(gram).max()), 1e-12)
+    coef = np.linalg.solve(gram + reg * np.eye(gram.shape[0]), xc.T @ yc)
+    return lambda xn: (xn - mx) @ coef + my
+
+
+def _iod_indices(num_points: int) -> tuple[int, int]:
+    if num_points == 5:
+        return (0, 1)  # MTFL/AFLW: eye centres
+    if num_points == 68:
+        return (36, 45)  # 300-W: outer eye corners
+    raise DatasetError(f"no inter-ocular convention for {num_points}-point annotations (need 5 or 68)")
+
+
+def regression_error(src_train, dst_train, src_test, dst_test, iod: np.ndarray, size: int) -> float:
+    """Mean over test images of mean point-to-point error / iod, in percent."""
+    n = len(src_train)
+    predict = ridge_fit(src_train.reshape(n, -1) / size, dst_train.reshape(n, -1) / size)
+    pred = predict(src_test.reshape(len(src_test), -1) / size).reshape(dst_test.shape) * size
+    return float(100 * (np.linalg.norm(pred - dst_test, axis=-1).mean(1) / iod).mean())
+
+
+def forward_backward(train: Detections, test: Detections, size: int, seed: int = 0) -> dict:
+    a, b = _iod_indices(test.truth.shape[1])
+    iod = np.linalg.norm(test.truth[:, a] - test.truth[:, b], axis=-1)
+    rng = np.random.default_rng(seed)
+    rows = []
+    n_all = len(train.points)
+    for n in [s for s in SUBSET_SIZES if s < n_all] + [n_all]:
+        draws = 10 if n <= 100 else 1
+        fwd, bwd = [], []
+        for _ in range(draws):
+            idx = rng.choice(n_all, n, replace=False) if n < n_all else np.arange(n_all)
+            fwd.append(regression_error(train.points[idx], train.truth[idx], test.points, test.truth, iod, size))
+            bwd.append(regression_error(train.truth[idx], train.points[idx], test.truth, test.points, iod, size))
+        rows.append({"train_images": int(n), "forward": float(np.mean(fwd)), "backward": float(np.mean(bwd))})
+    return {"regressor": f"ridge with intercept, lambda={RIDGE_LAMBDA} x max(X'X), coordinates / input size",
+            "normalisation": "eye centres" if test.truth.shape[1] == 5 else "outer eye corners",
+            "subsets": rows, "forward": rows[-1]["forward"], "backward": rows[-1]["backward"]}
+
+
+@torch.no_grad()
+def consistency_error(model: LandmarkHourglass, images: torch.Tensor, seed: int = 0,
+                      rotation_sd: float = CONSISTENCY_ROTATION_SD) -> np.ndarray:
+    """(K,) mean ||detect(A(y)) - A(detect(y))|| per landmark in px of a 128 input."""
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.input_size
+    errors = []
+    for chunk in images.split(64):
+        n = len(chunk)
+        m = similarity_matrix(torch.randn(n, generator=g) * rotation_sd, torch.ones(n), torch.zeros(n, 2),
+                              center=(size - 1) / 2)
+        moved = apply_affine(_detect(model, chunk), m)
+        found = _detect(model, warp_images(chunk, m))
+        errors.append(torch.linalg.norm(found - moved, dim=-1))
+    return (torch.cat(errors).mean(0) * (128 / size)).numpy()
+
+
+def _pictures(out: Path, det: Detections, per_landmark: np.ndarray, title: str) -> None:
+    from training.plots import _pyplot, overlay_grid
+
+    if len(det.images):
+        n = len(det.images)
+        overlay_grid(det.images, det.points[:n], out / "landmarks.png", cols=6)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(len(per_landmark)), per_landmark, color=plt.cm.tab10(np.linspace(0, 1, len(per_landmark))))
+    ax.set_xlabel("landmark")
+    ax.set_ylabel("consistency error (px at 128)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out / "consistency.png", dpi=100)
+    plt.close(fig)
+
+
+def evaluate(detector_path: Path, train: str | None, test: str | None, images: str | None,
+             out: Path | None, core_path: Path | None = None, consistency_images: int = 1000,
+             seed: int = 0) -> dict:
+    model, meta = load_detector(detector_path, core_path)
+    size = model.config.input_size
+    result: dict = {"detector": str(detector_path), "kind": meta["kind"], "mode": meta.get("mode", "proposed"),
+                    "category": meta.get("category", ""), "num_landmarks": model.config.num_landmarks}
+    if train and test:
+        train_data, test_data = open_dataset(train), open_dataset(test)
+        margin = None if train.startswith("mtfl:") else POINTS_MARGIN
+        train_det = detect_dataset(model, train_data, margin)
+        test_det = detect_dataset(model, test_data, margin, keep_tensors=consistency_images)
+        result.update(forward_backward(train_det, test_det, size, seed))
+        result.update(train=train, test=test, train_images=len(train_det.points), test_images=len(test_det.points))
+        cons_det = test_det
+    elif images:
+        cons_det = detect_dataset(model, open_dataset(images), None, keep_tensors=consistency_images)
+        result.update(images=images)
+    else:
+        raise DatasetError("give --train and --test (annotated data), or --images (consistency only)")
+    per_landmark = consistency_error(model, cons_det.tensors, seed)
+    result.update(consistency=float(per_landmark.mean()), consistency_per_landmark=per_landmark.round(3).tolist(),
+                  consistency_images=int(len(cons_det.tensors)),
+                  consistency_protocol=f"rotation N(0, {CONSISTENCY_ROTATION_SD} deg) about the centre, px at 128")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+        (out / "evaluation.md").write_text(markdown(result))
+        _pictures(out, cons_det, per_landmark, f"{result['category'] or detector_path.stem} ({result['mode']})")
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    if "subsets" in result:
+        lines += ["| regressor training images | forward (%) | backward (%) |", "|---|---|---|"]
+        lines += [f"| {r['train_images']} | {r['forward']:.2f} | {r['backward']:.2f} |" for r in result["subsets"]]
+        paper = PAPER.get(result["mode"], {})
+        if paper:
+            lines.append(f"| paper, AFLW, all ({result['mode']}) | {paper['forward']:.2f} | {paper['backward']:.2f} |")
+        lines += ["", f"Regressor: {result['regressor']}; normalised by {result['normalisation']}.", ""]
+    lines.append(f"Consistency: {result['consistency']:.2f} px at 128 ({result['consistency_images']} images; "
+                 f"{result['consistency_protocol']}).")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--adapter", type=Path, help="an adapter file (folded with --core)")
+    what.add_argument("--network", type=Path, help="a baseline's full network file (finetune / scratch)")
+    parser.add_argument("--core", type=Path, default=None,
+                        help="core for --adapter (default: core.safetensors beside the adapter)")
+    parser.add_argument("--train", help="annotated regressor-training data, e.g. mtfl:.../new_training.txt")
+    parser.add_argument("--test", help="annotated test data, e.g. mtfl:.../new_testing.txt or 300w:<folder>")
+    parser.add_argument("--images", help="unlabelled images for consistency only, e.g. folder:.../cats")
+    parser.add_argument("--consistency-images", type=int, default=1000, help="how many images for consistency")
+    parser.add_argument("--out", type=Path, default=None, help="folder for evaluation.json/.md and pictures")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace) -> int:
+    path = args.adapter or args.network
+    try:
+        result = evaluate(path, args.train, args.test, args.images, args.out, args.core,
+                          args.consistency_images, args.seed)
+    except (ArtifactError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(result), end="")
+    if "forward" in result:
+        print(f"forward: {result['forward']:.2f}")
+        print(f"backward: {result['backward']:.2f}")
+    print(f"consistency: {result['consistency']:.2f}")
+    return 0

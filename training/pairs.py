@@ -1,0 +1,83 @@
+"""Training pairs (y, y') for conditional image generation, made on the fly from one image.
+
+y (the target) and y' (what the generator sees) are two random warps of the same image. The
+landmarks come from y; the generator must move the parts of y' to where y's landmarks say.
+If the two warps are nearly the same the generator copies y' and ignores the landmarks, which
+is why the official code rotates y by N(0, 30 deg) and y' by N(0, 15 deg). A thin-plate-spline
+warp of y' (as in IMM) adds non-rigid deformation the generator cannot undo without landmarks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from landmarks.geometry import similarity_matrix, warp_images
+
+__all__ = ["PairConfig", "random_similarities", "tps_warp", "make_pairs"]
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    target_rotation_sd: float = 30.0  # y, degrees (official code)
+    deformed_rotation_sd: float = 15.0  # y'
+    max_rotation: float = 40.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    shift_sd: float = 0.05  # fraction of the image size
+    tps_sd: float = 0.0  # control-point jitter of y' as a fraction of the size; 0 = no TPS
+
+    def __post_init__(self) -> None:
+        if min(self.target_rotation_sd, self.deformed_rotation_sd, self.shift_sd, self.tps_sd) < 0:
+            raise ValueError("pair deformation strengths must be >= 0")
+        object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
+
+
+def random_similarities(batch: int, size: int, rotation_sd: float, cfg: PairConfig,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, 2, 3) random similarities about the image centre (pixels)."""
+    angle = (torch.randn(batch, generator=generator) * rotation_sd).clamp(-cfg.max_rotation, cfg.max_rotation)
+    lo, hi = cfg.scale_range
+    scale = lo + (hi - lo) * torch.rand(batch, generator=generator)
+    shift = (torch.randn(batch, 2, generator=generator) * cfg.shift_sd).clamp(-2 * cfg.shift_sd, 2 * cfg.shift_sd)
+    return similarity_matrix(angle, scale, shift * size, center=(size - 1) / 2)
+
+
+def _tps_kernel(d2: torch.Tensor) -> torch.Tensor:
+    return d2 * torch.log(d2.clamp(min=1e-12))  # U(r) = r^2 log r^2 (up to a constant factor)
+
+
+def tps_warp(images: torch.Tensor, sd: float, grid_points: int = 5,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Warp each image by a random thin-plate spline: a grid_points^2 lattice of control points,
+    each moved by N(0, sd) (in units of the normalised [-1, 1] image), interpolated smoothly."""
+    b, _, h, w = images.shape
+    lin = torch.linspace(-1, 1, grid_points)
+    ctrl = torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1).reshape(-1, 2)  # (n, 2)
+    n = ctrl.shape[0]
+    moved = ctrl + torch.randn(b, n, 2, generator=generator) * (2 * sd)
+    # Solve for the spline that maps output control points (ctrl) to input sample points (moved).
+    k = _tps_kernel(torch.cdist(ctrl, ctrl) ** 2)
+    p = torch.cat((torch.ones(n, 1), ctrl), 1)
+    system = torch.zeros(n + 3, n + 3)
+    system[:n, :n], system[:n, n:], system[n:, :n] = k, p, p.T
+    rhs = torch.cat((moved, torch.zeros(b, 3, 2)), 1)  # (B, n+3, 2)
+    coef = torch.linalg.solve(system, rhs)  # (B, n+3, 2)
+    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
+                            indexing="ij")
+    pts = torch.stack((xs, ys), -1).reshape(-1, 2)  # (HW, 2), pixel centres in normalised coords
+    basis = torch.cat((_tps_kernel(torch.cdist(pts, ctrl) ** 2), torch.ones(len(pts), 1), pts), 1)  # (HW, n+3)
+    grid = (basis @ coef).reshape(b, h, w, 2).to(images.dtype)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def make_pairs(images: torch.Tensor, cfg: PairConfig,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,3,S,S) images in [0,1] -> (y, y'), two independently warped versions."""
+    b, _, s, _ = images.shape
+    target = warp_images(images, random_similarities(b, s, cfg.target_rotation_sd, cfg, generator))
+    deformed = warp_images(images, random_similarities(b, s, cfg.deformed_rotation_sd, cfg, generator))
+    if cfg.tps_sd > 0:
+        deformed = tps_warp(deformed, cfg.tps_sd, generator=generator)
+    return target, deformed
