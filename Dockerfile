@@ -50,11 +50,13 @@ COPY adapters ./adapters
 RUN useradd --system --uid 10001 --home /app landmarks && chown -R landmarks /app/adapters
 USER landmarks
 
-EXPOSE 50051
+# 50051: gRPC; 9464: Prometheus /metrics. Set LANDMARKS_ADMIN_TOKEN (and LANDMARKS_TOKEN) to
+# protect the admin (and inference) planes; add --no-admin to the command to switch admin off.
+EXPOSE 50051 9464
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
 import sys; s=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=4); \
 sys.exit(0 if s.status == h.HealthCheckResponse.SERVING else 1)"
 
 # Listen on all interfaces inside the container (the server's own default is localhost only).
-CMD ["sh", "-c", "exec landmarks serve --host 0.0.0.0 --port 50051 --adapters /app/adapters --device ${LANDMARKS_DEVICE}"]
+CMD ["sh", "-c", "exec landmarks serve --host 0.0.0.0 --port 50051 --adapters /app/adapters --device ${LANDMARKS_DEVICE} --metrics-port 9464"]

@@ -34,6 +34,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "unregister": ("serving.commands.unregister", "remove an adapter version or a whole category from a server"),
     "activate": ("serving.commands.activate", "make a registered adapter version active (roll back)"),
     "categories": ("serving.commands.categories", "list a server's categories, versions and states"),
+    "bench": ("serving.commands.bench", "latency/throughput of a running server vs the bare and official forward"),
 }
 
 

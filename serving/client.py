@@ -9,6 +9,9 @@
         print(client.categories())
 
 Errors arrive as `grpc.RpcError` (`.code()`, `.details()`).
+
+TLS and tokens: `LandmarkClient(target, tls_ca="ca.pem", token=..., admin_token=...)`; the
+inference token goes with Detect calls, the admin token with admin calls (see serving.auth).
 """
 
 from __future__ import annotations
@@ -82,13 +85,32 @@ def _box(box: Sequence[float] | None) -> pb.Box | None:
     return pb.Box(x0=x0, y0=y0, x1=x1, y1=y1)
 
 
+def _pem(value: str | Path | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
 class LandmarkClient:
     def __init__(self, target: str = "localhost:50051", timeout: float | None = 30.0,
-                 channel: grpc.Channel | None = None, max_message_bytes: int = 64 << 20) -> None:
+                 channel: grpc.Channel | None = None, max_message_bytes: int = 64 << 20, *,
+                 tls: bool = False, tls_ca: str | Path | bytes | None = None,
+                 tls_cert: str | Path | bytes | None = None, tls_key: str | Path | bytes | None = None,
+                 token: str | None = None, admin_token: str | None = None) -> None:
+        """`tls` (implied by any tls_* argument): verify the server with `tls_ca` (default: the
+        system's roots); `tls_cert`/`tls_key`: a client certificate for mutual TLS."""
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
-        self.channel = channel or grpc.insecure_channel(target, options=options)
+        if channel is None:
+            if tls or tls_ca is not None or tls_cert is not None:
+                creds = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
+                channel = grpc.secure_channel(target, creds, options=options)
+            else:
+                channel = grpc.insecure_channel(target, options=options)
+        self.channel = channel
         self.timeout = timeout
+        self._inference_md = (("authorization", f"Bearer {token}"),) if token else None
+        self._admin_md = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
         self.inference = pb_grpc.LandmarkServiceStub(self.channel)
         self.admin = pb_grpc.AdminServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -112,14 +134,15 @@ class LandmarkClient:
 
     def detect(self, image: Any, category: str, box: Sequence[float] | None = None, version: str = "") -> DetectResult:
         return DetectResult.from_proto(self.inference.Detect(self.request(image, category, box, version),
-                                                             timeout=self.timeout))
+                                                             timeout=self.timeout, metadata=self._inference_md))
 
     def detect_batch(self, images: Sequence[Any], category: str | Sequence[str],
                      boxes: Sequence[Sequence[float] | None] | None = None) -> list[DetectResult]:
         cats = [category] * len(images) if isinstance(category, str) else list(category)
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         reqs = [self.request(img, c, b) for img, c, b in zip(images, cats, boxes)]
-        reply = self.inference.DetectBatch(pb.DetectBatchRequest(requests=reqs), timeout=self.timeout)
+        reply = self.inference.DetectBatch(pb.DetectBatchRequest(requests=reqs), timeout=self.timeout,
+                                           metadata=self._inference_md)
         return [DetectResult.from_proto(r) for r in reply.responses]
 
     # ----------------------------------------------------------------------------- admin
@@ -131,22 +154,23 @@ class LandmarkClient:
             req.path = str(adapter)
         else:
             req.data = adapter if isinstance(adapter, bytes) else Path(adapter).read_bytes()
-        return self.admin.RegisterAdapter(req, timeout=self.timeout)
+        return self.admin.RegisterAdapter(req, timeout=self.timeout, metadata=self._admin_md)
 
     def activate(self, category: str, version: str) -> pb.CategoryInfo:
         return self.admin.SetActiveVersion(pb.SetActiveVersionRequest(category=category, version=version),
-                                           timeout=self.timeout)
+                                           timeout=self.timeout, metadata=self._admin_md)
 
     def unregister(self, category: str, version: str = "") -> list[str]:
         reply = self.admin.UnregisterAdapter(pb.UnregisterAdapterRequest(category=category, version=version),
-                                             timeout=self.timeout)
+                                             timeout=self.timeout, metadata=self._admin_md)
         return list(reply.removed_versions)
 
     def categories(self) -> list[pb.CategoryInfo]:
-        return list(self.admin.ListCategories(pb.ListCategoriesRequest(), timeout=self.timeout).categories)
+        return list(self.admin.ListCategories(pb.ListCategoriesRequest(), timeout=self.timeout,
+                                              metadata=self._admin_md).categories)
 
     def server_info(self) -> pb.ServerInfoResponse:
-        return self.admin.ServerInfo(pb.ServerInfoRequest(), timeout=self.timeout)
+        return self.admin.ServerInfo(pb.ServerInfoRequest(), timeout=self.timeout, metadata=self._admin_md)
 
     def health_status(self, service: str = "") -> str:
         reply = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)

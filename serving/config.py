@@ -22,7 +22,7 @@ class ServerConfig:
             with `<dir>/<category>/_state.json` naming the active version.
         core_path: the frozen core; default `<adapters_dir>/core.safetensors`.
         device: "cpu", "cuda", "cuda:1", ...
-        max_workers: gRPC handler threads.
+        max_workers: gRPC handler threads (RPCs beyond max_workers + max_queue are refused by gRPC).
         torch_threads: torch.set_num_threads at start-up (None: leave torch's default).
         cache_bytes: budget of the folded-weights cache (LRU; in-use entries are never evicted).
         max_adapter_bytes: size cap for an adapter file.
@@ -35,6 +35,16 @@ class ServerConfig:
         enable_admin: serve AdminService.
         load_in_background: return from create_server at once and load the core in a thread
             (health says NOT_SERVING until it is loaded); default: load before returning.
+        max_batch_size, max_queue_delay_ms, max_queue, batch_workers: dynamic batching
+            (serving.batching): requests of one category/version are run together, up to
+            max_batch_size; the worker waits at most max_queue_delay_ms for requests still being
+            decoded; more than max_queue waiting requests -> RESOURCE_EXHAUSTED.
+        metrics_port: Prometheus /metrics on this port of `host` (None: off; 0: any free port).
+        grace_s: on SIGTERM, how long in-flight requests may take before they are cancelled.
+        tls_cert, tls_key: PEM files; serve TLS instead of plaintext. tls_client_ca: also require
+            client certificates signed by this CA (mutual TLS).
+        admin_token, inference_token: bearer tokens for AdminService / LandmarkService (None:
+            that plane is open); see serving.auth.
     """
 
     host: str = "127.0.0.1"
@@ -42,7 +52,7 @@ class ServerConfig:
     adapters_dir: Path = REPO_ADAPTERS
     core_path: Path | None = None
     device: str = "cpu"
-    max_workers: int = 16
+    max_workers: int = 32
     torch_threads: int | None = None
     cache_bytes: int = 1 << 30
     max_adapter_bytes: int = 256 << 20
@@ -53,6 +63,17 @@ class ServerConfig:
     allowed_register_dirs: tuple[Path, ...] = field(default_factory=tuple)
     enable_admin: bool = True
     load_in_background: bool = False
+    max_batch_size: int = 16
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 256
+    batch_workers: int = 1
+    metrics_port: int | None = None
+    grace_s: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    inference_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.adapters_dir = Path(self.adapters_dir)
@@ -61,8 +82,18 @@ class ServerConfig:
         self.allowed_register_dirs = tuple(Path(p) for p in self.allowed_register_dirs)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert/--tls-key")
+        if self.admin_token is not None and self.admin_token == self.inference_token:
+            raise ValueError("the admin token must differ from the inference token")
         if self.max_adapter_bytes > self.max_message_bytes:
             self.max_message_bytes = self.max_adapter_bytes + (1 << 20)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def resolved_core_path(self) -> Path:

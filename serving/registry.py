@@ -468,6 +468,11 @@ class AdapterRegistry:
                                               self.core.config.input_size, "", "", self.core.sha256, entries))
         return sorted(out, key=lambda s: s.name)
 
+    def known(self, category: str) -> bool:
+        """Registered (or still unloading): used to bound metric labels to real categories."""
+        with self._state_lock:
+            return category in self._categories or any(e.category == category for e in self._retired)
+
     def status(self, category: str) -> CategoryStatus:
         validate_category(category)
         return self._status(self._require(category))

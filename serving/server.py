@@ -1,7 +1,14 @@
-"""Assemble the gRPC server: inference + admin services, standard health and reflection.
+"""Assemble the gRPC server: inference + admin services, standard health and reflection,
+dynamic batching, Prometheus metrics, tokens and TLS.
 
     server, port = create_server(ServerConfig(port=0))   # binds, does not start
     server.start(); ...; server.stop(grace=5)
+    handle = build_server(cfg); handle.server.start(); ...; handle.shutdown()   # graceful
+
+Shutdown (`ServerHandle.shutdown`, what SIGTERM does): health -> NOT_SERVING, new Detects are
+refused with UNAVAILABLE, the batching queue flushes without waiting, the gRPC server stops
+accepting and gives in-flight RPCs `grace_s` seconds, then cancels whatever is left (so a slow
+client or a stuck request cannot hold shutdown), and the batch worker is stopped.
 
 Health (`grpc.health.v1`) reports NOT_SERVING until the core is loaded and the adapter store is
 read, then SERVING for "" and both services. With `load_in_background` the core loads in a
@@ -23,11 +30,14 @@ from grpc_reflection.v1alpha import reflection
 from landmarks.adapter_io import ArtifactError, Core, load_core
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.auth import TokenInterceptor
 from serving.backend import TorchFoldedBackend
+from serving.batching import BatchConfig, DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
 from serving.errors import ServingError
 from serving.folding import FoldedCache
+from serving.metrics import Metrics, start_metrics_server
 from serving.registry import AdapterRegistry
 from serving.servicer import AdminServicer, LandmarkServicer
 
@@ -55,6 +65,9 @@ class ServerState:
         self.cache: FoldedCache | None = None
         self.registry: AdapterRegistry | None = None
         self.engine: InferenceEngine | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.metrics = Metrics(self)
+        self.draining = False
         self.load_error: str = ""
         self.ready = False
         self.loaded = threading.Event()
@@ -72,6 +85,13 @@ class ServerState:
         if not self.ready:
             raise self._unavailable()
         return self.engine  # type: ignore[return-value]
+
+    def require_batcher(self) -> DynamicBatcher:
+        if self.draining:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
+        if not self.ready:
+            raise self._unavailable()
+        return self.batcher  # type: ignore[return-value]
 
     def require_registry(self) -> AdapterRegistry:
         if not self.ready:
@@ -105,6 +125,8 @@ class ServerState:
             registry.load_store()
             self.core, self.backend, self.cache, self.registry = core, backend, cache, registry
             self.engine = InferenceEngine(registry, cache, backend)
+            self.batcher = DynamicBatcher(self.engine, BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms,
+                                                                   cfg.max_queue, cfg.batch_workers), self.metrics)
             self.ready = True
             self.set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
@@ -121,6 +143,26 @@ class ServerHandle:
     server: grpc.Server
     port: int
     state: ServerState
+    metrics_port: int | None = None
+    metrics_server: object | None = None
+
+    def shutdown(self, grace: float | None = None) -> bool:
+        """Graceful stop (see the module docstring); True if in-flight work finished within grace."""
+        state = self.state
+        grace = state.cfg.grace_s if grace is None else grace
+        state.draining = True
+        state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if state.batcher is not None:
+            state.batcher.drain()
+        # stop() cancels RPCs still running after `grace`; the event is set once they are gone
+        finished = self.server.stop(grace=grace).wait(grace + 5.0)
+        if state.batcher is not None:
+            state.batcher.close(timeout=1.0)  # a forward pass still running after grace is abandoned
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
+        return bool(finished)
 
     @property
     def address(self) -> str:
@@ -136,8 +178,13 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    interceptors = []
+    if cfg.admin_token is not None or cfg.inference_token is not None:
+        interceptors.append(TokenInterceptor(cfg.admin_token, cfg.inference_token))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks"),
-                         options=options)
+                         options=options, interceptors=interceptors,
+                         # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
+                         maximum_concurrent_rpcs=cfg.max_workers + cfg.max_queue)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     state = ServerState(cfg, health_servicer)
     state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -152,12 +199,32 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     else:
         state.load()
     try:
-        port = server.add_insecure_port(cfg.address)
+        if cfg.tls:
+            port = server.add_secure_port(cfg.address, _server_credentials(cfg))
+        else:
+            port = server.add_insecure_port(cfg.address)
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {cfg.address}: {exc}") from None
     if port == 0:
         raise OSError(f"cannot listen on {cfg.address} (port in use?)")
-    return ServerHandle(server, port, state)
+    handle = ServerHandle(server, port, state)
+    if cfg.metrics_port is not None:
+        try:
+            handle.metrics_server, handle.metrics_port = start_metrics_server(state.metrics, cfg.host,
+                                                                              cfg.metrics_port)
+        except OSError as exc:
+            server.stop(None)
+            raise OSError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
+    return handle
+
+
+def _server_credentials(cfg: ServerConfig) -> grpc.ServerCredentials:
+    try:
+        key, cert = cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()  # type: ignore[union-attr]
+        ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+    except OSError as exc:
+        raise OSError(f"cannot read TLS files: {exc}") from None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
 def _load_quietly(state: ServerState) -> None:
@@ -174,14 +241,18 @@ def create_server(cfg: ServerConfig) -> tuple[grpc.Server, int]:
 
 
 def serve(cfg: ServerConfig) -> int:
-    """Run until interrupted (Ctrl-C / SIGTERM stop it with a 5 s grace)."""
+    """Run until interrupted; SIGTERM / Ctrl-C shut down gracefully within `cfg.grace_s`."""
     import signal
 
     handle = build_server(cfg)
     handle.server.start()
     log.info("listening on %s", handle.address)
+    if cfg.admin_token is None and cfg.enable_admin and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the admin service is open to the network (no --admin-token-file, not --no-admin)")
     core = handle.state.core.sha256[:12] if handle.state.core else "?"
-    print(f"landmarks server listening on {handle.address} (core {core}, device {cfg.device})", flush=True)
+    extra = f", metrics on {cfg.host}:{handle.metrics_port}" if handle.metrics_port is not None else ""
+    print(f"landmarks server listening on {handle.address} ({'TLS' if cfg.tls else 'plaintext'}, core {core}, "
+          f"device {cfg.device}{extra})", flush=True)
     stop = threading.Event()
 
     def _stop(signum, frame):
@@ -191,7 +262,8 @@ def serve(cfg: ServerConfig) -> int:
     signal.signal(signal.SIGINT, _stop)
     while not stop.wait(1.0):
         pass
-    log.info("stopping: health NOT_SERVING, finishing in-flight requests (5 s grace)")
-    handle.state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    handle.server.stop(grace=5).wait()
+    log.info("stopping: health NOT_SERVING, finishing in-flight requests (%.1f s grace)", cfg.grace_s)
+    finished = handle.shutdown()
+    log.info("stopped%s", "" if finished else " (in-flight work cancelled after the grace period)")
+    print("landmarks server stopped", flush=True)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import platform
 import time
 from importlib import metadata
@@ -85,24 +86,80 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
                                total_ms=total_ms),
         )
 
+    def _run(self, items_or_requests, context, many: bool) -> list[Detection]:
+        """Decode, queue in the batcher, wait for the results (or the deadline / cancellation)."""
+        batcher = self.state.require_batcher()
+        n = len(items_or_requests)
+        batcher.arrive(n)
+        try:
+            items = [self._decode(req, f"requests[{i}]." if many else "") for i, req in enumerate(items_or_requests)]
+        finally:
+            batcher.depart(n)
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+        pending = batcher.submit(items, deadline)
+
+        def cancel():
+            for p in pending:
+                p.cancel()
+
+        if not context.add_callback(cancel):  # the client went away: drop what has not been computed
+            cancel()
+        out = []
+        for i, p in enumerate(pending):
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                out.append(p.wait(wait))
+            except BaseException as exc:
+                cancel()  # all or nothing: the rest need not run (or this one's deadline passed while it ran)
+                if isinstance(exc, ServingError):
+                    raise _prefixed(exc, f"requests[{i}]." if many else "") from None
+                raise
+        return out
+
+    def _record(self, method: str, category: str, t0: float, outcome: str) -> None:
+        self.state.metrics.request(method, category, outcome, time.perf_counter() - t0)
+
     @_handler
     def Detect(self, request, context):
         t0 = time.perf_counter()
-        engine = self.state.require_engine()
-        item = self._decode(request)
-        (det,) = engine.detect([item])
-        return self._response(det, (time.perf_counter() - t0) * 1e3)
+        metrics = self.state.metrics
+        metrics.inflight.inc()
+        outcome = "internal"
+        try:
+            (det,) = self._run([request], context, many=False)
+            metrics.detection(det.category, det.queue_ms, det.compute_ms)
+            outcome = "ok"
+            return self._response(det, (time.perf_counter() - t0) * 1e3)
+        except ServingError as exc:
+            outcome = exc.code.name.lower()
+            raise
+        finally:
+            metrics.inflight.dec()
+            self._record("Detect", request.category, t0, outcome)
 
     @_handler
     def DetectBatch(self, request, context):
         t0 = time.perf_counter()
-        engine = self.state.require_engine()
+        metrics = self.state.metrics
         n, limit = len(request.requests), self.state.cfg.max_batch_items
         if n > limit:
             raise ServingError(Code.INVALID_ARGUMENT, f"requests: {n} items, over this server's limit of {limit}; "
                                                       "split the batch")
-        items = [self._decode(req, f"requests[{i}].") for i, req in enumerate(request.requests)]
-        detections = engine.detect(items)
+        category = request.requests[0].category if n else ""
+        metrics.inflight.inc()
+        outcome = "internal"
+        try:
+            detections = self._run(list(request.requests), context, many=True)
+            for d in detections:
+                metrics.detection(d.category, d.queue_ms, d.compute_ms)
+            outcome = "ok"
+        except ServingError as exc:
+            outcome = exc.code.name.lower()
+            raise
+        finally:
+            metrics.inflight.dec()
+            self._record("DetectBatch", category, t0, outcome)
         total = (time.perf_counter() - t0) * 1e3
         return pb.DetectBatchResponse(responses=[self._response(d, total) for d in detections])
 
@@ -153,12 +210,20 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         registry = self.state.require_registry()
         which = request.WhichOneof("source")
         activate = request.activate if request.HasField("activate") else True
-        status, created = registry.register(
-            request.category, request.version,
-            data=request.data if which == "data" else None,
-            path=request.path if which == "path" else None,
-            activate=activate,
-        )
+        t0, outcome = time.perf_counter(), "internal"
+        try:
+            status, created = registry.register(
+                request.category, request.version,
+                data=request.data if which == "data" else None,
+                path=request.path if which == "path" else None,
+                activate=activate,
+            )
+            outcome = "ok"
+        except ServingError as exc:
+            outcome = exc.code.name.lower()
+            raise
+        finally:
+            self.state.metrics.register_seconds.labels(outcome).observe(time.perf_counter() - t0)
         return pb.RegisterAdapterResponse(category=category_to_proto(status), created=created)
 
     @_handler

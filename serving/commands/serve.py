@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adapter store directory (default: the repository's adapters/)")
     parser.add_argument("--core", type=Path, default=None, help="core file (default: ADAPTERS/core.safetensors)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=16, help="gRPC handler threads (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=32, help="gRPC handler threads (default %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--cache-mb", type=int, default=1024,
                         help="folded-weights cache budget in MiB (default %(default)s)")
@@ -26,6 +26,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-path", type=Path, action="append", default=[],
                         help="directory RegisterAdapter(path=...) may read from (repeatable; default: none)")
     parser.add_argument("--no-admin", action="store_true", help="do not serve the AdminService")
+    parser.add_argument("--max-message-mb", type=int, default=64, help="gRPC message size limit (default %(default)s)")
+    g = parser.add_argument_group("batching and load")
+    g.add_argument("--max-batch", type=int, default=16, help="most requests per forward pass (default %(default)s)")
+    g.add_argument("--max-queue-delay-ms", type=float, default=2.0,
+                   help="longest wait for requests still being decoded to join a batch (default %(default)s)")
+    g.add_argument("--max-queue", type=int, default=256,
+                   help="waiting requests before RESOURCE_EXHAUSTED (default %(default)s)")
+    g.add_argument("--batch-workers", type=int, default=1, help="forward passes run at once (default %(default)s)")
+    g.add_argument("--grace", type=float, default=10.0,
+                   help="seconds in-flight requests get on SIGTERM before they are cancelled (default %(default)s)")
+    g.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port of --host (default: off; 0 = any free port)")
+    s = parser.add_argument_group("security")
+    s.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS (with --tls-key)")
+    s.add_argument("--tls-key", type=Path, help="PEM private key")
+    s.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
+    s.add_argument("--admin-token-file", type=Path,
+                   help="admin calls need this bearer token (default: $LANDMARKS_ADMIN_TOKEN, else open)")
+    s.add_argument("--inference-token-file", type=Path,
+                   help="Detect calls need this bearer token, or the admin one (default: $LANDMARKS_TOKEN, else open)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -40,12 +60,23 @@ def main(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             print(f"error: --device {args.device} but torch sees no CUDA device", file=sys.stderr)
             return 2
-    cfg = ServerConfig(
-        host=args.host, port=args.port, adapters_dir=args.adapters, core_path=args.core, device=args.device,
-        max_workers=args.workers, torch_threads=args.threads, cache_bytes=args.cache_mb << 20,
-        max_adapter_bytes=args.max_adapter_mb << 20, allowed_register_dirs=tuple(args.allow_path),
-        enable_admin=not args.no_admin,
-    )
+    from serving.auth import read_token
+
+    try:
+        cfg = ServerConfig(
+            host=args.host, port=args.port, adapters_dir=args.adapters, core_path=args.core, device=args.device,
+            max_workers=args.workers, torch_threads=args.threads, cache_bytes=args.cache_mb << 20,
+            max_adapter_bytes=args.max_adapter_mb << 20, max_message_bytes=args.max_message_mb << 20,
+            allowed_register_dirs=tuple(args.allow_path), enable_admin=not args.no_admin,
+            max_batch_size=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
+            batch_workers=args.batch_workers, grace_s=args.grace, metrics_port=args.metrics_port,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+            admin_token=read_token(args.admin_token_file, "LANDMARKS_ADMIN_TOKEN") if not args.no_admin else None,
+            inference_token=read_token(args.inference_token_file, "LANDMARKS_TOKEN"),
+        )
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return serve(cfg)
     except CoreLoadError as exc:

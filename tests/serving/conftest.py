@@ -109,7 +109,7 @@ def start_server(adapters_dir: Path, **overrides):
 def server(store):
     handle = start_server(store, allowed_register_dirs=(store.parent / "allowed",))
     yield handle
-    handle.server.stop(grace=None).wait()
+    handle.shutdown(grace=0)
 
 
 @pytest.fixture
@@ -134,3 +134,52 @@ def jpeg_bytes(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+def spawn_server(args: list[str], script: str | None = None, timeout: float = 60.0):
+    """`landmarks serve ARGS` (or `python -c SCRIPT ARGS`) in a subprocess; returns
+    (process, port, metrics_port or None) once it prints its listening line."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    script = script or "import sys; from landmarks.cli import main; sys.exit(main(['serve'] + sys.argv[1:]))"
+    cmd = [sys.executable, "-c", script]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    proc = subprocess.Popen(cmd + ["--port", "0", "--threads", "1", *args], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(r"listening on \S+:(\d+) .*?(?:metrics on \S+:(\d+))?\)", line)
+        if m:
+            return proc, int(m.group(1)), int(m.group(2)) if m.group(2) else None
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stderr.read()[-3000:]}")
+
+
+def scrape(metrics_port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as reply:
+        return reply.read().decode()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text format (None if absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        got = dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if kv) if rest else {}
+        if {k: v.strip('"') for k, v in got.items()} == labels:
+            return float(value)
+    return None

@@ -1,0 +1,79 @@
+"""Tokens for the two planes: inference (LandmarkService) and admin (AdminService).
+
+Clients send `authorization: Bearer <token>` metadata. A plane with no token configured is
+open (the server binds to localhost by default). Codes:
+
+    no authorization metadata on a protected plane         UNAUTHENTICATED
+    a token that is neither configured token               UNAUTHENTICATED
+    the inference token on an admin call                   PERMISSION_DENIED
+    the admin token on an inference call                   allowed (admin is a superset)
+    any call to AdminService when it is disabled           UNIMPLEMENTED (service not served)
+
+Health and reflection are never protected (load balancers, grpcurl).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+
+import grpc
+
+__all__ = ["TokenInterceptor", "read_token"]
+
+ADMIN_PREFIX = "/landmarks.v1.AdminService/"
+INFERENCE_PREFIX = "/landmarks.v1.LandmarkService/"
+
+
+def read_token(path: Path | str | None, env: str | None = None) -> str | None:
+    """A token from a file (first line, stripped) or, failing that, an environment variable."""
+    if path:
+        token = Path(path).read_text().strip()
+        if not token:
+            raise ValueError(f"token file {path} is empty")
+        return token
+    if env and os.environ.get(env):
+        return os.environ[env].strip()
+    return None
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request, context):
+        context.abort(code, message)
+
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    def __init__(self, admin_token: str | None, inference_token: str | None) -> None:
+        self.admin_token = admin_token
+        self.inference_token = inference_token
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(ADMIN_PREFIX):
+            required, plane = self.admin_token, "admin"
+        elif method.startswith(INFERENCE_PREFIX):
+            required, plane = self.inference_token, "inference"
+        else:
+            return continuation(handler_call_details)
+        if required is None:
+            return continuation(handler_call_details)
+        given = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str):
+                given = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+        if given is None:
+            return _deny(grpc.StatusCode.UNAUTHENTICATED,
+                         f"the {plane} service needs a token: send metadata 'authorization: Bearer <token>'")
+        if _same(given, required) or (plane == "inference" and _same(given, self.admin_token)):
+            return continuation(handler_call_details)
+        if plane == "admin" and _same(given, self.inference_token):
+            return _deny(grpc.StatusCode.PERMISSION_DENIED,
+                         "this is the inference token; admin calls need the admin token")
+        return _deny(grpc.StatusCode.UNAUTHENTICATED, f"wrong token for the {plane} service")

@@ -1,0 +1,257 @@
+"""Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`.
+
+RPC handler threads `submit()` decoded inputs and wait; one worker thread (`workers`) takes
+the oldest queued request, gathers every queued request of the same (category, version) up to
+`max_batch_size`, and runs them as one forward pass of that category's folded network. Batches
+form by themselves while the previous batch computes; on top of that the worker waits up to
+`max_queue_delay` for more of a group *only while other requests are still being decoded*
+(`arrive()` / `depart()` around decoding), so a lone request is never delayed for company that is not coming.
+
+Admission and dropping:
+- the queue holds at most `max_queue` requests; one more is refused with RESOURCE_EXHAUSTED;
+- a request whose deadline has passed (DEADLINE_EXCEEDED) or whose client went away
+  (CANCELLED; the servicer wires `context.add_callback` to `Pending.cancel`) is dropped at
+  flush, before any compute;
+- a batch that fails with an unexpected error is retried one request at a time, so one bad
+  request never fails its batch-mates; a `ServingError` from `run_group` is about the group's
+  category/version (NOT_FOUND, UNAVAILABLE, cache full) and is given to each of its requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+
+from serving.engine import DetectInput, Detection, InferenceEngine
+from serving.errors import ServingError
+
+__all__ = ["BatchConfig", "DynamicBatcher", "Pending"]
+
+log = logging.getLogger(__name__)
+Code = grpc.StatusCode
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_batch_size: int = 16
+    max_queue_delay_ms: float = 2.0
+    max_queue: int = 256
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0:
+            raise ValueError(f"bad batching settings: {self}")
+
+
+class Pending:
+    """One queued request: its input, its deadline, and where its result goes."""
+
+    __slots__ = ("_done", "cancelled", "deadline", "enqueued", "error", "item", "key", "result", "started")
+
+    def __init__(self, item: DetectInput, deadline: float | None) -> None:
+        self.item = item
+        self.key = (item.category, item.version)
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.enqueued = time.monotonic()
+        self.started = 0.0
+        self.cancelled = False
+        self.result: Detection | None = None
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def cancel(self) -> None:
+        """The client went away (gRPC callback): drop it if not computed yet, and free its waiter."""
+        self.cancelled = True
+        self.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
+
+    def finish(self, result: Detection | None = None, error: BaseException | None = None) -> None:
+        if not self._done.is_set():
+            self.result, self.error = result, error
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> Detection:
+        if not self._done.wait(timeout):
+            raise ServingError(Code.DEADLINE_EXCEEDED, "deadline exceeded while waiting for the model")
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class _NullMetrics:
+    def pending(self, n: int) -> None: ...
+    def batch(self, category: str, size: int) -> None: ...
+    def dropped(self, category: str, outcome: str) -> None: ...
+
+
+class DynamicBatcher:
+    def __init__(self, engine: InferenceEngine, config: BatchConfig | None = None, metrics=None) -> None:
+        self.engine = engine
+        self.config = config or BatchConfig()
+        self.metrics = metrics or _NullMetrics()
+        self._arriving = 0  # requests being decoded that will be submitted soon
+        self._queue: deque[Pending] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._draining = False
+        self.computed = 0      # requests that reached a forward pass (tests, bench)
+        self.batches = 0
+        self._threads = [threading.Thread(target=self._loop, name=f"landmarks-batch-{i}", daemon=True)
+                         for i in range(self.config.workers)]
+        for t in self._threads:
+            t.start()
+
+    # ---------------------------------------------------------------------------- clients
+    def submit(self, items: list[DetectInput], deadline: float | None = None) -> list[Pending]:
+        """Queue `items` atomically (all or none); RESOURCE_EXHAUSTED if they do not fit."""
+        pending = [Pending(it, deadline) for it in items]
+        with self._cond:
+            if self._closed:
+                raise ServingError(Code.UNAVAILABLE, "server is shutting down")
+            free = self.config.max_queue - len(self._queue)
+            if len(pending) > free:
+                raise ServingError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"request queue full ({len(self._queue)} of {self.config.max_queue} waiting"
+                    + (f", {len(pending)} more asked" if len(pending) > 1 else "") + "); retry with backoff")
+            self._queue.extend(pending)
+            self.metrics.pending(len(self._queue))
+            self._cond.notify_all()
+        return pending
+
+    def arrive(self, n: int = 1) -> None:
+        """A request started decoding: the worker may wait (up to the delay) to batch it."""
+        with self._cond:
+            self._arriving += n
+
+    def depart(self, n: int = 1) -> None:
+        """That request is decoded (submitted next) or failed: stop waiting for it."""
+        with self._cond:
+            self._arriving -= n
+            self._cond.notify_all()
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def drain(self) -> None:
+        """Shutting down: flush without waiting for company."""
+        with self._cond:
+            self._draining = True
+            self._cond.notify_all()
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Refuse new work, fail what is still queued with UNAVAILABLE, stop the workers."""
+        with self._cond:
+            self._closed = True
+            left = list(self._queue)
+            self._queue.clear()
+            self.metrics.pending(0)
+            self._cond.notify_all()
+        for p in left:
+            p.finish(error=ServingError(Code.UNAVAILABLE, "server shut down before this request ran"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # ----------------------------------------------------------------------------- worker
+    def _take(self) -> list[Pending] | None:
+        """Block until a batch is due; None when closed."""
+        cfg = self.config
+        delay = cfg.max_queue_delay_ms / 1e3
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                head = self._queue[0]
+                same = [p for p in self._queue if p.key == head.key]
+                due = head.enqueued + delay
+                now = time.monotonic()
+                if (len(same) >= cfg.max_batch_size or self._draining or now >= due
+                        or self._arriving <= 0 or len(self._queue) >= cfg.max_queue):
+                    batch = same[: cfg.max_batch_size]
+                    taken = set(map(id, batch))
+                    self._queue = deque(p for p in self._queue if id(p) not in taken)
+                    self.metrics.pending(len(self._queue))
+                    return batch
+                self._cond.wait(due - now)
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            except BaseException as exc:  # never let the worker die; each request gets an answer
+                log.exception("batch worker failed")
+                for p in batch:
+                    p.finish(error=exc)
+
+    def _live(self, batch: list[Pending]) -> list[Pending]:
+        now = time.monotonic()
+        live = []
+        for p in batch:
+            category = p.item.category
+            if p.deadline is not None and now >= p.deadline:  # (gRPC also cancels it: count it as expired)
+                self.metrics.dropped(category, "deadline_exceeded")
+                p.finish(error=ServingError(Code.DEADLINE_EXCEEDED,
+                                            f"deadline passed after {(now - p.enqueued) * 1e3:.1f} ms in the queue; "
+                                            "not computed"))
+            elif p.cancelled:
+                self.metrics.dropped(category, "cancelled")
+                p.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
+            else:
+                p.started = now
+                live.append(p)
+        return live
+
+    def _run(self, batch: list[Pending]) -> None:
+        live = self._live(batch)
+        if not live:
+            return
+        category, version = live[0].key
+        self.metrics.batch(category, len(live))
+        self.batches += 1
+        self.computed += len(live)
+        try:
+            results = self.engine.run_group(category, version, [p.item for p in live])
+        except ServingError as exc:  # about the category/version: the same for every request in the group
+            for p in live:
+                p.finish(error=exc)
+            return
+        except Exception:
+            if len(live) == 1:
+                raise
+            log.warning("a batch of %d %s requests failed; running them one at a time", len(live), category,
+                        exc_info=True)
+            for p in live:
+                try:
+                    (res,) = self.engine.run_group(category, version, [p.item])
+                except Exception as exc:  # noqa: BLE001  this request's own failure
+                    if not isinstance(exc, ServingError):
+                        log.error("request for %s failed: %r", category, exc)
+                    p.finish(error=exc)
+                else:
+                    self._finish_ok(p, res)
+            return
+        for p, res in zip(live, results):
+            self._finish_ok(p, res)
+
+    @staticmethod
+    def _finish_ok(p: Pending, res: Detection) -> None:
+        res.queue_ms += (p.started - p.enqueued) * 1e3
+        p.finish(result=res)

@@ -1,0 +1,46 @@
+"""landmarks bench: latency/throughput of a running server, with the bare forward pass and the
+official (projection-on-every-forward) approach measured in the same run; see docs/benchmark.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import grpc
+
+from serving.commands import add_server_argument, rpc_error
+from serving.config import REPO_ADAPTERS
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_server_argument(parser)
+    parser.add_argument("--core", type=Path, default=REPO_ADAPTERS / "core.safetensors",
+                        help="the server's core file (to build bench adapters and the references; default %(default)s)")
+    parser.add_argument("--requests", type=int, default=400, help="Detect calls per table row (default %(default)s)")
+    parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list (default 1,4,16)")
+    parser.add_argument("--categories", type=_ints, default=[1, 3, 16],
+                        help="comma list of category counts in rotation (default 1,3,16)")
+    parser.add_argument("--ref-iters", type=int, default=100,
+                        help="forward passes per in-process reference (default %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of the raw test image (default: the core's input size)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for the references")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from serving.bench import run
+
+    if not args.core.is_file():
+        print(f"error: no core file {args.core}; pass --core with the file the server was started with",
+              file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except grpc.RpcError as exc:
+        return rpc_error(exc, args.server)

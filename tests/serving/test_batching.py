@@ -1,0 +1,257 @@
+"""Dynamic batching: grouping, equality with unbatched results, queue full, deadlines, cancellation,
+isolation of a failing request, and the metrics that show it.
+
+A "gate" holds the batch worker inside its first forward pass (the plug request), so the
+requests sent meanwhile are all queued when it opens: what is batched with what is then
+deterministic. No assertion depends on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from landmarks.v1 import landmarks_pb2 as pb
+from serving.client import LandmarkClient
+from serving.errors import ServingError
+from tests.serving.conftest import metric_value, png_bytes, scrape, start_server
+
+Code = grpc.StatusCode
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Gate:
+    """Wraps the engine's run_group: records every call; the first call waits for `open()`."""
+
+    def __init__(self, handle) -> None:
+        self.engine = handle.state.engine
+        self.batcher = handle.state.batcher
+        self.calls: list[tuple[str, list[str]]] = []
+        self._event = threading.Event()
+        self._inside = threading.Event()
+        real = self.engine.run_group
+
+        def run_group(category, version, items):
+            self.calls.append((category, [it.category for it in items]))
+            if len(self.calls) == 1:
+                self._inside.set()
+                self._event.wait(60)
+            return real(category, version, items)
+
+        self.engine.run_group = run_group
+
+    def plug(self, client: LandmarkClient, pool: ThreadPoolExecutor, category: str = "cats"):
+        fut = pool.submit(client.detect, png_bytes(40, 40, seed=99), category)
+        assert self._inside.wait(30), "plug request never reached the model"
+        return fut
+
+    def open(self) -> None:
+        self._event.set()
+
+
+@pytest.fixture
+def batching_server(store):
+    handle = start_server(store, max_batch_size=4, max_queue=16, metrics_port=0)
+    yield handle
+    handle.shutdown(grace=0)
+
+
+def requests_mix(n_cats: int, n_faces: int):
+    out = []
+    for i in range(max(n_cats, n_faces)):
+        if i < n_cats:
+            out.append(("cats", png_bytes(48 + i, 40, seed=i), (2.0 + i, 1.0, 40.0, 38.0 - i)))
+        if i < n_faces:
+            out.append(("faces", png_bytes(40, 52 - i, seed=50 + i), None))
+    return out
+
+
+def test_groups_by_category_and_equals_unbatched(batching_server):
+    handle = batching_server
+    gate = Gate(handle)
+    target = f"127.0.0.1:{handle.port}"
+    mix = requests_mix(6, 3)
+    with LandmarkClient(target, timeout=60) as client, ThreadPoolExecutor(16) as pool:
+        plug = gate.plug(client, pool)
+        futures = [pool.submit(client.detect, image, cat, box) for cat, image, box in mix]
+        wait_for(lambda: handle.state.batcher.queued() == len(mix), "all requests queued")
+        gate.open()
+        batched = [f.result(60) for f in futures]
+        plug.result(60)
+        calls = gate.calls[1:]
+        # one folded network per group: every forward pass holds one category, at most max_batch_size
+        assert all(set(cats) == {cat} for cat, cats in calls), calls
+        assert all(len(cats) <= 4 for _, cats in calls)
+        assert sorted(len(c) for cat, c in calls if cat == "cats") == [2, 4]
+        assert [len(c) for cat, c in calls if cat == "faces"] == [3]
+        # the same requests one at a time
+        n_before = len(gate.calls)
+        single = [client.detect(image, cat, box) for cat, image, box in mix]
+        assert all(len(c) == 1 for _, c in gate.calls[n_before:])
+    for b, s, (cat, _, _) in zip(batched, single, mix):
+        assert b.category == s.category == cat and b.version == s.version
+        np.testing.assert_allclose(np.array(b.points), np.array(s.points), atol=1e-4, rtol=0)
+        assert b.timings["queue_ms"] > 0  # they waited behind the plug
+
+
+def test_detect_batch_goes_through_the_queue(batching_server):
+    handle = batching_server
+    with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
+        mix = requests_mix(5, 2)
+        batch = client.detect_batch([m[1] for m in mix], [m[0] for m in mix], [m[2] for m in mix])
+        single = [client.detect(image, cat, box) for cat, image, box in mix]
+    for b, s in zip(batch, single):
+        np.testing.assert_allclose(np.array(b.points), np.array(s.points), atol=1e-4, rtol=0)
+
+
+def test_failing_request_does_not_fail_batch_mates(batching_server):
+    handle = batching_server
+    gate = Gate(handle)
+    backend = handle.state.backend
+    real_run = backend.run
+
+    def run(model, images):
+        if (images.flatten(1).amax(1) == 0).any():  # an all-black input breaks this "model"
+            raise RuntimeError("poisoned input")
+        return real_run(model, images)
+
+    backend.run = run
+    black = np.zeros((40, 40, 3), np.uint8)
+    with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        plug = gate.plug(client, pool)
+        good = [pool.submit(client.detect, png_bytes(40, 40, seed=i), "cats") for i in range(3)]
+        bad = pool.submit(client.detect, black, "cats")
+        wait_for(lambda: handle.state.batcher.queued() == 4, "requests queued")
+        gate.open()
+        plug.result(60)
+        assert all(len(f.result(60).points) == 4 for f in good)
+        with pytest.raises(grpc.RpcError) as exc:
+            bad.result(60)
+        assert exc.value.code() == Code.INTERNAL
+    assert [len(c) for _, c in gate.calls] == [1, 4, 1, 1, 1, 1]  # the batch of 4, then one at a time
+
+
+def test_queue_full_expired_and_cancelled_are_not_computed(store):
+    handle = start_server(store, max_batch_size=4, max_queue=3, metrics_port=0)
+    try:
+        gate = Gate(handle)
+        batcher = handle.state.batcher
+        target = f"127.0.0.1:{handle.port}"
+        with LandmarkClient(target, timeout=60) as client, ThreadPoolExecutor(8) as pool:
+            plug = gate.plug(client, pool)
+            # a request whose deadline passes while it waits
+            with LandmarkClient(target, timeout=0.5) as hasty:
+                expired = pool.submit(hasty.detect, png_bytes(seed=1), "cats")
+                wait_for(lambda: batcher.queued() == 1, "expiring request queued")
+                with pytest.raises(grpc.RpcError) as exc:
+                    expired.result(60)
+                assert exc.value.code() == Code.DEADLINE_EXCEEDED
+            # a request whose client goes away
+            call = client.inference.Detect.future(client.request(png_bytes(seed=2), "cats"), timeout=60)
+            wait_for(lambda: batcher.queued() == 2, "cancelled request queued")
+            call.cancel()
+            # one that will run
+            kept = pool.submit(client.detect, png_bytes(seed=3), "faces")
+            wait_for(lambda: batcher.queued() == 3, "queue full")
+            with pytest.raises(grpc.RpcError) as exc:
+                client.detect(png_bytes(seed=4), "faces")
+            assert exc.value.code() == Code.RESOURCE_EXHAUSTED and "queue full" in exc.value.details()
+            gate.open()
+            plug.result(60)
+            assert len(kept.result(60).points) == 6
+            wait_for(lambda: batcher.queued() == 0, "queue drained")
+        # computed: the plug and `kept`, nothing else
+        assert [cats for _, cats in gate.calls] == [["cats"], ["faces"]]
+        assert batcher.computed == 2
+        text = scrape(handle.metrics_port)
+        assert metric_value(text, "landmarks_dropped_total", category="cats", reason="deadline_exceeded") == 1
+        assert metric_value(text, "landmarks_dropped_total", category="cats", reason="cancelled") == 1
+        assert metric_value(text, "landmarks_requests_total", method="Detect", category="faces",
+                            outcome="resource_exhausted") == 1
+    finally:
+        handle.shutdown(grace=0)
+
+
+def test_metrics_after_traffic(batching_server, artifacts):
+    handle = batching_server
+    with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(client.detect, png_bytes(seed=i), ("cats", "faces")[i % 2]) for i in range(10)]
+        assert all(j.result(60) for j in jobs)
+        for name in ("dogs", "nope-1", "nope-2"):
+            with pytest.raises(grpc.RpcError):
+                client.detect(png_bytes(), name)
+        client.register("birds", "v1", artifacts.extra["birds-v1"])
+    text = scrape(handle.metrics_port)
+    for cat in ("cats", "faces"):
+        assert metric_value(text, "landmarks_requests_total", method="Detect", category=cat, outcome="ok") == 5
+        assert metric_value(text, "landmarks_request_seconds_count", method="Detect", category=cat) == 5
+        assert metric_value(text, "landmarks_request_seconds_bucket", method="Detect", category=cat, le="+Inf") == 5
+        assert metric_value(text, "landmarks_queue_seconds_count", category=cat) == 5
+        assert metric_value(text, "landmarks_compute_seconds_count", category=cat) == 5
+    # unknown names do not become labels
+    assert metric_value(text, "landmarks_requests_total", method="Detect", category="_unknown",
+                        outcome="not_found") == 3
+    assert 'category="dogs"' not in text and 'category="nope-1"' not in text
+    assert metric_value(text, "landmarks_batch_size_count") >= 1
+    assert metric_value(text, "landmarks_pending_requests") == 0
+    assert metric_value(text, "landmarks_folded_cache_entries") >= 2
+    assert metric_value(text, "landmarks_folded_cache_hits_total") >= 2  # one lease per batch
+    assert metric_value(text, "landmarks_register_seconds_count", outcome="ok") == 1
+    assert metric_value(text, "landmarks_categories") == 3
+
+
+def test_label_cardinality_is_bounded(store):
+    from serving.metrics import Metrics
+
+    class Reg:
+        def known(self, name):
+            return not name.startswith("x")
+
+    class State:
+        registry, cache = Reg(), None
+
+    m = Metrics(State(), max_category_labels=3)
+    labels = {m.category_label(f"c{i}") for i in range(10)} | {m.category_label("xyz")}
+    assert labels == {"c0", "c1", "c2", "_other", "_unknown"}
+
+
+def test_pending_wait_errors():
+    from serving.batching import Pending
+    from serving.engine import DetectInput
+
+    p = Pending(DetectInput("cats", "", torch.zeros(3, 8, 8), (0, 0, 8, 8)), None)
+    with pytest.raises(ServingError) as exc:
+        p.wait(0.01)
+    assert exc.value.code == Code.DEADLINE_EXCEEDED
+    p.cancel()
+    with pytest.raises(ServingError) as exc:
+        p.wait(0.01)
+    assert exc.value.code == Code.CANCELLED
+    assert pb.DetectRequest  # protos importable alongside
+
+
+def test_bench_command_smoke(server, store, capsys):
+    from landmarks.cli import main
+
+    rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
+               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("overhead: ") and float(lines[-2].split()[1]) > 0
+    assert lines[-1].startswith("speedup_vs_official: ") and float(lines[-1].split()[1]) > 0
+    assert "register -> first served" in out
+    assert {c.name for c in server.state.registry.list()} == {"cats", "faces"}  # bench categories removed
