@@ -360,6 +360,7 @@ def load_adapter(
             f"{label} was trained against core {adapter.core_sha256[:12]}, but this core is {core.sha256[:12]}; "
             "adapt it again against this core (landmarks adapt --core ...)"
         )
-    if adapter.config.replace(num_landmarks=core.config.num_landmarks) != core.config:
+    # K and the input size may differ (new head; the core is fully convolutional); nothing else may.
+    if adapter.config.replace(num_landmarks=core.config.num_landmarks, input_size=core.config.input_size) != core.config:
         raise CoreMismatchError(f"{label}: its architecture config differs from the core's")
     return adapter  # type: ignore[return-value]

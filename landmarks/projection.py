@@ -80,6 +80,7 @@ def build_adapted(
     num_landmarks: int,
     targets: ProjectionTargets = "all",
     init_head_from_core: bool = False,
+    input_size: int | None = None,
 ) -> LandmarkHourglass:
     """A copy of `core` ready to learn one category's adapter; `core` itself is untouched.
 
@@ -90,6 +91,8 @@ def build_adapted(
         num_landmarks: K for the new head, trained from scratch unless `init_head_from_core`
             (only possible when K equals the core's landmark count).
         targets: "all" convs (the paper) or "3x3" only (the official code).
+        input_size: run the (fully convolutional) core at another input size for this category,
+            e.g. 64 px for cheap CPU adaptation; recorded in the adapter's config.
     """
     model = copy.deepcopy(core)
     model.requires_grad_(False)
@@ -101,7 +104,7 @@ def build_adapted(
             )
     else:
         model.head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
-    model.config = core.config.replace(num_landmarks=num_landmarks)
+    model.config = core.config.replace(num_landmarks=num_landmarks, input_size=input_size or core.config.input_size)
 
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -189,12 +192,19 @@ def fold_state_dict(
     return folded
 
 
-def fold(core: LandmarkHourglass, adapter: Mapping[str, torch.Tensor]) -> LandmarkHourglass:
-    """Core + adapter -> a new plain network with ordinary conv weights, in eval mode."""
+def fold(core: LandmarkHourglass, adapter: Mapping[str, torch.Tensor],
+         config: HourglassConfig | None = None) -> LandmarkHourglass:
+    """Core + adapter -> a new plain network with ordinary conv weights, in eval mode.
+
+    `config` is the adapter's (it may run the core at another input size); default: the core's with K.
+    """
     num_landmarks = adapter[f"{HEAD}.weight"].shape[0]
     param = next(core.parameters())
+    config = config or core.config.replace(num_landmarks=num_landmarks)
+    if config.num_landmarks != num_landmarks:
+        raise ValueError(f"config has K={config.num_landmarks} but the adapter's head has {num_landmarks}")
     with torch.device("meta"):
-        plain = LandmarkHourglass(core.config.replace(num_landmarks=num_landmarks))
+        plain = LandmarkHourglass(config)
     state = fold_state_dict(core.state_dict(), adapter)
     plain.load_state_dict({k: v.to(param.device, param.dtype) if v.is_floating_point() else v
                            for k, v in state.items()}, assign=True)

@@ -48,7 +48,7 @@ class TorchFoldedBackend:
 
     def prepare(self, adapter: Adapter) -> LandmarkHourglass:
         with self._lock:  # fold reads the shared core module's state
-            model = fold(self._core_model, adapter.tensors)
+            model = fold(self._core_model, adapter.tensors, adapter.config)
         return model.eval().requires_grad_(False)
 
     def run(self, prepared: LandmarkHourglass, images: torch.Tensor) -> torch.Tensor:

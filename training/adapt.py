@@ -33,7 +33,15 @@ from torch import nn
 from tqdm import tqdm
 
 from landmarks.adapter_io import ArtifactError, load_core, save_adapter, save_network
-from landmarks.heatmaps import PAPER_BETA, PAPER_BOTTLENECK_SIGMA, heatmap_to_input, render_gaussians, soft_argmax
+from landmarks.geometry import apply_affine
+from landmarks.heatmaps import (
+    PAPER_BETA,
+    PAPER_BOTTLENECK_SIGMA,
+    heatmap_to_input,
+    input_to_heatmap,
+    render_gaussians,
+    soft_argmax,
+)
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
 from training.datasets import DatasetError, open_dataset
@@ -77,6 +85,11 @@ class AdaptConfig:
     scale_max: float = 1.1
     shift_sd: float = 0.05
     tps_sd: float = 0.0
+    # Not in the paper: weight of an equivariance loss ||T(p(y)) - p(y')||^2 (heatmap px) between the
+    # landmarks of y and of y' (T the known warp between them). It gives the detector a direct signal
+    # from the first step; the reconstruction keeps landmarks spread out. 0 = the paper's objective.
+    equivariance_weight: float = 0.0
+    image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
     workers: int = 2
     bf16: bool = False
     picture_every: int = 500
@@ -117,11 +130,12 @@ class _NoFeatures(nn.Module):
 
 
 def build_detector(mode: str, core_model: LandmarkHourglass, num_landmarks: int, targets: str,
-                   seed: int) -> LandmarkHourglass:
+                   seed: int, input_size: int | None = None) -> LandmarkHourglass:
+    input_size = input_size or core_model.config.input_size
     if mode == "proposed":
-        return build_adapted(core_model, num_landmarks, targets)
+        return build_adapted(core_model, num_landmarks, targets, input_size=input_size)
     torch.manual_seed(seed)
-    config = core_model.config.replace(num_landmarks=num_landmarks)
+    config = core_model.config.replace(num_landmarks=num_landmarks, input_size=input_size)
     if mode == "scratch":
         return LandmarkHourglass(config)
     detector = LandmarkHourglass(config)  # finetune: core weights, new head
@@ -166,11 +180,13 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     core = load_core(cfg.core)
     core_model = core.build("cpu")
-    size = core.config.input_size
+    size = cfg.image_size or core.config.input_size
     data = open_dataset(cfg.images).subset(cfg.train_split or None)
     print(f"{cfg.images}: {data.report}", file=sys.stderr)
 
-    detector = build_detector(cfg.mode, core_model, cfg.num_landmarks, cfg.targets, cfg.seed).train()
+    detector = build_detector(cfg.mode, core_model, cfg.num_landmarks, cfg.targets, cfg.seed, size).train()
+    heat_size = detector.config.heatmap_size
+    stride = size / heat_size
     generator = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, cfg.generator_channels,
                                                      cfg.generator_blocks)).train()
     features = _NoFeatures() if cfg.perceptual == "none" else load_perceptual(cfg.perceptual)
@@ -241,12 +257,21 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
                 group["lr"] = cfg.lr * decay
             for group in opt_gen.param_groups:
                 group["lr"] = cfg.generator_lr * decay
-            target, deformed = make_pairs(images, pair_cfg, pair_gen)
+            pairs = make_pairs(images, pair_cfg, pair_gen)
+            target, deformed = pairs.target, pairs.deformed
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 points, _ = detect_points(detector, target, cfg.softargmax_beta)
-                maps = render_gaussians(points, core.config.heatmap_size, cfg.bottleneck_sigma)
+                maps = render_gaussians(points, heat_size, cfg.bottleneck_sigma)
                 recon = generator(deformed, maps)
-            loss = loss_fn(recon.float(), target)
+                if cfg.equivariance_weight:
+                    points_deformed, _ = detect_points(detector, pairs.deformed_rigid, cfg.softargmax_beta)
+            recon_loss = loss_fn(recon.float(), target)
+            loss = recon_loss
+            equivariance = torch.zeros(())
+            if cfg.equivariance_weight:
+                moved = input_to_heatmap(apply_affine(heatmap_to_input(points, stride), pairs.transform), stride)
+                equivariance = (moved - points_deformed).square().sum(-1).mean()
+                loss = loss + cfg.equivariance_weight * equivariance
             opt_det.zero_grad(set_to_none=True)
             opt_gen.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,12 +285,12 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
             elapsed = time.time() - start
             # spread of the landmarks (heatmap px): near zero means they collapsed to one place
             spread = float(points.detach().std(dim=1).mean())
-            history.append({"step": step, "loss": float(loss), "spread": round(spread, 3),
+            history.append({"step": step, "loss": float(loss), "reconstruction": float(recon_loss),
+                            "equivariance": float(equivariance), "spread": round(spread, 3),
                             "time": round(elapsed, 1)})
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", ips=f"{seen / max(1e-9, time.time() - tick):.1f}")
             if step % cfg.picture_every == 0 or step == cfg.steps:
-                stride = size / core.config.heatmap_size
                 _save_samples(out / "samples.png", target.detach(), deformed, recon.detach().float(),
                               heatmap_to_input(points.detach(), stride).numpy())
             if step % cfg.checkpoint_every == 0:

@@ -60,7 +60,7 @@ def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHo
         core_file = core_path or Path(path).parent / "core.safetensors"
         core = load_core(core_file)
         adapter = load_adapter(path, core)
-        return fold(core.build(), adapter.tensors), dict(adapter.metadata)
+        return fold(core.build(), adapter.tensors, adapter.config), dict(adapter.metadata)
     if kind == "network":
         return art.build(), dict(art.metadata)  # type: ignore[union-attr]
     raise ArtifactError(f"{path} is a core; evaluate an adapter or a network (core: landmarks evaluate-core)")

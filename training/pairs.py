@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from landmarks.geometry import similarity_matrix, warp_images
 
-__all__ = ["PairConfig", "random_similarities", "tps_warp", "make_pairs"]
+__all__ = ["PairConfig", "Pairs", "random_similarities", "tps_warp", "make_pairs", "compose"]
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,30 @@ def tps_warp(images: torch.Tensor, sd: float, grid_points: int = 5,
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def make_pairs(images: torch.Tensor, cfg: PairConfig,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,3,S,S) images in [0,1] -> (y, y'), two independently warped versions."""
+@dataclass
+class Pairs:
+    target: torch.Tensor  # y
+    deformed: torch.Tensor  # y' as the generator sees it (similarity, then TPS if enabled)
+    deformed_rigid: torch.Tensor  # y' before TPS: exactly `transform` of y
+    transform: torch.Tensor  # (B, 2, 3): pixels of y -> pixels of deformed_rigid
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """(B,2,3) affine maps: outer after inner."""
+    return torch.cat((outer[:, :, :2] @ inner[:, :, :2], outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]), -1)
+
+
+def _invert(m: torch.Tensor) -> torch.Tensor:
+    linear = torch.linalg.inv(m[:, :, :2])
+    return torch.cat((linear, -(linear @ m[:, :, 2:])), -1)
+
+
+def make_pairs(images: torch.Tensor, cfg: PairConfig, generator: torch.Generator | None = None) -> Pairs:
+    """(B,3,S,S) images in [0,1] -> y and y', two independently warped versions, and how they relate."""
     b, _, s, _ = images.shape
-    target = warp_images(images, random_similarities(b, s, cfg.target_rotation_sd, cfg, generator))
-    deformed = warp_images(images, random_similarities(b, s, cfg.deformed_rotation_sd, cfg, generator))
-    if cfg.tps_sd > 0:
-        deformed = tps_warp(deformed, cfg.tps_sd, generator=generator)
-    return target, deformed
+    a_target = random_similarities(b, s, cfg.target_rotation_sd, cfg, generator)
+    a_deformed = random_similarities(b, s, cfg.deformed_rotation_sd, cfg, generator)
+    target = warp_images(images, a_target)
+    rigid = warp_images(images, a_deformed)
+    deformed = tps_warp(rigid, cfg.tps_sd, generator=generator) if cfg.tps_sd > 0 else rigid
+    return Pairs(target, deformed, rigid, compose(a_deformed, _invert(a_target)))

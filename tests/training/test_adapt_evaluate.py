@@ -123,3 +123,15 @@ def test_consistency_is_zero_for_an_equivariant_detector():
 
     err = consistency_error(CentreDetector(), torch.rand(5, 3, 32, 32))
     assert err.shape == (2,) and err.max() < 1e-3
+
+
+def test_equivariance_and_smaller_input_size(tmp_path, core_file, face_data):
+    cfg = AdaptConfig(**{**_cfg(tmp_path, core_file, face_data, "proposed").__dict__,
+                         "equivariance_weight": 1.0, "image_size": 16})
+    path = adapt(cfg, command="test")
+    adapter = load_adapter(path, load_core(core_file))
+    assert adapter.config.input_size == 16
+    history = (tmp_path / "proposed" / "history.jsonl").read_text().splitlines()
+    assert all('"equivariance": 0.0' not in line for line in history)
+    model = fold(load_core(core_file).build(), adapter.tensors, adapter.config)
+    assert model(torch.rand(1, 3, 16, 16)).shape == (1, 4, 4, 4)
