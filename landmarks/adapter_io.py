@@ -23,9 +23,9 @@ import datetime as _dt
 import hashlib
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load as _st_load
@@ -36,25 +36,25 @@ from landmarks.projection import expected_adapter_shapes
 
 __all__ = [
     "FORMAT_VERSION",
+    "Adapter",
     "ArtifactError",
+    "Core",
+    "CoreMismatchError",
+    "MetadataError",
+    "Network",
+    "NonFiniteError",
     "NotSafetensorsError",
     "PickleFileError",
-    "MetadataError",
     "TensorMismatchError",
-    "NonFiniteError",
-    "CoreMismatchError",
     "TooLargeError",
-    "Core",
-    "Adapter",
-    "Network",
-    "tensor_fingerprint",
-    "save_core",
-    "save_adapter",
-    "save_network",
-    "read_artifact",
-    "load_core",
     "load_adapter",
+    "load_core",
     "load_network",
+    "read_artifact",
+    "save_adapter",
+    "save_core",
+    "save_network",
+    "tensor_fingerprint",
 ]
 
 FORMAT_VERSION = "1"
@@ -305,7 +305,7 @@ def read_artifact(
 
     try:
         tensors = _st_load(data)
-    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
+    except Exception as exc:  # noqa: BLE001 - safetensors raises assorted error types for corrupt payloads
         raise NotSafetensorsError(f"{label}: corrupt safetensors payload ({exc})") from None
 
     if kind == "adapter":

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 __all__ = [
-    "square_box",
-    "original_to_input",
-    "input_to_original",
-    "crop_to_tensor",
-    "similarity_matrix",
     "apply_affine",
+    "crop_to_tensor",
+    "input_to_original",
+    "original_to_input",
+    "similarity_matrix",
+    "square_box",
     "warp_images",
 ]
 

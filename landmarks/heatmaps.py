@@ -17,12 +17,12 @@ import torch
 __all__ = [
     "PAPER_BETA",
     "PAPER_BOTTLENECK_SIGMA",
-    "soft_argmax",
     "hard_argmax",
-    "refined_argmax",
-    "render_gaussians",
     "heatmap_to_input",
     "input_to_heatmap",
+    "refined_argmax",
+    "render_gaussians",
+    "soft_argmax",
 ]
 
 PAPER_BETA = 10.0  # softargmax inverse temperature (paper: beta = 10, i.e. temperature 0.1)

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "HourglassConfig",
+    "ARCHITECTURES",
     "ConvBlock",
     "Hourglass",
+    "HourglassConfig",
     "LandmarkHourglass",
-    "paper_config",
-    "cpu_config",
-    "tiny_config",
-    "ARCHITECTURES",
     "build_hourglass",
+    "cpu_config",
+    "paper_config",
+    "tiny_config",
 ]
 
 
@@ -74,14 +74,14 @@ class HourglassConfig:
     def heatmap_size(self) -> int:
         return self.input_size // 4
 
-    def replace(self, **changes) -> "HourglassConfig":
+    def replace(self, **changes) -> HourglassConfig:
         return HourglassConfig(**{**asdict(self), **changes})
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "HourglassConfig":
+    def from_json(cls, text: str) -> HourglassConfig:
         data = json.loads(text)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:

@@ -17,7 +17,8 @@ core, named by the core's own module paths:
 from __future__ import annotations
 
 import copy
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,14 +26,14 @@ from torch import nn
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
 
 __all__ = [
-    "ProjectionTargets",
     "ProjectedConv2d",
-    "build_adapted",
+    "ProjectionTargets",
     "adapter_state_dict",
-    "load_adapter_state",
+    "build_adapted",
     "expected_adapter_shapes",
-    "fold_state_dict",
     "fold",
+    "fold_state_dict",
+    "load_adapter_state",
 ]
 
 ProjectionTargets = Literal["all", "3x3"]

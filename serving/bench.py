@@ -21,6 +21,7 @@ Method (docs/benchmark.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import statistics
@@ -146,10 +147,8 @@ def run(args) -> int:
         def cleanup() -> None:
             for c in admin.categories():
                 if BENCH_RE.fullmatch(c.name):
-                    try:
+                    with contextlib.suppress(grpc.RpcError):
                         admin.unregister(c.name)
-                    except grpc.RpcError:
-                        pass
 
         cleanup()
         try:

@@ -3,8 +3,8 @@
 `InferenceEngine.detect(items)` takes decoded, cropped inputs (`DetectInput`), groups them by
 (category, requested version), leases each group's adapter version from the registry and its
 folded model from the cache, runs the backend once per group, and decodes the heatmaps into
-landmarks in the client's pixels. This is the seam where the dynamic-batching queue (issue 6)
-goes: it would collect `DetectInput`s from concurrent RPCs and call `run_group` per flush.
+landmarks in the client's pixels. The dynamic-batching queue (`serving.batching`) collects
+`DetectInput`s from concurrent RPCs and calls `run_group` per flush.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 import torch
+import torch.nn.functional as F
 
 from serving.backend import Backend
 from serving.errors import ServingError
@@ -79,14 +80,21 @@ class InferenceEngine:
                 return prepared, self.backend.nbytes(prepared)
 
             try:
+                size = adapter.config.input_size
+                batch = torch.stack([it.tensor for it in items])
+                if batch.shape[-1] != size:
+                    # an adapter may run the core at another input size (e.g. a 64 px CPU preset):
+                    # the servicer crops at the core's size, resample the same crop here
+                    batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False)
                 with self.cache.lease(entry.cache_key, build) as model:
                     t1 = time.perf_counter()
-                    heatmaps = self.backend.run(model, torch.stack([it.tensor for it in items]))
+                    heatmaps = self.backend.run(model, batch)
             except CacheFullError as exc:
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             if heatmaps.shape[0] != len(items):
                 raise RuntimeError(f"backend returned {heatmaps.shape[0]} outputs for {len(items)} inputs")
-            marks = heatmaps_to_landmarks(heatmaps, [it.box for it in items], self.input_size)
+            marks = heatmaps_to_landmarks(heatmaps, [it.box for it in items], size)
             t2 = time.perf_counter()
             names = adapter.landmark_names
             names = names if len(names) == adapter.num_landmarks else [""] * adapter.num_landmarks

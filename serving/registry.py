@@ -28,7 +28,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -403,10 +403,8 @@ class AdapterRegistry:
             self._write_state(entry.category, shipped_removed=entry.sha256)
             return
         if entry.path is not None:
-            try:
+            with suppress(FileNotFoundError):
                 entry.path.unlink()
-            except FileNotFoundError:
-                pass
 
     def _cleanup_dir(self, category: str) -> None:
         state = self._read_state(category)

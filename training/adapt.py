@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shlex
 import sys
 import time
@@ -50,7 +49,7 @@ from training.image_data import ObjectCrops
 from training.pairs import PairConfig, make_pairs
 from training.perceptual import PerceptualLoss, load_perceptual
 
-__all__ = ["AdaptConfig", "PRESETS", "adapt", "build_detector", "add_arguments", "main"]
+__all__ = ["PRESETS", "AdaptConfig", "adapt", "add_arguments", "build_detector", "main"]
 
 MODES = ("proposed", "finetune", "scratch")
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from landmarks.geometry import square_box
-
-__all__ = ["AugmentConfig", "crop_matrix", "random_similarity", "warp_pil", "transform_points", "points_box"]
+__all__ = ["AugmentConfig", "crop_matrix", "points_box", "random_similarity", "transform_points", "warp_pil"]
 
 
 @dataclass(frozen=True)

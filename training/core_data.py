@@ -8,7 +8,14 @@ from PIL import Image
 
 from landmarks.geometry import square_box
 from landmarks.heatmaps import input_to_heatmap, render_gaussians
-from training.augment import AugmentConfig, crop_matrix, points_box, random_similarity, transform_points, warp_pil
+from training.augment import (
+    AugmentConfig,
+    crop_matrix,
+    points_box,
+    random_similarity,
+    transform_points,
+    warp_pil,
+)
 from training.datasets.base import Dataset, Sample
 
 __all__ = ["PoseCrops", "sample_box"]

@@ -23,7 +23,7 @@ from training.metrics import LSP_TORSO, pck
 from training.plots import overlay_grid
 from training.train_core import predict_core
 
-__all__ = ["evaluate_core", "add_arguments", "main"]
+__all__ = ["add_arguments", "evaluate_core", "main"]
 
 MPII_TORSO = (12, 3)  # right shoulder - left hip in MPII order
 MPII_HEAD = (8, 9)  # upper neck - head top
@@ -44,7 +44,7 @@ def evaluate_core(core_path: Path, dataset_spec: str, split: str | None, out: Pa
     per_joint, mean = pck(pred, truth, vis, MPII_TORSO if mpii else LSP_TORSO, 0.2)
     result = {
         "core": str(core_path), "core_sha256": core.sha256, "dataset": dataset_spec, "split": split or ":",
-        "images": int(len(pred)), "metric": "PCK@0.2 (torso)",
+        "images": len(pred), "metric": "PCK@0.2 (torso)",
         "per_joint": {name: round(float(v), 2) for name, v in zip(data.landmark_names, per_joint)},
         "mean_pck@0.2": round(mean, 2),
     }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["GeneratorConfig", "ConditionalGenerator"]
+__all__ = ["ConditionalGenerator", "GeneratorConfig"]
 
 
 @dataclass(frozen=True)

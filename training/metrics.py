@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pck", "LSP_TORSO"]
+__all__ = ["LSP_TORSO", "pck"]
 
 LSP_TORSO = (8, 3)  # right shoulder - left hip: the LSP convention for PCK's torso size
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from landmarks.geometry import similarity_matrix, warp_images
 
-__all__ = ["PairConfig", "Pairs", "random_similarities", "tps_warp", "make_pairs", "compose"]
+__all__ = ["PairConfig", "Pairs", "compose", "make_pairs", "random_similarities", "tps_warp"]
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-__all__ = ["plot_curves", "overlay_grid"]
+__all__ = ["overlay_grid", "plot_curves"]
 
 
 def _pyplot():

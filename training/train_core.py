@@ -32,7 +32,7 @@ from training.datasets import open_dataset
 from training.metrics import pck
 from training.plots import overlay_grid, plot_curves
 
-__all__ = ["CoreTrainConfig", "PRESETS", "train_core", "predict_core", "add_arguments", "main"]
+__all__ = ["PRESETS", "CoreTrainConfig", "add_arguments", "main", "predict_core", "train_core"]
 
 
 @dataclass(frozen=True)
@@ -223,9 +223,8 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
                 break
         epoch += 1
     bar.close()
-    if not history or "val_pck" not in history[-1]:
-        if history:
-            history[-1]["val_pck"] = validate() if rank == 0 else float("nan")
+    if history and "val_pck" not in history[-1]:
+        history[-1]["val_pck"] = validate() if rank == 0 else float("nan")
     save(final=True)
     if world > 1:
         torch.distributed.destroy_process_group()

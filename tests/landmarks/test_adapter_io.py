@@ -1,6 +1,4 @@
-import json
 import pickle
-import struct
 
 import pytest
 import torch

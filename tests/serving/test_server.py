@@ -43,7 +43,7 @@ def test_detect_every_category(client):
     assert set(cats) == {"cats", "faces"}
     for name, info in cats.items():
         assert info.state == pb.READY and info.active_version == "shipped"
-        for image, (w, h) in [(png_bytes(48, 40), (48, 40)), (jpeg_bytes(64, 48), (64, 48))]:
+        for image, (_w, _h) in [(png_bytes(48, 40), (48, 40)), (jpeg_bytes(64, 48), (64, 48))]:
             res = client.detect(image, name)
             assert len(res.points) == info.num_landmarks and res.version == "shipped"
             assert res.adapter_sha256 == info.active_sha256
@@ -360,3 +360,33 @@ def test_cli_commands(server, artifacts, tmp_path, capsys):
     assert main(["serve", "--port", "0", "--adapters", str(tmp_path)]) == 2
     assert "no core file" in capsys.readouterr().err
     assert os.path.exists(str(image))
+
+
+def test_adapter_with_its_own_input_size(client, artifacts, tmp_path):
+    """An adapter may run the core at a smaller input (the CPU preset); the server resamples the crop."""
+    import torch.nn.functional as F
+
+    from landmarks.adapter_io import save_adapter
+    from landmarks.projection import adapter_state_dict
+
+    core = load_core(artifacts.core)
+    adapted = build_adapted(core.build(), 3, input_size=16)
+    with torch.no_grad():
+        adapted.head.weight.normal_(generator=torch.Generator().manual_seed(3))
+    path = save_adapter(tmp_path / "small.safetensors", adapter_state_dict(adapted), adapted.config,
+                        category="small", core_sha256=core.sha256)
+    client.register("small", "v1", path)
+    image = png_bytes(48, 40, seed=11)
+    got = torch.tensor([p[:2] for p in client.detect(image, "small").points], dtype=torch.float64)
+
+    from PIL import Image
+
+    pil = Image.open(io.BytesIO(image)).convert("RGB")
+    sq = square_box((0, 0, 48, 40))
+    crop = F.interpolate(crop_to_tensor(pil, sq, core.config.input_size)[None], size=(16, 16), mode="bilinear",
+                         antialias=True, align_corners=False)
+    adapted.eval()
+    with torch.no_grad():
+        heat = adapted(crop)
+    want = input_to_original(heatmap_to_input(soft_argmax(heat), 16 / heat.shape[-1])[0].double(), sq, 16)
+    assert got.shape == (3, 2) and (got - want).abs().max() < 1e-3

@@ -9,7 +9,7 @@ from landmarks.adapter_io import load_adapter, load_core, load_network, save_cor
 from landmarks.projection import adapter_state_dict, build_adapted, fold
 from tests.factories import make_tiny_core
 from training.adapt import PRESETS, AdaptConfig, adapt
-from training.evaluate import evaluate, forward_backward, regression_error, ridge_fit, Detections
+from training.evaluate import Detections, evaluate, forward_backward, regression_error, ridge_fit
 
 
 @pytest.fixture

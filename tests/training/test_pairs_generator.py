@@ -1,8 +1,8 @@
 import torch
 
+from landmarks.geometry import apply_affine
 from training.generator import ConditionalGenerator, GeneratorConfig
 from training.pairs import PairConfig, make_pairs, tps_warp
-from landmarks.geometry import apply_affine
 
 
 def _centroids(images):

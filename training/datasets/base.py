@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DatasetError", "Sample", "ReadReport", "Dataset", "check_image", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "Dataset", "DatasetError", "ReadReport", "Sample", "check_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -64,7 +64,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def subset(self, spec: str | None) -> "Dataset":
+    def subset(self, spec: str | None) -> Dataset:
         """Python-slice subset, e.g. ':9000' (first 9,000) or '9000:' (the rest)."""
         if not spec:
             return self

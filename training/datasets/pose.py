@@ -9,7 +9,7 @@ import numpy as np
 
 from training.datasets.base import Dataset, DatasetError, ReadReport, Sample, check_image
 
-__all__ = ["LSP_JOINTS", "LSP_FLIP_PAIRS", "read_lsp", "read_lspet", "read_mpii", "MPII_JOINTS", "MPII_FLIP_PAIRS"]
+__all__ = ["LSP_FLIP_PAIRS", "LSP_JOINTS", "MPII_FLIP_PAIRS", "MPII_JOINTS", "read_lsp", "read_lspet", "read_mpii"]
 
 LSP_JOINTS = [
     "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle",
