@@ -18,7 +18,9 @@ CHANGING = "birds"
 ALLOWED_CHANGING = {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE}
 
 
-def run_traffic(server, artifacts, duration: float, threads: int = 8) -> dict:
+def run_traffic(server, artifacts, duration: float, threads: int = 8, min_cycles: int = 3) -> dict:
+    """Traffic for at least `duration` s and until the admin loop did `min_cycles` cycles and the
+    changing category answered OK once (a slow, loaded machine gets more time, up to a bound)."""
     target = f"127.0.0.1:{server.port}"
     stop = threading.Event()
     outcomes: dict[str, collections.Counter] = {c: collections.Counter() for c in STABLE + (CHANGING,)}
@@ -72,7 +74,11 @@ def run_traffic(server, artifacts, duration: float, threads: int = 8) -> dict:
     workers = [threading.Thread(target=traffic, args=(i,)) for i in range(threads)] + [threading.Thread(target=admin)]
     for t in workers:
         t.start()
-    time.sleep(duration)
+    start = time.monotonic()
+    cap = start + max(120.0, 4 * duration)
+    while time.monotonic() < cap and (time.monotonic() < start + duration or admin_ops["cycles"] < min_cycles
+                                      or outcomes[CHANGING]["OK"] == 0):
+        time.sleep(0.05)
     stop.set()
     for t in workers:
         t.join(60)
