@@ -70,7 +70,8 @@ class CoreTrainConfig:
 PRESETS: dict[str, dict] = {
     # What fits a 2-core AVX2 machine in about 100 minutes: the half-width `cpu` architecture,
     # fp32, ~20 img/s including data loading.
-    "cpu": dict(arch="cpu", steps=6_000, batch_size=16, lr=1e-3, workers=2, val_every=500, val_size=300),
+    "cpu": dict(arch="cpu", steps=8_500, batch_size=16, lr=1e-3, foreground_weight=10.0, workers=2, val_every=500,
+                val_size=300),
     # The paper's setting for a GPU: FAN at full width on MPII, larger batch, longer schedule.
     "paper": dict(arch="paper", data="mpii:data/mpii/mpii_annotations.json", train_split="", val_split="",
                   steps=150_000, batch_size=24, lr=2.5e-4, bf16=True, workers=8, val_every=5000),
