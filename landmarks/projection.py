@@ -90,7 +90,7 @@ def build_adapted(
 
     Args:
         num_landmarks: K for the new head, trained from scratch unless `init_head_from_core`
-            (only possible when K equals the core's landmark count).
+            (then it starts as the core's first K maps; needs K <= the core's landmark count).
         targets: "all" convs (the paper) or "3x3" only (the official code).
         input_size: run the (fully convolutional) core at another input size for this category,
             e.g. 64 px for cheap CPU adaptation; recorded in the adapter's config.
@@ -99,10 +99,16 @@ def build_adapted(
     model.requires_grad_(False)
     features = core.config.features
     if init_head_from_core:
-        if num_landmarks != core.config.num_landmarks:
+        if num_landmarks > core.config.num_landmarks:
             raise ValueError(
-                f"init_head_from_core needs K == the core's {core.config.num_landmarks} landmarks, got {num_landmarks}"
+                f"init_head_from_core needs K <= the core's {core.config.num_landmarks} landmarks, got {num_landmarks}"
             )
+        # the first K of the core's maps: the landmarks start spread over the object
+        head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
+        with torch.no_grad():
+            head.weight.copy_(core.head.weight[:num_landmarks])
+            head.bias.copy_(core.head.bias[:num_landmarks])
+        model.head = head
     else:
         model.head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
     model.config = core.config.replace(num_landmarks=num_landmarks, input_size=input_size or core.config.input_size)

@@ -89,6 +89,7 @@ class AdaptConfig:
     # from the first step; the reconstruction keeps landmarks spread out. 0 = the paper's objective.
     equivariance_weight: float = 0.0
     image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
+    init_head: str = "scratch"  # scratch (the paper) | core: start from the core's first K maps (proposed)
     workers: int = 2
     bf16: bool = False
     picture_every: int = 500
@@ -99,6 +100,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.init_head not in ("scratch", "core"):
+            raise ValueError(f"init_head must be 'scratch' or 'core', got {self.init_head!r}")
         if self.targets not in ("all", "3x3"):
             raise ValueError(f"targets must be 'all' or '3x3', got {self.targets!r}")
         if self.num_landmarks < 1 or self.steps < 1 or self.batch_size < 2:
@@ -129,10 +132,11 @@ class _NoFeatures(nn.Module):
 
 
 def build_detector(mode: str, core_model: LandmarkHourglass, num_landmarks: int, targets: str,
-                   seed: int, input_size: int | None = None) -> LandmarkHourglass:
+                   seed: int, input_size: int | None = None, init_head: str = "scratch") -> LandmarkHourglass:
     input_size = input_size or core_model.config.input_size
     if mode == "proposed":
-        return build_adapted(core_model, num_landmarks, targets, input_size=input_size)
+        return build_adapted(core_model, num_landmarks, targets, init_head_from_core=init_head == "core",
+                             input_size=input_size)
     torch.manual_seed(seed)
     config = core_model.config.replace(num_landmarks=num_landmarks, input_size=input_size)
     if mode == "scratch":
@@ -183,7 +187,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     data = open_dataset(cfg.images).subset(cfg.train_split or None)
     print(f"{cfg.images}: {data.report}", file=sys.stderr)
 
-    detector = build_detector(cfg.mode, core_model, cfg.num_landmarks, cfg.targets, cfg.seed, size).train()
+    detector = build_detector(cfg.mode, core_model, cfg.num_landmarks, cfg.targets, cfg.seed, size,
+                              init_head=cfg.init_head).train()
     heat_size = detector.config.heatmap_size
     stride = size / heat_size
     generator = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, cfg.generator_channels,
@@ -340,7 +345,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 metavar="BOOL", help=f"(default from preset or {f.default})")
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            choices = {"mode": MODES, "targets": ("all", "3x3"),
+            choices = {"mode": MODES, "targets": ("all", "3x3"), "init_head": ("scratch", "core"),
                        "perceptual": ("auto", "vgg19", "mobilenet_v2", "none")}.get(f.name)
             parser.add_argument(flag, type=kind, default=None, choices=choices,
                                 help=f"(default from preset or {f.default!r})")

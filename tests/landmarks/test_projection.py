@@ -95,6 +95,10 @@ def test_adapter_state_round_trip_and_shapes(tiny_core):
         load_adapter_state(fresh, {k: v for k, v in state.items() if k != "head.bias"})
 
 
-def test_init_head_from_core_needs_same_k(tiny_core):
-    with pytest.raises(ValueError, match="K =="):
+def test_init_head_from_core(tiny_core):
+    with pytest.raises(ValueError, match="K <="):
         build_adapted(tiny_core, 9, init_head_from_core=True)
+    adapted = build_adapted(tiny_core, 3, init_head_from_core=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(adapted(x), tiny_core(x)[:, :3])
