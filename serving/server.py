@@ -18,6 +18,7 @@ before, and a missing or broken core raises `CoreLoadError` with a message sayin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from concurrent import futures
@@ -228,10 +229,9 @@ def _server_credentials(cfg: ServerConfig) -> grpc.ServerCredentials:
 
 
 def _load_quietly(state: ServerState) -> None:
-    try:
+    # a failure is recorded in state.load_error (and logged by load()); requests answer UNAVAILABLE with it
+    with contextlib.suppress(Exception):
         state.load()
-    except Exception:  # noqa: BLE001, S110  recorded in state.load_error and logged by load()
-        pass  # recorded in state.load_error; requests answer UNAVAILABLE with it
 
 
 def create_server(cfg: ServerConfig) -> tuple[grpc.Server, int]:

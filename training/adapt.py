@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from landmarks.heatmaps import (
 )
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
+from training.config_args import add_config_arguments, invocation, values_from_args
 from training.datasets import DatasetError, open_dataset
 from training.generator import ConditionalGenerator, GeneratorConfig
 from training.image_data import ObjectCrops
@@ -336,28 +336,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu: what a 2-core machine affords; paper: the paper's 200k-step schedule (GPU); "
                              "smoke: seconds")
-    for f in dataclasses.fields(AdaptConfig):
-        if f.name == "images":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL", help=f"(default from preset or {f.default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            choices = {"mode": MODES, "targets": ("all", "3x3"), "init_head": ("scratch", "core"),
-                       "perceptual": ("auto", "vgg19", "mobilenet_v2", "none")}.get(f.name)
-            parser.add_argument(flag, type=kind, default=None, choices=choices,
-                                help=f"(default from preset or {f.default!r})")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    add_config_arguments(parser, AdaptConfig, skip=("images",), choices={
+        "mode": MODES, "targets": ("all", "3x3"), "init_head": ("scratch", "core"),
+        "perceptual": ("auto", "vgg19", "mobilenet_v2", "none")})
 
 
 def main(args: argparse.Namespace) -> int:
-    values = dict(PRESETS[args.preset])
-    for f in dataclasses.fields(AdaptConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    values = values_from_args(args, AdaptConfig, PRESETS)
     if not values.get("images"):
         print("error: give the category's images, e.g. `landmarks adapt folder:my_photos/ --category mugs`",
               file=sys.stderr)
@@ -366,8 +351,7 @@ def main(args: argparse.Namespace) -> int:
         values["images"] = f"folder:{values['images']}"
     try:
         cfg = AdaptConfig(**values)
-        command = "landmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        path = adapt(cfg, resume=args.resume, command=command)
+        path = adapt(cfg, resume=args.resume, command=invocation())
     except (ArtifactError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

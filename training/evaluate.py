@@ -233,9 +233,10 @@ def markdown(result: dict) -> str:
         paper = PAPER.get(result["mode"], {})
         if paper:
             lines.append(f"| paper, AFLW, all ({result['mode']}) | {paper['forward']:.2f} | {paper['backward']:.2f} |")
-        lines += ["", f"Regressor: {result['regressor']}; normalised by {result['normalisation']}. "
-                  f"Reference: predicting the mean training shape for every test image gives "
-                  f"{result['mean_shape_forward']:.2f}% (landmarks with no information).", ""]
+        reference = (f"Regressor: {result['regressor']}; normalised by {result['normalisation']}. "
+                     f"Reference: predicting the mean training shape for every test image gives "
+                     f"{result['mean_shape_forward']:.2f}% (landmarks with no information).")
+        lines += ["", reference, ""]
     lines.append(f"Consistency: {result['consistency']:.2f} px at 128 ({result['consistency_images']} images; "
                  f"{result['consistency_protocol']}).")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from landmarks.adapter_io import save_core
 from landmarks.heatmaps import heatmap_to_input, refined_argmax
 from landmarks.hourglass import ARCHITECTURES, HourglassConfig, LandmarkHourglass
 from training.augment import AugmentConfig
+from training.config_args import add_config_arguments, invocation, values_from_args
 from training.core_data import PoseCrops
 from training.datasets import open_dataset
 from training.metrics import pck
@@ -249,29 +249,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu: ~100 min on 2 cores, half-width network; paper: MPII schedule for a GPU (torchrun works); "
                              "smoke: seconds, tiny network")
-    for f in dataclasses.fields(CoreTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL", help=f"(default from preset or {f.default})")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None, help=f"(default from preset or {f.default})")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-
-
-def config_from_args(args: argparse.Namespace) -> CoreTrainConfig:
-    values = dict(PRESETS[args.preset])
-    for f in dataclasses.fields(CoreTrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return CoreTrainConfig(**values)
+    add_config_arguments(parser, CoreTrainConfig, choices={"arch": sorted(ARCHITECTURES)})
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    command = "landmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path = train_core(cfg, resume=args.resume, command=command)
+    cfg = CoreTrainConfig(**values_from_args(args, CoreTrainConfig, PRESETS))
+    path = train_core(cfg, resume=args.resume, command=invocation())
     print(f"wrote {path}")
     return 0
