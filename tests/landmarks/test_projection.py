@@ -101,4 +101,5 @@ def test_init_head_from_core(tiny_core):
     adapted = build_adapted(tiny_core, 3, init_head_from_core=True).eval()
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(adapted(x), tiny_core(x)[:, :3])
+        # a 3-channel conv may take another kernel path than the 5-channel one: equal up to rounding
+        torch.testing.assert_close(adapted(x), tiny_core(x)[:, :3], rtol=1e-5, atol=1e-6)
