@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from landmarks.adapter_io import save_core
+from landmarks.adapter_io import load_core, save_core
 from landmarks.heatmaps import heatmap_to_input, refined_argmax
 from landmarks.hourglass import ARCHITECTURES, HourglassConfig, LandmarkHourglass
 from training.augment import AugmentConfig
@@ -59,6 +59,7 @@ class CoreTrainConfig:
     val_size: int = 500
     seed: int = 0
     max_minutes: float = 0.0  # stop (checkpoint + export) after this long; 0 = run the schedule
+    init_from: str = ""  # start from a core file's weights (e.g. adapters/core.safetensors) instead of random
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -148,6 +149,12 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     elif resume:
         print(f"--resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
+    if cfg.init_from and step == 0:
+        init = load_core(cfg.init_from)  # safetensors only, validated
+        if init.config != model_cfg:
+            raise ValueError(f"--init-from {cfg.init_from} has another architecture: {init.config} vs {model_cfg}")
+        model.load_state_dict(init.float_state(), strict=False)  # BN step counters are not stored
+        print(f"initialised from {cfg.init_from} ({init.sha256[:12]})", file=sys.stderr)
     if rank == 0:
         # every invocation (a resumed run may change flags) is kept, in order
         previous = []

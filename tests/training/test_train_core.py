@@ -29,3 +29,14 @@ def test_smoke_training_exports_a_loadable_core_and_resumes(tmp_path):
     result = evaluate_core(path, f"lspet:{data}", "6:", tmp_path / "eval")
     assert 0.0 <= result["mean_pck@0.2"] <= 100.0 and result["images"] == 2
     assert (tmp_path / "eval" / "core_overlay.png").is_file()
+
+
+def test_init_from_a_core_file(tmp_path):
+    data = write_lspet(tmp_path / "lspet", n=6)
+    base = {**PRESETS["smoke"], "data": f"lspet:{data}", "train_split": ":4", "val_split": "4:", "arch": "tiny"}
+    first = load_core(train_core(CoreTrainConfig(**{**base, "out": str(tmp_path / "a")}), command="test"))
+    cfg = CoreTrainConfig(**{**base, "out": str(tmp_path / "b"), "steps": 1, "lr": 1e-12, "warmup_steps": 0,
+                             "init_from": str(tmp_path / "a" / "core.safetensors")})
+    second = load_core(train_core(cfg, command="test"))
+    # one step at lr 1e-12 from the first core's weights: the same fp16 weights (BN statistics move)
+    assert torch.equal(second.tensors["head.weight"], first.tensors["head.weight"])
