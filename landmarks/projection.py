@@ -163,18 +163,8 @@ def expected_adapter_shapes(
     with torch.device("meta"):
         core = LandmarkHourglass(core_config)
         adapted = build_adapted(core, num_landmarks, targets)
-    shapes: dict[str, tuple[int, ...]] = {}
-    for path, module in adapted.named_modules():
-        if isinstance(module, ProjectedConv2d):
-            shapes[f"{path}.proj"] = tuple(module.proj.shape)
-        elif isinstance(module, nn.BatchNorm2d):
-            for key in _BN_KEYS:
-                shapes[f"{path}.{key}"] = tuple(getattr(module, key).shape)
-        elif isinstance(module, nn.Conv2d) and not path.endswith(".base_layer") and module.weight.requires_grad:
-            shapes[f"{path}.weight"] = tuple(module.weight.shape)
-            if module.bias is not None:
-                shapes[f"{path}.bias"] = tuple(module.bias.shape)
-    return shapes
+        # the same traversal that names a real adapter's tensors, on shape-only meta tensors
+        return {key: tuple(t.shape) for key, t in adapter_state_dict(adapted).items()}
 
 
 def fold_state_dict(

@@ -41,7 +41,7 @@ from landmarks.heatmaps import (
     soft_argmax,
 )
 from landmarks.hourglass import LandmarkHourglass
-from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
+from landmarks.projection import adapter_state_dict, build_adapted
 from training.config_args import add_config_arguments, invocation, values_from_args
 from training.datasets import DatasetError, open_dataset
 from training.generator import ConditionalGenerator, GeneratorConfig
@@ -320,13 +320,6 @@ def _licence_for(spec: str) -> str:
     if "shoe" in lowered or "zappos" in lowered:
         return "Trained on UT-Zappos50K images (research use only; Yu & Grauman 2014)"
     return "Trained on user-supplied images; check their licence"
-
-
-def load_detector_state(mode: str, detector: nn.Module, tensors: dict) -> None:
-    if mode == "proposed":
-        load_adapter_state(detector, tensors)
-    else:
-        detector.load_state_dict(tensors, strict=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
