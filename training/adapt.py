@@ -88,6 +88,12 @@ class AdaptConfig:
     # landmarks of y and of y' (T the known warp between them). It gives the detector a direct signal
     # from the first step; the reconstruction keeps landmarks spread out. 0 = the paper's objective.
     equivariance_weight: float = 0.0
+    # Not in the paper: Zhang et al. (2018)'s separation term, mean over landmark pairs of
+    # exp(-d^2 / (2 sigma^2)) with d in units of the image width. It stops the K points from
+    # collapsing onto one place, which is what the bottleneck alone does at our budget (RESULTS.md).
+    separation_weight: float = 0.0
+    separation_sigma: float = 0.06
+    head_lr: float = 0.0  # learning rate of the new head (0 = --lr)
     image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
     init_head: str = "scratch"  # scratch (the paper) | core: start from the core's first K maps (proposed)
     workers: int = 2
@@ -104,6 +110,8 @@ class AdaptConfig:
             raise ValueError(f"init_head must be 'scratch' or 'core', got {self.init_head!r}")
         if self.targets not in ("all", "3x3"):
             raise ValueError(f"targets must be 'all' or '3x3', got {self.targets!r}")
+        if self.separation_sigma <= 0 or self.separation_weight < 0 or self.head_lr < 0:
+            raise ValueError("separation_sigma > 0, separation_weight >= 0 and head_lr >= 0 are required")
         if self.num_landmarks < 1 or self.steps < 1 or self.batch_size < 2:
             raise ValueError("num_landmarks >= 1, steps >= 1 and batch_size >= 2 (batch-norm) are required")
 
@@ -141,10 +149,24 @@ def build_detector(mode: str, core_model: LandmarkHourglass, num_landmarks: int,
     config = core_model.config.replace(num_landmarks=num_landmarks, input_size=input_size)
     if mode == "scratch":
         return LandmarkHourglass(config)
-    detector = LandmarkHourglass(config)  # finetune: core weights, new head
-    state = {k: v for k, v in core_model.state_dict().items() if not k.startswith("head.")}
+    detector = LandmarkHourglass(config)  # finetune: core weights, new head (or the core's first K maps)
+    state = core_model.state_dict()
+    if init_head == "core":
+        state = {**state, **{k: v[:num_landmarks] for k, v in state.items() if k.startswith("head.")}}
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
     detector.load_state_dict(state, strict=False)
     return detector
+
+
+def separation_loss(points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Mean over ordered pairs i != j of exp(-|p_i - p_j|^2 / (2 sigma^2)); points (B, K, 2), any unit."""
+    k = points.shape[1]
+    if k < 2:
+        return points.new_zeros(())
+    d2 = (points[:, :, None] - points[:, None]).square().sum(-1)
+    off = ~torch.eye(k, dtype=torch.bool, device=points.device)
+    return torch.exp(-d2[:, off] / (2 * sigma**2)).mean()
 
 
 def detect_points(detector: nn.Module, images: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +218,12 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     features = _NoFeatures() if cfg.perceptual == "none" else load_perceptual(cfg.perceptual)
     loss_fn = PerceptualLoss(features, pixel_weight=cfg.pixel_weight)
     det_params = [p for p in detector.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in detector.head.parameters()}
     betas = (cfg.beta1, cfg.beta2)
-    opt_det = torch.optim.Adam(det_params, lr=cfg.lr, betas=betas)
+    det_lrs = (cfg.lr, cfg.head_lr or cfg.lr)
+    opt_det = torch.optim.Adam([{"params": [p for p in det_params if id(p) not in head_ids], "lr": det_lrs[0]},
+                                {"params": [p for p in det_params if id(p) in head_ids], "lr": det_lrs[1]}],
+                               betas=betas)
     opt_gen = torch.optim.Adam(generator.parameters(), lr=cfg.generator_lr, betas=betas)
     n_trainable = sum(p.numel() for p in det_params)
     print(f"mode {cfg.mode}: {n_trainable:,} trainable detector parameters, generator "
@@ -257,8 +283,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
             if len(images) < 2:
                 continue
             decay = 0.1 ** (step // cfg.lr_decay_every) if cfg.lr_decay_every else 1.0
-            for group in opt_det.param_groups:
-                group["lr"] = cfg.lr * decay
+            for group, base_lr in zip(opt_det.param_groups, det_lrs):
+                group["lr"] = base_lr * decay
             for group in opt_gen.param_groups:
                 group["lr"] = cfg.generator_lr * decay
             pairs = make_pairs(images, pair_cfg, pair_gen)
@@ -276,6 +302,9 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
                 moved = input_to_heatmap(apply_affine(heatmap_to_input(points, stride), pairs.transform), stride)
                 equivariance = (moved - points_deformed).square().sum(-1).mean()
                 loss = loss + cfg.equivariance_weight * equivariance
+            separation = separation_loss(points / heat_size, cfg.separation_sigma)
+            if cfg.separation_weight:
+                loss = loss + cfg.separation_weight * separation
             opt_det.zero_grad(set_to_none=True)
             opt_gen.zero_grad(set_to_none=True)
             loss.backward()
@@ -290,7 +319,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
             # spread of the landmarks (heatmap px): near zero means they collapsed to one place
             spread = float(points.detach().std(dim=1).mean())
             history.append({"step": step, "loss": float(loss), "reconstruction": float(recon_loss),
-                            "equivariance": float(equivariance), "spread": round(spread, 3),
+                            "equivariance": float(equivariance),
+                            "separation": round(float(separation), 4), "spread": round(spread, 3),
                             "time": round(elapsed, 1)})
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}", ips=f"{seen / max(1e-9, time.time() - tick):.1f}")

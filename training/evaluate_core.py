@@ -3,7 +3,9 @@
 PCK@0.2 uses the LSP convention (error <= 0.2 x torso diameter, right shoulder to left hip);
 for MPII-style data (16 joints) PCKh@0.5 is reported too (0.5 x head segment, upper neck to
 head top, a common approximation of the head-box size). Only annotated joints count. The crop
-is the deterministic person box of training (no augmentation, no test-time flip).
+is the deterministic person box of training (no augmentation). By default the heatmaps are
+averaged with those of the mirrored crop (the "flip test" of the pose literature, with left and
+right joints swapped); `--no-flip` gives the single-pass number.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ MPII_HEAD = (8, 9)  # upper neck - head top
 
 
 def evaluate_core(core_path: Path, dataset_spec: str, split: str | None, out: Path | None,
-                  batch_size: int = 32, bf16: bool = False) -> dict:
+                  batch_size: int = 32, bf16: bool = False, flip: bool = True) -> dict:
     core = load_core(core_path)
     data = open_dataset(dataset_spec).subset(split)
     if core.num_landmarks != len(data.landmark_names):
@@ -39,12 +41,15 @@ def evaluate_core(core_path: Path, dataset_spec: str, split: str | None, out: Pa
     model = core.build("cpu")
     loader = torch.utils.data.DataLoader(PoseCrops(data, core.config.input_size), batch_size=batch_size,
                                          num_workers=1)
-    pred, truth, vis, images = predict_core(model, loader, torch.device("cpu"), bf16)
+    if flip and not data.flip_pairs:
+        raise DatasetError(f"{dataset_spec} declares no left/right joint pairs; evaluate with --no-flip")
+    pred, truth, vis, images = predict_core(model, loader, torch.device("cpu"), bf16,
+                                            flip_pairs=data.flip_pairs if flip else None)
     mpii = len(data.landmark_names) == 16
     per_joint, mean = pck(pred, truth, vis, MPII_TORSO if mpii else LSP_TORSO, 0.2)
     result = {
         "core": str(core_path), "core_sha256": core.sha256, "dataset": dataset_spec, "split": split or ":",
-        "images": len(pred), "metric": "PCK@0.2 (torso)",
+        "images": len(pred), "metric": "PCK@0.2 (torso)", "flip_test": flip,
         "per_joint": {name: round(float(v), 2) for name, v in zip(data.landmark_names, per_joint)},
         "mean_pck@0.2": round(mean, 2),
     }
@@ -76,16 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="START:STOP subset, e.g. 9000: (LSPET's held-out 1,000)")
     parser.add_argument("--out", type=Path, default=None, help="folder for core_eval.json/.md and core_overlay.png")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast only on AVX-512-BF16/GPU)")
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="single pass: do not average with the mirrored crop (the flip test, on by default)")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        result = evaluate_core(args.core, args.dataset, args.split, args.out, bf16=args.bf16)
+        result = evaluate_core(args.core, args.dataset, args.split, args.out, bf16=args.bf16, flip=args.flip)
     except (ArtifactError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_table(result), end="")
-    print(f"images: {result['images']}")
+    print(f"images: {result['images']}, flip test: {'on' if result['flip_test'] else 'off'}")
     if "mean_pckh@0.5" in result:
         print(f"mean PCKh@0.5: {result['mean_pckh@0.5']:.2f}")
     print(f"mean PCK@0.2: {result['mean_pck@0.2']:.2f}")

@@ -93,13 +93,27 @@ def _autocast(cfg: CoreTrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def predict_core(model: LandmarkHourglass, loader, device: torch.device, bf16: bool = False):
-    """-> (pred, truth, visible, images) with points in input pixels, as numpy."""
+def predict_core(model: LandmarkHourglass, loader, device: torch.device, bf16: bool = False,
+                 flip_pairs: list[tuple[int, int]] | None = None):
+    """-> (pred, truth, visible, images) with points in input pixels, as numpy.
+
+    With `flip_pairs` (left/right joint pairs), the heatmaps are averaged with those of the mirrored
+    image (the usual pose "flip test"): mirrored back and with left and right swapped. Mirroring is
+    exact on the heatmap grid because input pixel centres map to heatmap pixel centres.
+    """
     model.eval()
+    swap = None
+    if flip_pairs is not None:
+        swap = list(range(model.config.num_landmarks))
+        for a, b in flip_pairs:
+            swap[a], swap[b] = b, a
     preds, truths, vis, images = [], [], [], []
     for image, _, weights, points in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             heat = model(image.to(device)).float()
+            if swap is not None:
+                mirrored = model(image.to(device).flip(-1)).float().flip(-1)[:, swap]
+                heat = (heat + mirrored) / 2
         pts, _ = refined_argmax(heat)
         preds.append(heat_to_np(pts, model.config))
         truths.append(points.numpy())

@@ -135,3 +135,33 @@ def test_equivariance_and_smaller_input_size(tmp_path, core_file, face_data):
     assert all('"equivariance": 0.0' not in line for line in history)
     model = fold(load_core(core_file).build(), adapter.tensors, adapter.config)
     assert model(torch.rand(1, 3, 16, 16)).shape == (1, 4, 4, 4)
+
+
+def test_separation_loss_is_one_when_collapsed_and_small_when_apart():
+    from training.adapt import separation_loss
+
+    collapsed = torch.full((2, 4, 2), 0.5)
+    apart = torch.tensor([[[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]]]).repeat(2, 1, 1)
+    assert separation_loss(collapsed, 0.06).item() == pytest.approx(1.0)
+    assert separation_loss(apart, 0.06).item() < 1e-10
+    points = collapsed.clone().requires_grad_(True)
+    near = points + torch.tensor([[0.0, 0.0], [0.01, 0.0], [0.0, 0.01], [0.01, 0.01]])
+    separation_loss(near, 0.06).backward()
+    assert torch.isfinite(points.grad).all()
+
+
+def test_separation_and_head_lr_train(tmp_path, core_file, face_data):
+    cfg = AdaptConfig(**{**_cfg(tmp_path, core_file, face_data, "proposed").__dict__,
+                         "separation_weight": 1.0, "head_lr": 1e-4})
+    adapt(cfg, command="test")
+    history = (tmp_path / "proposed" / "history.jsonl").read_text().splitlines()
+    assert all('"separation"' in line for line in history)
+
+
+def test_finetune_can_start_from_the_core_head(tmp_path, core_file, face_data):
+    from training.adapt import build_detector
+
+    core = load_core(core_file).build()
+    detector = build_detector("finetune", core, 2, "all", seed=0, init_head="core")
+    assert torch.equal(detector.head.weight, core.head.weight[:2])
+    assert torch.equal(detector.head.bias, core.head.bias[:2])

@@ -237,6 +237,19 @@ def test_mtfl_list_reads_x_then_y_relative_to_the_list_folder(tmp_path):
     assert len(lazy) == 4 and reasons(lazy)[CORRUPT] == 1
 
 
+def test_mtfl_rows_with_points_off_the_face_are_skipped_and_reported(tmp_path):
+    # MTFL's net_7876/_* rows: the same face crop, points shifted ~30 px up onto the forehead
+    root = tmp_path / "mtfl"
+    write_image(root / "net_7876" / "_40_2014_0.jpg", size=(80, 80))
+    write_image(root / "net_7876" / "ok.jpg", size=(80, 80))
+    shifted = "net_7876/_40_2014_0.jpg 32.5 49.0 40.5 31.5 47.5 5.5 5.5 11.5 24.5 26.0"
+    (root / "list.txt").write_text(shifted + "\n" + MTFL_LINE.format(path="net_7876/ok.jpg") + "\n")
+    ds = read_mtfl(root / "list.txt")
+    assert [s.path.name for s in ds.samples] == ["ok.jpg"]
+    assert reasons(ds) == {"points off the face crop": 1}
+    assert len(read_mtfl(root / "list.txt", keep_off_face=True)) == 2
+
+
 def test_mtfl_wrong_path_and_wrong_format(tmp_path):
     with pytest.raises(DatasetError, match="MTFL list file"):
         read_mtfl(tmp_path / "new_training.txt")

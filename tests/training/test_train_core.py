@@ -40,3 +40,23 @@ def test_init_from_a_core_file(tmp_path):
     second = load_core(train_core(cfg, command="test"))
     # one step at lr 1e-12 from the first core's weights: the same fp16 weights (BN statistics move)
     assert torch.equal(second.tensors["head.weight"], first.tensors["head.weight"])
+
+
+def test_flip_test_is_mirror_equivariant():
+    """With the flip test, the prediction on a mirrored crop is the mirrored prediction, joints swapped."""
+    from tests.factories import make_tiny_core
+    from training.train_core import predict_core
+
+    model = make_tiny_core().eval()
+    k, size = model.config.num_landmarks, model.config.input_size
+    pairs = [(0, 1), (2, 3)]
+    swap = list(range(k))
+    for a, b in pairs:
+        swap[a], swap[b] = b, a
+    images = torch.rand(3, 3, size, size)
+    batch = lambda x: [(x, None, torch.ones(len(x), k), torch.zeros(len(x), k, 2))]  # noqa: E731
+    pred, *_ = predict_core(model, batch(images), torch.device("cpu"), flip_pairs=pairs)
+    pred_m, *_ = predict_core(model, batch(images.flip(-1)), torch.device("cpu"), flip_pairs=pairs)
+    mirrored = pred[:, swap].copy()
+    mirrored[..., 0] = size - 1 - mirrored[..., 0]
+    assert abs(pred_m - mirrored).max() < 1e-3
