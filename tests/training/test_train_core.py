@@ -54,7 +54,7 @@ def test_flip_test_is_mirror_equivariant():
     for a, b in pairs:
         swap[a], swap[b] = b, a
     images = torch.rand(3, 3, size, size)
-    batch = lambda x: [(x, None, torch.ones(len(x), k), torch.zeros(len(x), k, 2))]  # noqa: E731
+    batch = lambda x: [(x, None, torch.ones(len(x), k), torch.zeros(len(x), k, 2))]
     pred, *_ = predict_core(model, batch(images), torch.device("cpu"), flip_pairs=pairs)
     pred_m, *_ = predict_core(model, batch(images.flip(-1)), torch.device("cpu"), flip_pairs=pairs)
     mirrored = pred[:, swap].copy()
