@@ -14,6 +14,9 @@ __all__ = ["add_server_argument", "client_for", "print_json", "rpc_error"]
 def add_server_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="localhost:50051", help="HOST:PORT of the server (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default %(default)s)")
+    parser.add_argument("--wait", type=float, default=10.0,
+                        help="seconds to wait for a server that is still starting, e.g. right after "
+                             "`landmarks serve &` (default %(default)s; 0 = fail at once)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (server verified by the system's CAs)")
     parser.add_argument("--tls-ca", type=str, default=None, help="PEM CA to verify the server with (implies --tls)")
     parser.add_argument("--token-file", default=None,
@@ -26,9 +29,16 @@ def client_for(args: argparse.Namespace):
     from serving.auth import read_token
     from serving.client import LandmarkClient
 
-    return LandmarkClient(args.server, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca,
-                          token=read_token(args.token_file, "LANDMARKS_TOKEN"),
-                          admin_token=read_token(args.admin_token_file, "LANDMARKS_ADMIN_TOKEN"))
+    client = LandmarkClient(args.server, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca,
+                            token=read_token(args.token_file, "LANDMARKS_TOKEN"),
+                            admin_token=read_token(args.admin_token_file, "LANDMARKS_ADMIN_TOKEN"))
+    wait = getattr(args, "wait", 0.0)
+    if wait > 0:
+        try:  # a server started a moment ago may still be loading its core and adapters
+            grpc.channel_ready_future(client.channel).result(timeout=wait)
+        except grpc.FutureTimeoutError:
+            pass  # the call itself then fails with the usual clear message
+    return client
 
 
 def rpc_error(exc: grpc.RpcError, server: str) -> int:

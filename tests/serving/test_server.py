@@ -390,3 +390,18 @@ def test_adapter_with_its_own_input_size(client, artifacts, tmp_path):
         heat = adapted(crop)
     want = input_to_original(heatmap_to_input(soft_argmax(heat), 16 / heat.shape[-1])[0].double(), sq, 16)
     assert got.shape == (3, 2) and (got - want).abs().max() < 1e-3
+
+
+def test_cli_waits_briefly_then_says_no_server(tmp_path, capsys):
+    """`--wait` covers a server still starting; with nothing listening the error is the usual one."""
+    import socket
+
+    from landmarks.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    image = tmp_path / "img.png"
+    image.write_bytes(png_bytes(48, 40))
+    assert main(["detect", "--server", f"127.0.0.1:{port}", "--wait", "0.5", "--category", "x", str(image)]) == 1
+    assert "no server answers" in capsys.readouterr().err
