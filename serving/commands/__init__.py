@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -34,10 +35,10 @@ def client_for(args: argparse.Namespace):
                             admin_token=read_token(args.admin_token_file, "LANDMARKS_ADMIN_TOKEN"))
     wait = getattr(args, "wait", 0.0)
     if wait > 0:
-        try:  # a server started a moment ago may still be loading its core and adapters
+        # a server started a moment ago may still be loading its core and adapters; if none comes
+        # up, the call itself then fails with the usual clear message
+        with contextlib.suppress(grpc.FutureTimeoutError):
             grpc.channel_ready_future(client.channel).result(timeout=wait)
-        except grpc.FutureTimeoutError:
-            pass  # the call itself then fails with the usual clear message
     return client
 
 
