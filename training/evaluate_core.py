@@ -3,9 +3,9 @@
 PCK@0.2 uses the LSP convention (error <= 0.2 x torso diameter, right shoulder to left hip);
 for MPII-style data (16 joints) PCKh@0.5 is reported too (0.5 x head segment, upper neck to
 head top, a common approximation of the head-box size). Only annotated joints count. The crop
-is the deterministic person box of training (no augmentation). By default the heatmaps are
-averaged with those of the mirrored crop (the "flip test" of the pose literature, with left and
-right joints swapped); `--no-flip` gives the single-pass number.
+is the deterministic person box of training (no augmentation). `--flip` averages the heatmaps
+with those of the mirrored crop (the "flip test" of the pose literature, left and right joints
+swapped); the default is the single pass, the number the README reports.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ MPII_HEAD = (8, 9)  # upper neck - head top
 
 
 def evaluate_core(core_path: Path, dataset_spec: str, split: str | None, out: Path | None,
-                  batch_size: int = 32, bf16: bool = False, flip: bool = True) -> dict:
+                  batch_size: int = 32, bf16: bool = False, flip: bool = False) -> dict:
     core = load_core(core_path)
     data = open_dataset(dataset_spec).subset(split)
     if core.num_landmarks != len(data.landmark_names):
@@ -42,7 +42,7 @@ def evaluate_core(core_path: Path, dataset_spec: str, split: str | None, out: Pa
     loader = torch.utils.data.DataLoader(PoseCrops(data, core.config.input_size), batch_size=batch_size,
                                          num_workers=1)
     if flip and not data.flip_pairs:
-        raise DatasetError(f"{dataset_spec} declares no left/right joint pairs; evaluate with --no-flip")
+        raise DatasetError(f"{dataset_spec} declares no left/right joint pairs; evaluate without --flip")
     pred, truth, vis, images = predict_core(model, loader, torch.device("cpu"), bf16,
                                             flip_pairs=data.flip_pairs if flip else None)
     mpii = len(data.landmark_names) == 16
@@ -81,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="START:STOP subset, e.g. 9000: (LSPET's held-out 1,000)")
     parser.add_argument("--out", type=Path, default=None, help="folder for core_eval.json/.md and core_overlay.png")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast only on AVX-512-BF16/GPU)")
-    parser.add_argument("--no-flip", dest="flip", action="store_false",
-                        help="single pass: do not average with the mirrored crop (the flip test, on by default)")
+    parser.add_argument("--flip", action="store_true",
+                        help="flip test: average with the mirrored crop's heatmaps (left/right joints swapped)")
 
 
 def main(args: argparse.Namespace) -> int:
