@@ -5,6 +5,7 @@
     maps   = Gaussians at points            sigma = sqrt(0.5)
     y_hat  = generator(y', maps)                                (training.generator)
     loss   = pixel + perceptual(y_hat, y)                       (training.perceptual)
+           [+ separation(points) + equivariance(points, points of y')]   cpu preset only, RESULTS.md
 
 Modes (the detector; the generator always trains):
     proposed   the paper: frozen core, learn W_L per conv + batch-norm + a new head -> adapter file
