@@ -98,19 +98,15 @@ def build_adapted(
     model = copy.deepcopy(core)
     model.requires_grad_(False)
     features = core.config.features
-    if init_head_from_core:
-        if num_landmarks > core.config.num_landmarks:
-            raise ValueError(
-                f"init_head_from_core needs K <= the core's {core.config.num_landmarks} landmarks, got {num_landmarks}"
-            )
-        # the first K of the core's maps: the landmarks start spread over the object
-        head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
+    if init_head_from_core and num_landmarks > core.config.num_landmarks:
+        raise ValueError(
+            f"init_head_from_core needs K <= the core's {core.config.num_landmarks} landmarks, got {num_landmarks}"
+        )
+    model.head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
+    if init_head_from_core:  # the first K of the core's maps: the landmarks start spread over the object
         with torch.no_grad():
-            head.weight.copy_(core.head.weight[:num_landmarks])
-            head.bias.copy_(core.head.bias[:num_landmarks])
-        model.head = head
-    else:
-        model.head = nn.Conv2d(features, num_landmarks, 1, bias=True).to(core.head.weight.device)
+            model.head.weight.copy_(core.head.weight[:num_landmarks])
+            model.head.bias.copy_(core.head.bias[:num_landmarks])
     model.config = core.config.replace(num_landmarks=num_landmarks, input_size=input_size or core.config.input_size)
 
     for name, module in list(model.named_modules()):

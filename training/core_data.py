@@ -16,7 +16,7 @@ from training.augment import (
     transform_points,
     warp_pil,
 )
-from training.datasets.base import Dataset, Sample
+from training.datasets.base import Dataset, Sample, flip_permutation
 
 __all__ = ["PoseCrops", "sample_box"]
 
@@ -40,10 +40,8 @@ class PoseCrops(torch.utils.data.Dataset):
         self.dataset, self.size, self.sigma, self.augment, self.seed = dataset, size, sigma, augment, seed
         self.epoch = 0
         self.failures = 0
-        flip = np.arange(len(dataset.landmark_names) or len(dataset.samples[0].points))
-        for a, b in dataset.flip_pairs:
-            flip[a], flip[b] = b, a
-        self.flip_index = flip
+        num_points = len(dataset.landmark_names) or len(dataset.samples[0].points)
+        self.flip_index = np.array(flip_permutation(num_points, dataset.flip_pairs))
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -29,6 +29,7 @@ from training.augment import AugmentConfig
 from training.config_args import add_config_arguments, invocation, values_from_args
 from training.core_data import PoseCrops
 from training.datasets import open_dataset
+from training.datasets.base import flip_permutation
 from training.metrics import pck
 from training.plots import overlay_grid, plot_curves
 
@@ -102,14 +103,10 @@ def predict_core(model: LandmarkHourglass, loader, device: torch.device, bf16: b
     exact on the heatmap grid because input pixel centres map to heatmap pixel centres.
     """
     model.eval()
-    swap = None
-    if flip_pairs is not None:
-        swap = list(range(model.config.num_landmarks))
-        for a, b in flip_pairs:
-            swap[a], swap[b] = b, a
+    swap = None if flip_pairs is None else flip_permutation(model.config.num_landmarks, flip_pairs)
     preds, truths, vis, images = [], [], [], []
     for image, _, weights, points in loader:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             heat = model(image.to(device)).float()
             if swap is not None:
                 mirrored = model(image.to(device).flip(-1)).float().flip(-1)[:, swap]

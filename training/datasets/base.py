@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "Dataset", "DatasetError", "ReadReport", "Sample", "check_image"]
+__all__ = ["IMAGE_SUFFIXES", "Dataset", "DatasetError", "ReadReport", "Sample", "check_image", "flip_permutation"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -75,6 +75,14 @@ class Dataset:
         if len(parts) != 2:
             raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'")
         return Dataset(self.name, self.samples[slice(*parts)], self.report, self.landmark_names, self.flip_pairs)
+
+
+def flip_permutation(num_points: int, flip_pairs: list[tuple[int, int]]) -> list[int]:
+    """Index i -> the point that takes i's place after a horizontal flip (left <-> right swapped)."""
+    order = list(range(num_points))
+    for a, b in flip_pairs:
+        order[a], order[b] = b, a
+    return order
 
 
 def check_image(path: Path, report: ReadReport, verify: bool = False) -> bool:
