@@ -97,6 +97,10 @@ class AdaptConfig:
     head_lr: float = 0.0  # learning rate of the new head (0 = --lr)
     image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
     init_head: str = "scratch"  # scratch (the paper) | core: start from the core's first K maps (proposed)
+    # A previous run's checkpoint.pt to start from (its detector's trainable tensors and its generator;
+    # not its optimiser or step). Re-adapting a category to a retrained core this way takes a fraction
+    # of the steps: for `proposed` only the adapter's tensors are taken, the frozen core is the new one.
+    warm_start: str = ""
     workers: int = 2
     bf16: bool = False
     picture_every: int = 500
@@ -202,6 +206,28 @@ def _save_samples(path: Path, y, yd, recon, points_input) -> None:
     plt.close(fig)
 
 
+def _warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn.Module) -> None:
+    """Copy a previous run's adapter (or network) and generator weights; see `AdaptConfig.warm_start`."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--warm-start {path}: no such file (give a run's checkpoint.pt, e.g. runs/adapt/faces/checkpoint.pt)")
+    # weights_only: tensors and plain containers, never arbitrary objects; our own checkpoint format
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or not {"detector", "generator"} <= set(ckpt):
+        raise ValueError(f"--warm-start {path}: not a `landmarks adapt` checkpoint (no detector/generator state)")
+    keys = set(adapter_state_dict(detector)) if mode == "proposed" else set(detector.state_dict())
+    state = {k: v for k, v in ckpt["detector"].items() if k in keys}
+    if keys - set(state):
+        raise ValueError(f"--warm-start {path}: its detector lacks {sorted(keys - set(state))[:3]}; "
+                         f"was it trained with another --mode, --num-landmarks or core architecture?")
+    try:
+        detector.load_state_dict(state, strict=False)
+        generator.load_state_dict(ckpt["generator"])
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"--warm-start {path} does not fit this run: {exc}") from None
+    print(f"warm start from {path} (step {ckpt.get('step', '?')}: {len(state)} detector tensors and the generator)",
+          file=sys.stderr)
+
+
 def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     """Train one adapter (or baseline network); returns the exported file."""
     torch.manual_seed(cfg.seed)
@@ -246,6 +272,8 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
         print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     elif resume:
         print(f"--resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
+    if cfg.warm_start and step == 0:
+        _warm_start(cfg.warm_start, cfg.mode, detector, generator)
     (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "command": command}, indent=2))
 
     def export() -> Path:
@@ -380,7 +408,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = AdaptConfig(**values)
         path = adapt(cfg, resume=args.resume, command=invocation())
-    except (ArtifactError, DatasetError, ValueError) as exc:
+    except (ArtifactError, DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {path}")

@@ -56,6 +56,9 @@ class CoreTrainConfig:
     rotation_sd: float = 15.0
     bf16: bool = False  # autocast to bfloat16: a win on GPUs and AVX-512-BF16 CPUs, 20x slower on AVX2
     workers: int = 2
+    # NHWC activations: oneDNN's convolutions are ~18% faster this way on a 2-core AVX2 CPU
+    # (measured with batch 16 at 128 px); results are the same up to float rounding.
+    channels_last: bool = True
     val_every: int = 1000
     val_size: int = 500
     seed: int = 0
@@ -72,7 +75,7 @@ class CoreTrainConfig:
 PRESETS: dict[str, dict] = {
     # What fits a 2-core AVX2 machine in about 100 minutes: the half-width `cpu` architecture,
     # fp32, ~20 img/s including data loading.
-    "cpu": dict(arch="cpu", steps=8_500, batch_size=16, lr=1e-3, foreground_weight=10.0, workers=2, val_every=500,
+    "cpu": dict(arch="cpu", steps=8_500, batch_size=16, lr=1e-3, foreground_weight=10.0, workers=1, val_every=500,
                 val_size=300),
     # The paper's setting for a GPU: FAN at full width on MPII, larger batch, longer schedule.
     "paper": dict(arch="paper", data="mpii:data/mpii/mpii_annotations.json", train_split="", val_split="",
@@ -147,6 +150,8 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         val_set = val_set.subset(f":{cfg.val_size}")
     model_cfg = ARCHITECTURES[cfg.arch](len(full.landmark_names))
     model = LandmarkHourglass(model_cfg).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step, history, elapsed = 0, [], 0.0
@@ -223,7 +228,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         for images, heat, weights, _ in loader:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            images, heat, weights = images.to(device), heat.to(device), weights.to(device)
+            images, heat, weights = images.to(device, memory_format=memory_format), heat.to(device), weights.to(device)
             with _autocast(cfg, device):
                 pred = net(images)
             err = F.mse_loss(pred.float(), heat, reduction="none")

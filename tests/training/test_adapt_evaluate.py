@@ -165,3 +165,29 @@ def test_finetune_can_start_from_the_core_head(tmp_path, core_file, face_data):
     detector = build_detector("finetune", core, 2, "all", seed=0, init_head="core")
     assert torch.equal(detector.head.weight, core.head.weight[:2])
     assert torch.equal(detector.head.bias, core.head.bias[:2])
+
+
+def test_warm_start_carries_the_adapter_and_generator_to_another_core(tmp_path, core_file, face_data):
+    first = adapt(_cfg(tmp_path, core_file, face_data, "proposed"), command="test")
+    old = load_adapter(first, load_core(core_file))
+    other_core = tmp_path / "core2.safetensors"
+    save_core(other_core, make_tiny_core(seed=1))  # a "retrained" core: same architecture, other weights
+    cfg = AdaptConfig(**{**_cfg(tmp_path, core_file, face_data, "proposed").__dict__, "core": str(other_core),
+                         "out": str(tmp_path / "warm"), "steps": 1, "lr": 1e-12, "generator_lr": 1e-12,
+                         "warm_start": str(tmp_path / "proposed" / "checkpoint.pt")})
+    new = load_adapter(adapt(cfg, command="test"), load_core(other_core))
+    # one step at a negligible learning rate: the projections are the old run's, bound to the new core
+    for key in (k for k in old.tensors if k.endswith(".proj")):
+        torch.testing.assert_close(new.tensors[key], old.tensors[key], atol=1e-6, rtol=0)
+    assert new.core_sha256 == load_core(other_core).sha256 != old.core_sha256
+
+
+def test_warm_start_rejects_a_missing_or_mismatched_checkpoint(tmp_path, core_file, face_data):
+    cfg = _cfg(tmp_path, core_file, face_data, "proposed")
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        adapt(AdaptConfig(**{**cfg.__dict__, "warm_start": str(tmp_path / "nope.pt")}), command="test")
+    adapt(cfg, command="test")
+    wrong_k = AdaptConfig(**{**cfg.__dict__, "num_landmarks": 3, "out": str(tmp_path / "k3"),
+                             "warm_start": str(tmp_path / "proposed" / "checkpoint.pt")})
+    with pytest.raises(ValueError, match="does not fit"):
+        adapt(wrong_k, command="test")
