@@ -94,10 +94,16 @@ class TooLargeError(ArtifactError):
     pass
 
 
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """Row-major CPU copy. Not `.contiguous()`: a channels_last 1x1-conv weight counts as contiguous
+    (size-1 dims' strides are ignored) yet its last stride is not 1, which byte views reject."""
+    return t.detach().cpu().clone(memory_format=torch.contiguous_format)
+
+
 def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
+        t = _dense(tensors[name])
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
@@ -192,7 +198,7 @@ def _base_metadata(kind: str, config: HourglassConfig, landmark_names: list[str]
 def _write(path: Path | str, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    data = _st_save({k: _dense(v) for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)  # atomic: readers never see a half-written file

@@ -151,3 +151,10 @@ def test_paper_core_and_adapter_sizes(tmp_path):
     adapted = build_adapted(core, 10)
     save_adapter(tmp_path / "a.safetensors", adapter_state_dict(adapted), adapted.config, "faces", "x" * 64)
     assert 2.0e6 < (tmp_path / "a.safetensors").stat().st_size < 2.6e6  # ~2 MB in fp32
+
+
+def test_channels_last_models_save_and_fingerprint_like_row_major_ones(tmp_path):
+    core = make_tiny_core()
+    plain = save_core(tmp_path / "a.safetensors", core)
+    nhwc = save_core(tmp_path / "b.safetensors", core.to(memory_format=torch.channels_last))
+    assert plain == nhwc
