@@ -36,24 +36,29 @@ class Backend(Protocol):
 
 
 class TorchFoldedBackend:
-    """Folded weights, one plain network per adapter version."""
+    """Folded weights, one plain network per adapter version.
+
+    `channels_last` runs convolutions on NHWC activations (oneDNN's preferred layout on CPU);
+    `scripts/speed.py` measures both layouts on the machine at hand.
+    """
 
     name = "torch-folded"
 
-    def __init__(self, core: Core, device: str = "cpu") -> None:
+    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
         self.device = str(torch.device(device))
         self.core = core
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._core_model: LandmarkHourglass = core.build(self.device)
         self._lock = threading.Lock()
 
     def prepare(self, adapter: Adapter) -> LandmarkHourglass:
         with self._lock:  # fold reads the shared core module's state
             model = fold(self._core_model, adapter.tensors, adapter.config)
-        return model.eval().requires_grad_(False)
+        return model.eval().requires_grad_(False).to(memory_format=self.memory_format)
 
     def run(self, prepared: LandmarkHourglass, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = prepared(images.to(self.device, non_blocking=True))
+            out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
     def nbytes(self, prepared: LandmarkHourglass) -> int:

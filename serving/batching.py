@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -94,8 +95,11 @@ class _NullMetrics:
 
 
 class DynamicBatcher:
-    def __init__(self, engine: InferenceEngine, config: BatchConfig | None = None, metrics=None) -> None:
+    def __init__(self, engine: InferenceEngine, config: BatchConfig | None = None, metrics=None,
+                 thread_init: Callable[[], None] | None = None) -> None:
+        """`thread_init` runs first in each worker thread (the server sets its torch threads there)."""
         self.engine = engine
+        self._thread_init = thread_init
         self.config = config or BatchConfig()
         self.metrics = metrics or _NullMetrics()
         self._arriving = 0  # requests being decoded that will be submitted soon
@@ -190,6 +194,8 @@ class DynamicBatcher:
                 self._cond.wait(due - now)
 
     def _loop(self) -> None:
+        if self._thread_init is not None:
+            self._thread_init()
         while True:
             batch = self._take()
             if batch is None:

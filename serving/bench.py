@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
-from landmarks.projection import adapter_state_dict, build_adapted, fold, load_adapter_state
+from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
+from serving.backend import TorchFoldedBackend
 from serving.client import LandmarkClient
 
 __all__ = ["run"]
@@ -47,13 +48,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def random_adapters(core, n: int, seed: int = 0) -> list[bytes]:
-    """n adapters of the core's K with random projections / heads (what is served does not matter)."""
+def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) -> list[bytes]:
+    """n adapters of the core's K with random projections / heads (what is served does not matter),
+    running the core at `input_size` (default the core's own; the shipped cpu adapters use 64)."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
             gen = torch.Generator().manual_seed(seed + i)
-            adapted = build_adapted(core.build(), core.config.num_landmarks)
+            adapted = build_adapted(core.build(), core.config.num_landmarks, input_size=input_size)
             with torch.no_grad():
                 for name, p in adapted.named_parameters():
                     if name.endswith(".proj"):
@@ -65,14 +67,18 @@ def random_adapters(core, n: int, seed: int = 0) -> list[bytes]:
     return out
 
 
-def time_calls(fn, n: int, warmup: int = 3) -> list[float]:
+def time_interleaved(fns: list, n: int, warmup: int = 3) -> list[list[float]]:
+    """Seconds per call of each fn, calls alternating (a, b, a, b, ...) so that drift in the
+    machine's speed during the measurement affects every fn alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for fn, out in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
     return times
 
 
@@ -81,6 +87,7 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lock = threading.Lock()
+    server_ms: dict[str, list[float]] = {"decode": [], "queue": [], "compute": [], "total": []}
     per_thread = max(1, requests // concurrency)
     start = threading.Barrier(concurrency + 1)
 
@@ -88,19 +95,24 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
         with LandmarkClient(target, timeout=60, **client_kwargs) as client:
             req = [client.request(image, c) for c in categories]
             client.detect(image, categories[w % len(categories)])  # connect + warm
-            mine = []
+            mine, timings = [], []
             start.wait()
             for j in range(per_thread):
                 t0 = time.perf_counter()
                 try:
-                    client.inference.Detect(req[(w + j) % len(req)], timeout=60, metadata=client._inference_md)
+                    reply = client.inference.Detect(req[(w + j) % len(req)], timeout=60,
+                                                    metadata=client._inference_md)
                 except grpc.RpcError as exc:
                     with lock:
                         errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                     continue
                 mine.append(time.perf_counter() - t0)
+                timings.append(reply.timings)
             with lock:
                 latencies.extend(mine)
+                for t in timings:
+                    for key in server_ms:
+                        server_ms[key].append(getattr(t, f"{key}_ms"))
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
     for t in threads:
@@ -114,6 +126,8 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
         "categories": len(categories), "concurrency": concurrency, "requests": len(latencies),
         "throughput": len(latencies) / wall, "p50_ms": percentile(latencies, 50) * 1e3,
         "p95_ms": percentile(latencies, 95) * 1e3, "p99_ms": percentile(latencies, 99) * 1e3, "errors": errors,
+        # where the time went, as the server reports it per request (p50s)
+        "server_p50_ms": {key: percentile(values, 50) for key, values in server_ms.items()},
     }
 
 
@@ -127,6 +141,7 @@ def run(args) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     core = load_core(args.core)
+    results: dict = {"rows": []}
     with LandmarkClient(target, timeout=120, **client_kwargs) as admin:
         info = admin.server_info()
         if info.core_sha256 != core.sha256:
@@ -134,15 +149,16 @@ def run(args) -> int:
                   f"{core.sha256[:12]}; pass --core with the server's core file")
             return 2
         size = core.config.input_size
+        adapter_size = args.adapter_size or size
         image = np.random.default_rng(0).integers(0, 256, (args.image_size or size, args.image_size or size, 3),
                                                   dtype=np.uint8)
         n_cats = max(args.categories)
         print(f"bench: server {target} ({info.backend} on {info.device}, core {core.sha256[:12]}, "
-              f"{size} px, K={core.config.num_landmarks}); {n_cats} bench categories; "
+              f"K={core.config.num_landmarks}); {n_cats} bench categories running the core at {adapter_size} px; "
               f"{args.requests} requests per row; torch threads here: {torch.get_num_threads()}", flush=True)
-        adapters = random_adapters(core, n_cats)
+        adapters = random_adapters(core, n_cats, input_size=adapter_size)
+        results["adapter_size"] = adapter_size
         names = [f"bench-{i}" for i in range(n_cats)]
-        results: dict = {"rows": []}
 
         def cleanup() -> None:
             for c in admin.categories():
@@ -168,7 +184,7 @@ def run(args) -> int:
             results["register_to_first_ms"] = {"p50": percentile(first, 50) * 1e3, "max": max(first) * 1e3}
 
             header = (f"{'categories':>10} {'conc':>4} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-                      f"{'p99 ms':>8}  cache hits/misses/evictions")
+                      f"{'p99 ms':>8} {'server p50 ms: queue':>20} {'compute':>8}  cache hits/misses/evictions")
             print(header)
             print("-" * len(header))
             for k in args.categories:
@@ -180,29 +196,31 @@ def run(args) -> int:
                     results["rows"].append(row)
                     err = f"  errors {row['errors']}" if row["errors"] else ""
                     print(f"{k:>10} {conc:>4} {row['requests']:>8} {row['throughput']:>8.1f} {row['p50_ms']:>8.2f} "
-                          f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f}  {row['cache']['hits']}/"
+                          f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_p50_ms']['queue']:>20.2f} "
+                          f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
         finally:
             cleanup()
 
     # references, same process, same run (the server is idle now)
     adapter = load_adapter(adapters[0], core)
-    x = torch.from_numpy(image[:size, :size]).permute(2, 0, 1).float().div(255).unsqueeze(0).contiguous()
-    folded = fold(core.build(), adapter.tensors).eval().requires_grad_(False)
-    official = build_adapted(core.build(), adapter.num_landmarks)
+    x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    x = x.contiguous()
+    # bare = exactly what the server's backend runs (its folding and its memory format)
+    backend = TorchFoldedBackend(core)
+    folded = backend.prepare(adapter)
+    official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
     load_adapter_state(official, adapter.tensors)
     official.eval()
 
     def bare_forward():
-        with torch.inference_mode():
-            folded(x)
+        backend.run(folded, x)
 
     def official_forward():
         with torch.no_grad():
             official(x)
 
-    bare = time_calls(bare_forward, args.ref_iters)
-    off = time_calls(official_forward, args.ref_iters)
+    bare, off = time_interleaved([bare_forward, official_forward], args.ref_iters)
     off_wall = sum(off)
     results["bare_ms"] = {"p50": percentile(bare, 50) * 1e3, "mean": statistics.fmean(bare) * 1e3}
     results["official_ms"] = {"p50": percentile(off, 50) * 1e3, "throughput": len(off) / off_wall}

@@ -41,6 +41,7 @@ from serving.folding import FoldedCache
 from serving.metrics import Metrics, start_metrics_server
 from serving.registry import AdapterRegistry
 from serving.servicer import AdminServicer, LandmarkServicer
+from serving.threads import compute_thread, single_threaded
 
 __all__ = ["CoreLoadError", "ServerHandle", "ServerState", "build_server", "create_server", "serve"]
 
@@ -107,10 +108,7 @@ class ServerState:
         cfg = self.cfg
         path = cfg.resolved_core_path
         try:
-            if cfg.torch_threads:
-                import torch
-
-                torch.set_num_threads(cfg.torch_threads)
+            single_threaded()  # loading runs here; forward passes run in the batch worker (serving.threads)
             if not path.is_file():
                 raise CoreLoadError(
                     f"no core file at {path}. Train one (landmarks train-core ...) and copy its core.safetensors "
@@ -127,7 +125,8 @@ class ServerState:
             self.core, self.backend, self.cache, self.registry = core, backend, cache, registry
             self.engine = InferenceEngine(registry, cache, backend)
             self.batcher = DynamicBatcher(self.engine, BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms,
-                                                                   cfg.max_queue, cfg.batch_workers), self.metrics)
+                                                                   cfg.max_queue, cfg.batch_workers), self.metrics,
+                                         thread_init=lambda: compute_thread(cfg.torch_threads))
             self.ready = True
             self.set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
@@ -182,7 +181,8 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     interceptors = []
     if cfg.admin_token is not None or cfg.inference_token is not None:
         interceptors.append(TokenInterceptor(cfg.admin_token, cfg.inference_token))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks"),
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks",
+                                                    initializer=single_threaded),
                          options=options, interceptors=interceptors,
                          # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
                          maximum_concurrent_rpcs=cfg.max_workers + cfg.max_queue)

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="forward passes per in-process reference (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the raw test image (default: the core's input size)")
+    parser.add_argument("--adapter-size", type=int, default=None,
+                        help="input size the bench adapters run the core at (default: the core's; the shipped "
+                             "cpu-preset adapters use 64)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for the references")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
 

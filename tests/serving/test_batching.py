@@ -243,11 +243,15 @@ def test_pending_wait_errors():
     assert pb.DetectRequest  # protos importable alongside
 
 
-def test_bench_command_smoke(server, store, capsys):
+@pytest.mark.parametrize("extra", [[], ["--adapter-size", "16"]], ids=["core-size", "smaller-adapters"])
+def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
+    import json
+
     from landmarks.cli import main
 
     rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
-               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2"])
+               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2",
+               "--json", str(tmp_path / "bench.json"), *extra])
     out = capsys.readouterr().out
     assert rc == 0, out
     lines = out.strip().splitlines()
@@ -255,3 +259,6 @@ def test_bench_command_smoke(server, store, capsys):
     assert lines[-1].startswith("speedup_vs_official: ") and float(lines[-1].split()[1]) > 0
     assert "register -> first served" in out
     assert {c.name for c in server.state.registry.list()} == {"cats", "faces"}  # bench categories removed
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["adapter_size"] == (16 if extra else 32)
+    assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])

@@ -1,0 +1,37 @@
+"""Which server threads may run torch on several cores: only the batch worker.
+
+PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large enough torch op its
+own pool of worker threads, and once the workers of all pools outnumber the cores it stops
+spinning between parallel regions: every op of a forward pass then pays a futex wake-up. On the
+2-core project machine one parallel op in the main thread made a later batch-1 forward in another
+thread ~40% slower (7.2 -> 10.1 ms, `python scripts/thread_pools.py`). In the server, gRPC handler
+threads (image to tensor) and the main thread (loading the core) would each create such a pool.
+
+Policy: the batch worker, which runs every forward pass, is the only thread with several torch
+threads; every other thread that touches torch (decoding, registration, loading) runs on one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["DEFAULT_COMPUTE_THREADS", "compute_thread", "single_threaded"]
+
+DEFAULT_COMPUTE_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read at import
+
+
+def _set_this_thread(threads: int) -> None:
+    # ATen sets each thread's OpenMP thread count lazily, from the process-wide value, at the
+    # thread's first parallel op; trigger that first so it cannot undo the setting below.
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
+def single_threaded() -> None:
+    """This thread runs torch ops on one core and never creates an OpenMP pool."""
+    _set_this_thread(1)
+
+
+def compute_thread(threads: int | None = None) -> None:
+    """This thread (the batch worker) runs torch ops on `threads` cores (default: torch's choice)."""
+    _set_this_thread(threads or DEFAULT_COMPUTE_THREADS)

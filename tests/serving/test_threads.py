@@ -1,0 +1,32 @@
+"""The server's torch threading policy (serving.threads): only the batch worker runs on several cores."""
+
+import threading
+
+import torch
+
+from serving.threads import compute_thread, single_threaded
+
+
+def _in_thread(fn):
+    out = {}
+
+    def body():
+        fn()
+        (torch.rand(200_000) * 2).sum()  # a parallel op: ATen's lazy per-thread set-up has happened by now
+        out["threads"] = torch.get_num_threads()
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    return out["threads"]
+
+
+def test_compute_thread_keeps_its_threads_when_others_are_single_threaded():
+    before = torch.get_num_threads()
+    try:
+        single_threaded()  # e.g. the main thread loading the core: the process-wide value is now 1
+        assert _in_thread(lambda: compute_thread(2)) == 2
+        assert _in_thread(single_threaded) == 1
+        assert _in_thread(lambda: None) == 1  # a new thread inherits the process-wide value
+    finally:
+        torch.set_num_threads(before)
