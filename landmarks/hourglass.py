@@ -98,7 +98,8 @@ def cpu_config(num_landmarks: int = 14) -> HourglassConfig:
     """Half-width FAN for 2-core CPU training: same topology and 128 px input, 1.57M parameters.
 
     Measured on a 2-core AMD EPYC (AVX2, no AVX-512): one fp32 training step of batch 16 runs
-    at ~25 img/s against ~6.5 img/s for `paper_config` (python scripts/speed.py reproduces it).
+    at ~31 img/s (~34 with channels_last) against ~6.5 img/s for `paper_config`
+    (`python scripts/speed.py` measures both on the machine at hand).
     """
     return HourglassConfig(num_landmarks=num_landmarks, stem_channels=32, mid_channels=64, features=128)
 
