@@ -111,8 +111,8 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
             with lock:
                 latencies.extend(mine)
                 for t in timings:
-                    for key in server_ms:
-                        server_ms[key].append(getattr(t, f"{key}_ms"))
+                    for key, values in server_ms.items():
+                        values.append(getattr(t, f"{key}_ms"))
 
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
     for t in threads:

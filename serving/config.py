@@ -23,7 +23,10 @@ class ServerConfig:
         core_path: the frozen core; default `<adapters_dir>/core.safetensors`.
         device: "cpu", "cuda", "cuda:1", ...
         max_workers: gRPC handler threads (RPCs beyond max_workers + max_queue are refused by gRPC).
-        torch_threads: torch.set_num_threads at start-up (None: leave torch's default).
+        torch_threads: torch threads of the batch worker, which runs every forward pass (None:
+            torch's default); every other thread runs torch single-threaded (serving.threads).
+        handler_nice: nice value added to gRPC handler threads (0: none), so that decoding
+            and replying yield the CPU to the forward pass (serving.threads.handler_thread).
         cache_bytes: budget of the folded-weights cache (LRU; in-use entries are never evicted).
         max_adapter_bytes: size cap for an adapter file.
         max_message_bytes: gRPC receive/send limit.
@@ -54,6 +57,7 @@ class ServerConfig:
     device: str = "cpu"
     max_workers: int = 32
     torch_threads: int | None = None
+    handler_nice: int = 0
     cache_bytes: int = 1 << 30
     max_adapter_bytes: int = 256 << 20
     max_message_bytes: int = 64 << 20

@@ -41,7 +41,7 @@ from serving.folding import FoldedCache
 from serving.metrics import Metrics, start_metrics_server
 from serving.registry import AdapterRegistry
 from serving.servicer import AdminServicer, LandmarkServicer
-from serving.threads import compute_thread, single_threaded
+from serving.threads import compute_thread, handler_thread, single_threaded
 
 __all__ = ["CoreLoadError", "ServerHandle", "ServerState", "build_server", "create_server", "serve"]
 
@@ -182,7 +182,8 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     if cfg.admin_token is not None or cfg.inference_token is not None:
         interceptors.append(TokenInterceptor(cfg.admin_token, cfg.inference_token))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks",
-                                                    initializer=single_threaded),
+                                                    initializer=handler_thread,
+                                                    initargs=(cfg.handler_nice,)),
                          options=options, interceptors=interceptors,
                          # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
                          maximum_concurrent_rpcs=cfg.max_workers + cfg.max_queue)

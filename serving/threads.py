@@ -13,9 +13,13 @@ threads; every other thread that touches torch (decoding, registration, loading)
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
+
 import torch
 
-__all__ = ["DEFAULT_COMPUTE_THREADS", "compute_thread", "single_threaded"]
+__all__ = ["DEFAULT_COMPUTE_THREADS", "compute_thread", "handler_thread", "single_threaded"]
 
 DEFAULT_COMPUTE_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read at import
 
@@ -35,3 +39,17 @@ def single_threaded() -> None:
 def compute_thread(threads: int | None = None) -> None:
     """This thread (the batch worker) runs torch ops on `threads` cores (default: torch's choice)."""
     _set_this_thread(threads or DEFAULT_COMPUTE_THREADS)
+
+
+def handler_thread(nice: int = 0) -> None:
+    """A gRPC handler thread: single-threaded torch and, with `nice` > 0, a lower CPU priority.
+
+    An OpenMP parallel region waits for its slowest thread, so when a handler thread preempts one
+    of the batch worker's OpenMP threads mid-op the whole forward stalls for a time slice; a
+    higher nice value for handlers (Linux: per thread) lets the forward finish first.
+    """
+    single_threaded()
+    if nice > 0 and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not permitted here: run at the process's priority
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))

@@ -19,7 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--core", type=Path, default=None, help="core file (default: ADAPTERS/core.safetensors)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default %(default)s)")
     parser.add_argument("--workers", type=int, default=32, help="gRPC handler threads (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads of the batch worker, which runs every forward pass "
+                             "(default: torch's choice); other threads use one")
+    parser.add_argument("--handler-nice", type=int, default=0,
+                        help="lower the CPU priority of gRPC handler threads by this nice value, so decoding "
+                             "yields to forward passes (default %(default)s: off)")
     parser.add_argument("--cache-mb", type=int, default=1024,
                         help="folded-weights cache budget in MiB (default %(default)s)")
     parser.add_argument("--max-adapter-mb", type=int, default=256, help="adapter size cap (default %(default)s)")
@@ -65,7 +70,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = ServerConfig(
             host=args.host, port=args.port, adapters_dir=args.adapters, core_path=args.core, device=args.device,
-            max_workers=args.workers, torch_threads=args.threads, cache_bytes=args.cache_mb << 20,
+            max_workers=args.workers, torch_threads=args.threads, handler_nice=args.handler_nice,
+            cache_bytes=args.cache_mb << 20,
             max_adapter_bytes=args.max_adapter_mb << 20, max_message_bytes=args.max_message_mb << 20,
             allowed_register_dirs=tuple(args.allow_path), enable_admin=not args.no_admin,
             max_batch_size=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,

@@ -30,3 +30,23 @@ def test_compute_thread_keeps_its_threads_when_others_are_single_threaded():
         assert _in_thread(lambda: None) == 1  # a new thread inherits the process-wide value
     finally:
         torch.set_num_threads(before)
+
+
+def test_handler_threads_can_yield_the_cpu_to_the_forward_pass():
+    import os
+
+    from serving.threads import handler_thread
+
+    seen = {}
+
+    def body():
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        handler_thread(nice=5)
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - base
+        seen["threads"] = torch.get_num_threads()
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen["threads"] == 1
+    assert seen["nice"] == 5 or os.getpriority(os.PRIO_PROCESS, 0) + 5 > 19  # clamped at 19
