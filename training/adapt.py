@@ -206,8 +206,9 @@ def _save_samples(path: Path, y, yd, recon, points_input) -> None:
     plt.close(fig)
 
 
-def _warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn.Module) -> None:
-    """Copy a previous run's adapter (or network) and generator weights; see `AdaptConfig.warm_start`."""
+def _warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn.Module) -> str:
+    """Copy a previous run's adapter (or network) and generator weights; see `AdaptConfig.warm_start`.
+    Returns a description of where they came from, for the exported file's metadata."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--warm-start {path}: no such file (give a run's checkpoint.pt, e.g. runs/adapt/faces/checkpoint.pt)")
     # weights_only: tensors and plain containers, never arbitrary objects; our own checkpoint format
@@ -226,6 +227,7 @@ def _warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn
         raise ValueError(f"--warm-start {path} does not fit this run: {exc}") from None
     print(f"warm start from {path} (step {ckpt.get('step', '?')}: {len(state)} detector tensors and the generator)",
           file=sys.stderr)
+    return f"{path}: {ckpt.get('step', '?')} steps, {float(ckpt.get('elapsed', 0)):.0f} s of training"
 
 
 def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
@@ -260,10 +262,11 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
           f"{sum(p.numel() for p in generator.parameters()):,}, perceptual {type(features).__name__}",
           file=sys.stderr)
 
-    step, history, elapsed = 0, [], 0.0
+    step, history, elapsed, warm_from = 0, [], 0.0, ""
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        warm_from = ckpt.get("warm_started_from", "")
         detector.load_state_dict(ckpt["detector"])
         generator.load_state_dict(ckpt["generator"])
         opt_det.load_state_dict(ckpt["opt_det"])
@@ -273,13 +276,13 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     elif resume:
         print(f"--resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
     if cfg.warm_start and step == 0:
-        _warm_start(cfg.warm_start, cfg.mode, detector, generator)
+        warm_from = _warm_start(cfg.warm_start, cfg.mode, detector, generator)
     (out / "config.json").write_text(json.dumps({**dataclasses.asdict(cfg), "command": command}, indent=2))
 
     def export() -> Path:
         provenance = dict(command=command, training_seconds=f"{elapsed:.0f}", training_steps=str(step),
                           dataset=cfg.images, mode=cfg.mode,
-                          license=_licence_for(cfg.images))
+                          license=_licence_for(cfg.images), **({"warm_started_from": warm_from} if warm_from else {}))
         if cfg.mode == "proposed":
             return save_adapter(out / "adapter.safetensors", adapter_state_dict(detector), detector.config,
                                 category=cfg.category or "unnamed", core_sha256=core.sha256, targets=cfg.targets,
@@ -290,7 +293,7 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
     def checkpoint() -> None:
         torch.save({"detector": detector.state_dict(), "generator": generator.state_dict(),
                     "opt_det": opt_det.state_dict(), "opt_gen": opt_gen.state_dict(), "step": step,
-                    "history": history, "elapsed": elapsed}, out / "checkpoint.tmp")
+                    "history": history, "elapsed": elapsed, "warm_started_from": warm_from}, out / "checkpoint.tmp")
         (out / "checkpoint.tmp").replace(ckpt_path)
         with open(out / "history.jsonl", "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)

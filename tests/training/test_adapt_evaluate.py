@@ -180,6 +180,7 @@ def test_warm_start_carries_the_adapter_and_generator_to_another_core(tmp_path, 
     for key in (k for k in old.tensors if k.endswith(".proj")):
         torch.testing.assert_close(new.tensors[key], old.tensors[key], atol=1e-6, rtol=0)
     assert new.core_sha256 == load_core(other_core).sha256 != old.core_sha256
+    assert "3 steps" in new.metadata["warm_started_from"]
 
 
 def test_warm_start_rejects_a_missing_or_mismatched_checkpoint(tmp_path, core_file, face_data):
