@@ -50,3 +50,21 @@ def test_handler_threads_can_yield_the_cpu_to_the_forward_pass():
     t.join()
     assert seen["threads"] == 1
     assert seen["nice"] == 5 or os.getpriority(os.PRIO_PROCESS, 0) + 5 > 19  # clamped at 19
+
+
+def test_the_batch_worker_runs_the_servers_thread_setup():
+    from serving.batching import DynamicBatcher
+
+    ran_in = []
+    done = threading.Event()
+
+    def init():
+        ran_in.append(threading.current_thread().name)
+        done.set()
+
+    batcher = DynamicBatcher(engine=None, thread_init=init)  # no requests: the engine is never called
+    try:
+        assert done.wait(10)
+        assert ran_in == ["landmarks-batch-0"]
+    finally:
+        batcher.close()
