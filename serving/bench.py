@@ -9,8 +9,10 @@ Method (docs/benchmark.md):
    (one channel per client thread, fixed raw image of the core's input size, so decoding is
    cheap and the same for every row): latency p50/p95/p99 as the client sees it, throughput,
    and the server's folded-cache hits/misses/evictions during the row.
-4. References in this process, same run, same machine, batch 1, one request at a time:
-   - bare: the folded network's forward pass (what the server runs), `torch.inference_mode`;
+4. References in this process, same run, same machine, batch 1, one request at a time, the two
+   references' calls alternating:
+   - bare: the folded network's forward pass as the server's backend runs it
+     (`TorchFoldedBackend.prepare` + `run`);
    - official: the projected network (`build_adapted` + `load_adapter_state`; every
      `ProjectedConv2d` recomputes proj @ W on each forward), eager, `torch.no_grad`, which is how
      the authors' code runs an adapted model.

@@ -4,8 +4,9 @@ PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large e
 own pool of worker threads, and once the workers of all pools outnumber the cores it stops
 spinning between parallel regions: every op of a forward pass then pays a futex wake-up. On the
 2-core project machine one parallel op in the main thread made a later batch-1 forward in another
-thread ~60% slower (median 15.9 ms against 9.7 ms with this policy, `python scripts/thread_pools.py`). In the server, gRPC handler
-threads (image to tensor) and the main thread (loading the core) would each create such a pool.
+thread ~60% slower (median 15.9 ms against 9.7 ms with this policy, `python scripts/thread_pools.py`).
+In the server, gRPC handler threads (image to tensor) and the main thread (loading the core) would
+each create such a pool.
 
 Policy: the batch worker, which runs every forward pass, is the only thread with several torch
 threads; every other thread that touches torch (decoding, registration, loading) runs on one.

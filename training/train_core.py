@@ -154,7 +154,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    step, history, elapsed, init_sha = 0, [], 0.0, ""
+    step, history, elapsed, initialised_from = 0, [], 0.0, ""
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.is_file():
         # weights_only: our own checkpoint, still never a full unpickle
@@ -162,7 +162,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["elapsed"]
-        init_sha = ckpt.get("init_from_sha256", "")
+        initialised_from = ckpt.get("init_from_sha256", "")
         print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
     elif resume:
         print(f"--resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
@@ -172,7 +172,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
             raise ValueError(f"--init-from {cfg.init_from} has another architecture: {init.config} vs {model_cfg}")
         model.load_state_dict(init.float_state(), strict=False)  # BN step counters are not stored
         # kept in the exported file: --init-from names a path whose contents may change later
-        init_sha = f"{init.sha256} ({init.metadata.get('training_steps', '?')} steps, " \
+        initialised_from = f"{init.sha256} ({init.metadata.get('training_steps', '?')} steps, " \
                    f"{init.metadata.get('training_seconds', '?')} s of training)"
         print(f"initialised from {cfg.init_from} ({init.sha256[:12]})", file=sys.stderr)
     if rank == 0:
@@ -204,7 +204,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         if rank != 0:
             return
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "history": history, "elapsed": elapsed, "init_from_sha256": init_sha}, out / "checkpoint.tmp")
+                    "history": history, "elapsed": elapsed, "init_from_sha256": initialised_from}, out / "checkpoint.tmp")
         (out / "checkpoint.tmp").replace(ckpt_path)
         with open(out / "history.jsonl", "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
@@ -213,7 +213,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
         last_pck = next((h["val_pck"] for h in reversed(history) if "val_pck" in h), None)
         save_core(out / "core.safetensors", model, full.landmark_names, command=command,
                   training_seconds=f"{elapsed:.0f}", training_steps=str(step),
-                  **({"initialised_from": init_sha} if init_sha else {}),
+                  **({"initialised_from": initialised_from} if initialised_from else {}),
                   dataset=cfg.data, metrics={"val_pck@0.2": last_pck, "val_split": cfg.val_split},
                   license="Trained on LSP-extended (research use only; Johnson & Everingham 2011)")
 
