@@ -9,15 +9,19 @@ Method (docs/benchmark.md):
    (one channel per client thread, fixed raw image of the core's input size, so decoding is
    cheap and the same for every row): latency p50/p95/p99 as the client sees it, throughput,
    and the server's folded-cache hits/misses/evictions during the row.
-4. References in this process, same run, same machine, batch 1, one request at a time, the two
-   references' calls alternating:
+4. Paired rounds for the two ratios (`--rounds`, `--ref-iters` calls per block): each round
+   times, back to back and with the server otherwise idle, `ref_iters` serial Detect calls, the
+   two in-process references (batch 1, one call at a time, alternating), and a closed-loop block at
+   the highest concurrency. References:
    - bare: the folded network's forward pass as the server's backend runs it
      (`TorchFoldedBackend.prepare` + `run`);
    - official: the projected network (`build_adapted` + `load_adapter_state`; every
      `ProjectedConv2d` recomputes proj @ W on each forward), eager, `torch.no_grad`, which is how
      the authors' code runs an adapted model.
-5. overhead = server p50 at concurrency 1 (1 category) / bare p50;
-   speedup_vs_official = server throughput at concurrency 16 (1 category) / official throughput.
+5. Per round: overhead = server p50 at concurrency 1 / bare p50; speedup_vs_official = server
+   throughput at the highest concurrency / official throughput. The last two lines print the
+   medians over rounds: on a shared machine whose speed drifts by tens of percent between
+   minutes, only ratios of neighbouring measurements are stable.
 6. Unregister the bench categories (also any left over by an interrupted run).
 """
 
@@ -133,6 +137,54 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
     }
 
 
+def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
+                  image: np.ndarray, adapter_size: int) -> list[dict]:
+    """The headline ratios, measured in rounds so that the machine's drift hits both sides alike.
+
+    Each round: a block of `ref_iters` serial Detect calls (concurrency 1), then `ref_iters` bare
+    and `ref_iters` official forwards in this process (alternating), then a closed-loop block at the
+    highest concurrency. A short pause between blocks lets the other process's OpenMP threads stop
+    spinning, so neither side runs while the other's pool still burns a core.
+    """
+    adapter = load_adapter(adapter_bytes, core)
+    x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    x = x.contiguous()
+    # bare = exactly what the server's backend runs (its folding and its memory format)
+    backend = TorchFoldedBackend(core)
+    folded = backend.prepare(adapter)
+    official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
+    load_adapter_state(official, adapter.tensors)
+    official.eval()
+
+    def bare_forward():
+        backend.run(folded, x)
+
+    def official_forward():
+        with torch.no_grad():
+            official(x)
+
+    conc = max(args.concurrency)
+    settle = 0.2  # s; libgomp spins for well under that after a parallel region
+    rounds = []
+    for _ in range(args.rounds):
+        serial = load_row(target, client_kwargs, [category], 1, args.ref_iters, image)
+        time.sleep(settle)
+        bare, off = time_interleaved([bare_forward, official_forward], args.ref_iters)
+        time.sleep(settle)
+        loaded = load_row(target, client_kwargs, [category], conc, max(args.ref_iters, 4 * conc), image)
+        time.sleep(settle)
+        bare_p50, off_p50 = percentile(bare, 50) * 1e3, percentile(off, 50) * 1e3
+        off_throughput = len(off) / sum(off)
+        rounds.append({
+            "server_p50_ms": serial["p50_ms"], "server_decode_ms": serial["server_p50_ms"]["decode"],
+            "server_queue_ms": serial["server_p50_ms"]["queue"], "server_compute_ms": serial["server_p50_ms"]["compute"],
+            "server_total_ms": serial["server_p50_ms"]["total"], "bare_p50_ms": bare_p50, "official_p50_ms": off_p50,
+            "concurrency": conc, "server_throughput": loaded["throughput"], "official_throughput": off_throughput,
+            "overhead": serial["p50_ms"] / bare_p50, "speedup_vs_official": loaded["throughput"] / off_throughput,
+        })
+    return rounds
+
+
 def run(args) -> int:
     from serving.auth import read_token
 
@@ -201,48 +253,33 @@ def run(args) -> int:
                           f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_p50_ms']['queue']:>20.2f} "
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
+            results["rounds"] = paired_rounds(args, target, client_kwargs, core, adapters[0], names[0], image,
+                                              adapter_size)
         finally:
             cleanup()
 
-    # references, same process, same run (the server is idle now)
-    adapter = load_adapter(adapters[0], core)
-    x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    x = x.contiguous()
-    # bare = exactly what the server's backend runs (its folding and its memory format)
-    backend = TorchFoldedBackend(core)
-    folded = backend.prepare(adapter)
-    official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
-    load_adapter_state(official, adapter.tensors)
-    official.eval()
-
-    def bare_forward():
-        backend.run(folded, x)
-
-    def official_forward():
-        with torch.no_grad():
-            official(x)
-
-    bare, off = time_interleaved([bare_forward, official_forward], args.ref_iters)
-    off_wall = sum(off)
-    results["bare_ms"] = {"p50": percentile(bare, 50) * 1e3, "mean": statistics.fmean(bare) * 1e3}
-    results["official_ms"] = {"p50": percentile(off, 50) * 1e3, "throughput": len(off) / off_wall}
-
-    def row_for(cats: int, conc: int) -> dict | None:
-        return next((r for r in results["rows"] if r["categories"] == cats and r["concurrency"] == conc), None)
-
-    r1 = row_for(1, 1) or results["rows"][0]
-    r16 = row_for(1, 16) or max(results["rows"], key=lambda r: r["concurrency"])
-    overhead = r1["p50_ms"] / results["bare_ms"]["p50"]
-    speedup = r16["throughput"] / results["official_ms"]["throughput"]
+    rounds = results["rounds"]
+    overhead = statistics.median(r["overhead"] for r in rounds)
+    speedup = statistics.median(r["speedup_vs_official"] for r in rounds)
     results.update(overhead=overhead, speedup_vs_official=speedup)
     rf = results["register_to_first_ms"]
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
-    print(f"bare folded forward (batch 1, in-process): p50 {results['bare_ms']['p50']:.2f} ms")
-    print(f"official approach (projected, eager, batch 1, serial): p50 {results['official_ms']['p50']:.2f} ms, "
-          f"{results['official_ms']['throughput']:.1f} req/s")
-    print(f"overhead = server p50 at concurrency {r1['concurrency']} ({r1['categories']} category) / bare forward")
-    print(f"speedup = server throughput at concurrency {r16['concurrency']} ({r16['categories']} category) / official")
+    conc = rounds[0]["concurrency"]
+    print(f"paired rounds (server, bare and official measured back to back, {len(rounds)} rounds; "
+          f"1 category, batch-1 references in this process):")
+    print(f"{'round':>5} {'server c=1 p50':>14} {'bare p50':>9} {'official p50':>12} {'overhead':>9} "
+          f"{f'server c={conc} req/s':>19} {'official req/s':>14} {'speedup':>8}")
+    for i, r in enumerate(rounds):
+        print(f"{i + 1:>5} {r['server_p50_ms']:>14.2f} {r['bare_p50_ms']:>9.2f} {r['official_p50_ms']:>12.2f} "
+              f"{r['overhead']:>9.2f} {r['server_throughput']:>19.1f} {r['official_throughput']:>14.1f} "
+              f"{r['speedup_vs_official']:>8.2f}")
+    lo_o, hi_o = min(r["overhead"] for r in rounds), max(r["overhead"] for r in rounds)
+    lo_s, hi_s = min(r["speedup_vs_official"] for r in rounds), max(r["speedup_vs_official"] for r in rounds)
+    print(f"overhead = server p50 at concurrency 1 / bare folded forward p50, per round; median {overhead:.2f} "
+          f"(range {lo_o:.2f}-{hi_o:.2f})")
+    print(f"speedup = server throughput at concurrency {conc} / official approach's throughput (projection on "
+          f"every forward, eager, batch 1), per round; median {speedup:.2f} (range {lo_s:.2f}-{hi_s:.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"overhead: {overhead:.2f}")

@@ -25,8 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list (default 1,4,16)")
     parser.add_argument("--categories", type=_ints, default=[1, 3, 16],
                         help="comma list of category counts in rotation (default 1,3,16)")
-    parser.add_argument("--ref-iters", type=int, default=100,
-                        help="forward passes per in-process reference (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="paired rounds for the overhead / speedup lines: each times serial Detect calls, "
+                             "the bare and official forwards and a loaded block back to back (default %(default)s)")
+    parser.add_argument("--ref-iters", type=int, default=40,
+                        help="calls per block in each paired round (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the raw test image (default: the core's input size)")
     parser.add_argument("--adapter-size", type=int, default=None,
