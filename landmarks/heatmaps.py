@@ -17,12 +17,14 @@ import torch
 __all__ = [
     "PAPER_BETA",
     "PAPER_BOTTLENECK_SIGMA",
+    "expected_location",
     "hard_argmax",
     "heatmap_to_input",
     "input_to_heatmap",
     "refined_argmax",
     "render_gaussians",
     "soft_argmax",
+    "spatial_softmax",
 ]
 
 PAPER_BETA = 10.0  # softargmax inverse temperature (paper: beta = 10, i.e. temperature 0.1)
@@ -41,10 +43,20 @@ def soft_argmax(heatmaps: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tenso
     Returns:
         (..., 2) sub-pixel (x, y) in heatmap pixels (pixel centres at integers).
     """
+    return expected_location(spatial_softmax(heatmaps, beta))
+
+
+def spatial_softmax(heatmaps: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tensor:
+    """softmax(beta * heatmap) over each (H, W) map, in float32: (..., H, W) -> (..., H, W)."""
     *lead, h, w = heatmaps.shape
-    probs = torch.softmax(beta * heatmaps.reshape(*lead, h * w).float(), dim=-1).reshape(*lead, h, w)
-    xs = _grid(w, heatmaps.device, probs.dtype)
-    ys = _grid(h, heatmaps.device, probs.dtype)
+    return torch.softmax(beta * heatmaps.reshape(*lead, h * w).float(), dim=-1).reshape(*lead, h, w)
+
+
+def expected_location(probs: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) probability maps -> (..., 2) expected (x, y) in heatmap pixels."""
+    h, w = probs.shape[-2:]
+    xs = _grid(w, probs.device, probs.dtype)
+    ys = _grid(h, probs.device, probs.dtype)
     x = (probs.sum(dim=-2) * xs).sum(dim=-1)
     y = (probs.sum(dim=-1) * ys).sum(dim=-1)
     return torch.stack((x, y), dim=-1)

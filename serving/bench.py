@@ -39,6 +39,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import torch
+from grpc_health.v1 import health_pb2
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
@@ -137,6 +138,20 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
     }
 
 
+def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int) -> float:
+    """p50 of serial Health/Check calls: the floor any unary RPC pays on this machine (both gRPC
+    stacks, Python on each end, the handler-thread hop), to read the overhead against."""
+    with LandmarkClient(target, timeout=60, **client_kwargs) as client:
+        request = health_pb2.HealthCheckRequest()
+        client.health.Check(request, timeout=60)  # connect
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            client.health.Check(request, timeout=60)
+            times.append(time.perf_counter() - t0)
+    return percentile(times, 50) * 1e3
+
+
 def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
                   image: np.ndarray, adapter_size: int) -> list[dict]:
     """The headline ratios, measured in rounds so that the machine's drift hits both sides alike.
@@ -168,6 +183,7 @@ def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: b
     rounds = []
     for _ in range(args.rounds):
         serial = load_row(target, client_kwargs, [category], 1, args.ref_iters, image)
+        floor = grpc_round_trip_ms(target, client_kwargs, args.ref_iters)
         time.sleep(settle)
         bare, off = time_interleaved([bare_forward, official_forward], args.ref_iters)
         time.sleep(settle)
@@ -178,7 +194,8 @@ def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: b
         rounds.append({
             "server_p50_ms": serial["p50_ms"], "server_decode_ms": serial["server_p50_ms"]["decode"],
             "server_queue_ms": serial["server_p50_ms"]["queue"], "server_compute_ms": serial["server_p50_ms"]["compute"],
-            "server_total_ms": serial["server_p50_ms"]["total"], "bare_p50_ms": bare_p50, "official_p50_ms": off_p50,
+            "server_total_ms": serial["server_p50_ms"]["total"], "grpc_round_trip_ms": floor,
+            "bare_p50_ms": bare_p50, "official_p50_ms": off_p50,
             "concurrency": conc, "server_throughput": loaded["throughput"], "official_throughput": off_throughput,
             "overhead": serial["p50_ms"] / bare_p50, "speedup_vs_official": loaded["throughput"] / off_throughput,
         })
@@ -274,6 +291,14 @@ def run(args) -> int:
         print(f"{i + 1:>5} {r['server_p50_ms']:>14.2f} {r['bare_p50_ms']:>9.2f} {r['official_p50_ms']:>12.2f} "
               f"{r['overhead']:>9.2f} {r['server_throughput']:>19.1f} {r['official_throughput']:>14.1f} "
               f"{r['speedup_vs_official']:>8.2f}")
+    mid = {key: statistics.median(r[key] for r in rounds)
+           for key in ("server_p50_ms", "bare_p50_ms", "grpc_round_trip_ms", "server_decode_ms", "server_queue_ms",
+                       "server_compute_ms", "server_total_ms")}
+    print(f"where a concurrency-1 request's time goes (medians over rounds, ms): client p50 {mid['server_p50_ms']:.2f} = "
+          f"server handler {mid['server_total_ms']:.2f} (decode {mid['server_decode_ms']:.2f}, queue + batch prep "
+          f"{mid['server_queue_ms']:.2f}, forward + landmarks {mid['server_compute_ms']:.2f}) + gRPC and client "
+          f"{mid['server_p50_ms'] - mid['server_total_ms']:.2f}; an empty RPC (Health/Check) takes "
+          f"{mid['grpc_round_trip_ms']:.2f}; bare forward {mid['bare_p50_ms']:.2f}")
     lo_o, hi_o = min(r["overhead"] for r in rounds), max(r["overhead"] for r in rounds)
     lo_s, hi_s = min(r["speedup_vs_official"] for r in rounds), max(r["speedup_vs_official"] for r in rounds)
     print(f"overhead = server p50 at concurrency 1 / bare folded forward p50, per round; median {overhead:.2f} "

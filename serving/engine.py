@@ -48,6 +48,10 @@ class Detection:
     compute_ms: float
 
 
+def _resample(image: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
 class InferenceEngine:
     def __init__(self, registry: AdapterRegistry, cache: FoldedCache, backend: Backend) -> None:
         self.registry = registry
@@ -81,12 +85,10 @@ class InferenceEngine:
 
             try:
                 size = adapter.config.input_size
-                batch = torch.stack([it.tensor for it in items])
-                if batch.shape[-1] != size:
-                    # an adapter may run the core at another input size (e.g. a 64 px CPU preset):
-                    # the servicer crops at the core's size, resample the same crop here
-                    batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
-                                          align_corners=False)
+                # the servicer crops at the adapter's size (registry.input_size); a request decoded
+                # just before its category switched to a version of another size is resampled here
+                batch = torch.stack([it.tensor if it.tensor.shape[-1] == size else _resample(it.tensor, size)
+                                     for it in items])
                 with self.cache.lease(entry.cache_key, build) as model:
                     t1 = time.perf_counter()
                     heatmaps = self.backend.run(model, batch)

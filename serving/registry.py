@@ -476,6 +476,18 @@ class AdapterRegistry:
         return self._status(self._require(category))
 
     # ---------------------------------------------------------------------------- requests
+    def input_size(self, category: str, version: str = "") -> int:
+        """The input size the request's adapter version runs the core at, so the servicer crops the
+        client's image once, at that size, as training did (the core's size if it is not known yet:
+        `acquire` reports the error, and the engine resamples if the version changes in between)."""
+        with self._state_lock:
+            cat = self._categories.get(category)
+            name = (version or cat.active) if cat is not None else None
+            entry = cat.versions.get(name) if cat is not None and name else None
+            if entry is None or entry.adapter is None:
+                return self.core.config.input_size
+            return entry.adapter.config.input_size
+
     @contextmanager
     def acquire(self, category: str, version: str = "") -> Iterator[VersionLease]:
         """Lease the version a request will use (the active one unless `version` is given)."""

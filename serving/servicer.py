@@ -67,7 +67,7 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
                 raise ServingError(Code.INVALID_ARGUMENT, "image: missing; set image.encoded or image.raw")
             box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1) if req.HasField("box") else None
             square = resolve_box(box, image.width, image.height)
-            tensor = crop_square(image, square, self.state.input_size)
+            tensor = crop_square(image, square, self.state.registry.input_size(req.category, req.version))
             return DetectInput(req.category, req.version, tensor, square, (time.perf_counter() - t0) * 1e3)
         except ServingError as exc:
             raise _prefixed(exc, prefix) from None

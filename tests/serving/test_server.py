@@ -362,12 +362,15 @@ def test_cli_commands(server, artifacts, tmp_path, capsys):
     assert os.path.exists(str(image))
 
 
-def test_adapter_with_its_own_input_size(client, artifacts, tmp_path):
-    """An adapter may run the core at a smaller input (the CPU preset); the server resamples the crop."""
+def test_adapter_with_its_own_input_size(server, client, artifacts, tmp_path):
+    """An adapter may run the core at a smaller input (the CPU preset): the server crops the client's image
+    once, at that size, as training crops; a crop made at another size (its category switched versions
+    between decoding and computing) is resampled by the engine."""
     import torch.nn.functional as F
 
     from landmarks.adapter_io import save_adapter
     from landmarks.projection import adapter_state_dict
+    from serving.engine import DetectInput
 
     core = load_core(artifacts.core)
     adapted = build_adapted(core.build(), 3, input_size=16)
@@ -383,13 +386,19 @@ def test_adapter_with_its_own_input_size(client, artifacts, tmp_path):
 
     pil = Image.open(io.BytesIO(image)).convert("RGB")
     sq = square_box((0, 0, 48, 40))
-    crop = F.interpolate(crop_to_tensor(pil, sq, core.config.input_size)[None], size=(16, 16), mode="bilinear",
-                         antialias=True, align_corners=False)
     adapted.eval()
-    with torch.no_grad():
-        heat = adapted(crop)
-    want = input_to_original(heatmap_to_input(soft_argmax(heat), 16 / heat.shape[-1])[0].double(), sq, 16)
-    assert got.shape == (3, 2) and (got - want).abs().max() < 1e-3
+
+    def expected(crop):
+        with torch.no_grad():
+            heat = adapted(crop[None])
+        return input_to_original(heatmap_to_input(soft_argmax(heat), 16 / heat.shape[-1])[0].double(), sq, 16)
+
+    assert got.shape == (3, 2) and (got - expected(crop_to_tensor(pil, sq, 16))).abs().max() < 1e-3
+
+    big = crop_to_tensor(pil, sq, core.config.input_size)
+    (det,) = server.state.engine.run_group("small", "", [DetectInput("small", "", big, sq)])
+    resampled = F.interpolate(big[None], size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0]
+    assert (det.points.double() - expected(resampled)).abs().max() < 1e-3
 
 
 def test_cli_waits_briefly_then_says_no_server(tmp_path, capsys):
