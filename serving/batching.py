@@ -11,7 +11,8 @@ Admission and dropping:
 - the queue holds at most `max_queue` requests; one more is refused with RESOURCE_EXHAUSTED;
 - a request whose deadline has passed (DEADLINE_EXCEEDED) or whose client went away
   (CANCELLED; the servicer wires `context.add_callback` to `Pending.cancel`) is dropped at
-  flush, before any compute;
+  flush, before any compute, or earlier, when the queue is full: such requests never hold
+  a slot that a live request needs;
 - a batch that fails with an unexpected error is retried one request at a time, so one bad
   request never fails its batch-mates; a `ServingError` from `run_group` is about the group's
   category/version (NOT_FOUND, UNAVAILABLE, cache full) and is given to each of its requests.
@@ -122,6 +123,9 @@ class DynamicBatcher:
             if self._closed:
                 raise ServingError(Code.UNAVAILABLE, "server is shutting down")
             free = self.config.max_queue - len(self._queue)
+            if len(pending) > free:  # make room first: requests nobody waits for do not hold a slot
+                self._purge_dead()
+                free = self.config.max_queue - len(self._queue)
             if len(pending) > free:
                 raise ServingError(
                     Code.RESOURCE_EXHAUSTED,
@@ -207,20 +211,32 @@ class DynamicBatcher:
                 for p in batch:
                     p.finish(error=exc)
 
+    def _drop_if_dead(self, p: Pending, now: float) -> bool:
+        """Finish `p` without computing it if its deadline passed or its client went away."""
+        category = p.item.category
+        if p.deadline is not None and now >= p.deadline:  # (gRPC also cancels it: count it as expired)
+            self.metrics.dropped(category, "deadline_exceeded")
+            p.finish(error=ServingError(Code.DEADLINE_EXCEEDED,
+                                        f"deadline passed after {(now - p.enqueued) * 1e3:.1f} ms in the queue; "
+                                        "not computed"))
+            return True
+        if p.cancelled:
+            self.metrics.dropped(category, "cancelled")
+            p.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
+            return True
+        return False
+
+    def _purge_dead(self) -> None:
+        """(Under the lock, queue full.) Remove expired and cancelled requests from the queue."""
+        now = time.monotonic()
+        self._queue = deque(p for p in self._queue if not self._drop_if_dead(p, now))
+        self.metrics.pending(len(self._queue))
+
     def _live(self, batch: list[Pending]) -> list[Pending]:
         now = time.monotonic()
         live = []
         for p in batch:
-            category = p.item.category
-            if p.deadline is not None and now >= p.deadline:  # (gRPC also cancels it: count it as expired)
-                self.metrics.dropped(category, "deadline_exceeded")
-                p.finish(error=ServingError(Code.DEADLINE_EXCEEDED,
-                                            f"deadline passed after {(now - p.enqueued) * 1e3:.1f} ms in the queue; "
-                                            "not computed"))
-            elif p.cancelled:
-                self.metrics.dropped(category, "cancelled")
-                p.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
-            else:
+            if not self._drop_if_dead(p, now):
                 p.started = now
                 live.append(p)
         return live

@@ -163,19 +163,23 @@ def test_queue_full_expired_and_cancelled_are_not_computed(store):
             call = client.inference.Detect.future(client.request(png_bytes(seed=2), "cats"), timeout=60)
             wait_for(lambda: batcher.queued() == 2, "cancelled request queued")
             call.cancel()
-            # one that will run
-            kept = pool.submit(client.detect, png_bytes(seed=3), "faces")
+            # one that will run: the queue is now full, two of its three requests dead
+            kept = [pool.submit(client.detect, png_bytes(seed=3), "faces")]
             wait_for(lambda: batcher.queued() == 3, "queue full")
+            # the dead ones make room for live ones ...
+            kept += [pool.submit(client.detect, png_bytes(seed=s), "faces") for s in (4, 5)]
+            wait_for(lambda: sum(not p.done for p in list(batcher._queue)) == 3, "queue full of live requests")
+            # ... and a queue full of live requests refuses the next one
             with pytest.raises(grpc.RpcError) as exc:
-                client.detect(png_bytes(seed=4), "faces")
+                client.detect(png_bytes(seed=6), "faces")
             assert exc.value.code() == Code.RESOURCE_EXHAUSTED and "queue full" in exc.value.details()
             gate.open()
             plug.result(60)
-            assert len(kept.result(60).points) == 6
+            assert all(len(k.result(60).points) == 6 for k in kept)
             wait_for(lambda: batcher.queued() == 0, "queue drained")
-        # computed: the plug and `kept`, nothing else
-        assert [cats for _, cats in gate.calls] == [["cats"], ["faces"]]
-        assert batcher.computed == 2
+        # computed: the plug and the three kept requests (one batch), nothing else
+        assert [cats for _, cats in gate.calls] == [["cats"], ["faces"] * 3]
+        assert batcher.computed == 4
         text = scrape(handle.metrics_port)
         assert metric_value(text, "landmarks_dropped_total", category="cats", reason="deadline_exceeded") == 1
         assert metric_value(text, "landmarks_dropped_total", category="cats", reason="cancelled") == 1
