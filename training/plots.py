@@ -20,8 +20,9 @@ def _pyplot():
 
 
 def plot_curves(history: Sequence[dict], path: Path | str, title: str, loss_key: str = "loss",
-                metric_key: str | None = None, metric_label: str = "") -> None:
-    """Loss per step (smoothed) and an optional validation metric on a second axis."""
+                metric_key: str | None = None, metric_label: str = "", stage_starts: Sequence[int] = ()) -> None:
+    """Loss per step (smoothed) and an optional validation metric on a second axis; a dashed line
+    at each of `stage_starts` (where a continuation run began)."""
     plt = _pyplot()
     steps = [h["step"] for h in history if loss_key in h]
     losses = np.array([h[loss_key] for h in history if loss_key in h])
@@ -33,6 +34,8 @@ def plot_curves(history: Sequence[dict], path: Path | str, title: str, loss_key:
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(loss_key, color="tab:blue")
+    for step in stage_starts:
+        ax.axvline(step, color="grey", linestyle="--", linewidth=1)
     if metric_key:
         pts = [(h["step"], h[metric_key]) for h in history if metric_key in h]
         if pts:
