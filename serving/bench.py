@@ -214,7 +214,15 @@ def run(args) -> int:
     core = load_core(args.core)
     results: dict = {"rows": []}
     with LandmarkClient(target, timeout=120, **client_kwargs) as admin:
+        admin.wait_ready(60)
         info = admin.server_info()
+        until = time.monotonic() + 300
+        while not info.ready and time.monotonic() < until:  # a server just started is still loading its core
+            time.sleep(0.5)
+            info = admin.server_info()
+        if not info.ready:
+            print(f"error: the server at {target} has not loaded its core after 5 minutes; see its log")
+            return 2
         if info.core_sha256 != core.sha256:
             print(f"error: the server at {target} runs core {info.core_sha256[:12]}, but {args.core} is "
                   f"{core.sha256[:12]}; pass --core with the server's core file")
