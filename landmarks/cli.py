@@ -142,7 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run the server's forward passes: its OpenMP settings must be in place before any
+# subcommand module loads torch (see serving/__init__.py).
+_SERVER_SIDE = ("serve", "bench")
+
+
 def main(argv: list[str] | None = None) -> int:
+    first = (sys.argv[1:] if argv is None else argv)[:1]
+    if first and first[0] in _SERVER_SIDE:
+        import serving  # noqa: F401  sets GOMP_SPINCOUNT on import
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

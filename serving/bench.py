@@ -9,19 +9,18 @@ Method (docs/benchmark.md):
    (one channel per client thread, fixed raw image of the core's input size, so decoding is
    cheap and the same for every row): latency p50/p95/p99 as the client sees it, throughput,
    and the server's folded-cache hits/misses/evictions during the row.
-4. Paired rounds for the two ratios (`--rounds`, `--ref-iters` calls per block): each round
-   times, back to back and with the server otherwise idle, `ref_iters` serial Detect calls, the
-   two in-process references (batch 1, one call at a time, alternating), and a closed-loop block at
-   the highest concurrency. References:
-   - bare: the folded network's forward pass as the server's backend runs it
+4. The two headline ratios, each measured next to its reference, because this shared VM's speed
+   jumps between levels ~40% apart within seconds (`headline_ratios`):
+   - overhead = p50 of `--pairs` serial Detect calls (concurrency 1, one category) / p50 of as many
+     bare forwards in this process, the two alternating call by call, each after `--gap-ms` idle;
+     bare = the folded network's forward pass as the server's backend runs it
      (`TorchFoldedBackend.prepare` + `run`);
-   - official: the projected network (`build_adapted` + `load_adapter_state`; every
-     `ProjectedConv2d` recomputes proj @ W on each forward), eager, `torch.no_grad`, which is how
-     the authors' code runs an adapted model.
-5. Per round: overhead = server p50 at concurrency 1 / bare p50; speedup_vs_official = server
-   throughput at the highest concurrency / official throughput. The last two lines print the
-   medians over rounds: on a shared machine whose speed drifts by tens of percent between
-   minutes, only ratios of neighbouring measurements are stable.
+   - speedup_vs_official = median over `--rounds` of (throughput of a closed-loop block at the
+     highest concurrency) / (throughput of the next block of `--ref-iters` official forwards);
+     official = the projected network (`build_adapted` + `load_adapter_state`; every
+     `ProjectedConv2d` recomputes proj @ W on each forward), eager, `torch.no_grad`, batch 1, one
+     call at a time, which is how the authors' code runs an adapted model.
+5. The output ends with `overhead: <ratio>` and `speedup_vs_official: <ratio>`.
 6. Unregister the bench categories (also any left over by an interrupted run).
 """
 
@@ -152,14 +151,16 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int) -> float:
     return percentile(times, 50) * 1e3
 
 
-def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
-                  image: np.ndarray, adapter_size: int) -> list[dict]:
-    """The headline ratios, measured in rounds so that the machine's drift hits both sides alike.
+def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
+                    image: np.ndarray, adapter_size: int) -> dict:
+    """The two headline ratios, each side measured next to its reference so the machine's drift
+    (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
-    Each round: a block of `ref_iters` serial Detect calls (concurrency 1), then `ref_iters` bare
-    and `ref_iters` official forwards in this process (alternating), then a closed-loop block at the
-    highest concurrency. A short pause between blocks lets the other process's OpenMP threads stop
-    spinning, so neither side runs while the other's pool still burns a core.
+    overhead: `pairs` times, alternately, one serial Detect call and one bare forward in this
+    process, each after the same short idle gap (long enough for the other process's OpenMP
+    threads to stop spinning), then the ratio of the two medians.
+    speedup: `rounds` times, alternately, a closed-loop block at the highest concurrency and a
+    block of official forwards; the median of the per-round throughput ratios.
     """
     adapter = load_adapter(adapter_bytes, core)
     x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
@@ -171,35 +172,56 @@ def paired_rounds(args, target: str, client_kwargs: dict, core, adapter_bytes: b
     load_adapter_state(official, adapter.tensors)
     official.eval()
 
-    def bare_forward():
-        backend.run(folded, x)
-
     def official_forward():
         with torch.no_grad():
             official(x)
 
+    gap = args.gap_ms / 1e3
+    server_ms, bare_ms, timings = [], [], []
+    with LandmarkClient(target, timeout=60, **client_kwargs) as client:
+        request = client.request(image, category)
+        for _ in range(5):  # warm both paths
+            client.inference.Detect(request, timeout=60, metadata=client._inference_md)
+            backend.run(folded, x)
+        for _ in range(args.pairs):
+            time.sleep(gap)
+            t0 = time.perf_counter()
+            reply = client.inference.Detect(request, timeout=60, metadata=client._inference_md)
+            server_ms.append((time.perf_counter() - t0) * 1e3)
+            timings.append(reply.timings)
+            time.sleep(gap)
+            t0 = time.perf_counter()
+            backend.run(folded, x)
+            bare_ms.append((time.perf_counter() - t0) * 1e3)
+    floor = grpc_round_trip_ms(target, client_kwargs, 40)
+
     conc = max(args.concurrency)
-    settle = 0.2  # s; libgomp spins for well under that after a parallel region
     rounds = []
     for _ in range(args.rounds):
-        serial = load_row(target, client_kwargs, [category], 1, args.ref_iters, image)
-        floor = grpc_round_trip_ms(target, client_kwargs, args.ref_iters)
-        time.sleep(settle)
-        bare, off = time_interleaved([bare_forward, official_forward], args.ref_iters)
-        time.sleep(settle)
-        loaded = load_row(target, client_kwargs, [category], conc, max(args.ref_iters, 4 * conc), image)
-        time.sleep(settle)
-        bare_p50, off_p50 = percentile(bare, 50) * 1e3, percentile(off, 50) * 1e3
-        off_throughput = len(off) / sum(off)
-        rounds.append({
-            "server_p50_ms": serial["p50_ms"], "server_decode_ms": serial["server_p50_ms"]["decode"],
-            "server_queue_ms": serial["server_p50_ms"]["queue"], "server_compute_ms": serial["server_p50_ms"]["compute"],
-            "server_total_ms": serial["server_p50_ms"]["total"], "grpc_round_trip_ms": floor,
-            "bare_p50_ms": bare_p50, "official_p50_ms": off_p50,
-            "concurrency": conc, "server_throughput": loaded["throughput"], "official_throughput": off_throughput,
-            "overhead": serial["p50_ms"] / bare_p50, "speedup_vs_official": loaded["throughput"] / off_throughput,
-        })
-    return rounds
+        time.sleep(0.2)
+        loaded = load_row(target, client_kwargs, [category], conc, 4 * conc, image)
+        time.sleep(0.2)
+        (off,) = time_interleaved([official_forward], args.ref_iters, warmup=1)
+        rounds.append({"server_throughput": loaded["throughput"], "official_throughput": len(off) / sum(off),
+                       "official_p50_ms": percentile(off, 50) * 1e3})
+        rounds[-1]["speedup_vs_official"] = rounds[-1]["server_throughput"] / rounds[-1]["official_throughput"]
+
+    def p50(key: str) -> float:
+        return percentile([getattr(t, key) for t in timings], 50)
+
+    half = len(server_ms) // 2
+    return {
+        "pairs": len(server_ms), "gap_ms": args.gap_ms, "concurrency": conc,
+        "server_p50_ms": percentile(server_ms, 50), "bare_p50_ms": percentile(bare_ms, 50),
+        "overhead": percentile(server_ms, 50) / percentile(bare_ms, 50),
+        # the same ratio on each half of the pairs: how stable it is
+        "overhead_halves": [percentile(server_ms[:half], 50) / percentile(bare_ms[:half], 50),
+                            percentile(server_ms[half:], 50) / percentile(bare_ms[half:], 50)],
+        "server_timings_p50_ms": {k: p50(f"{k}_ms") for k in ("decode", "queue", "compute", "total")},
+        "grpc_round_trip_ms": floor,
+        "rounds": rounds,
+        "speedup_vs_official": statistics.median(r["speedup_vs_official"] for r in rounds),
+    }
 
 
 def run(args) -> int:
@@ -278,41 +300,33 @@ def run(args) -> int:
                           f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_p50_ms']['queue']:>20.2f} "
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
-            results["rounds"] = paired_rounds(args, target, client_kwargs, core, adapters[0], names[0], image,
-                                              adapter_size)
+            results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names[0], image,
+                                                  adapter_size)
         finally:
             cleanup()
 
-    rounds = results["rounds"]
-    overhead = statistics.median(r["overhead"] for r in rounds)
-    speedup = statistics.median(r["speedup_vs_official"] for r in rounds)
+    h = results["headline"]
+    overhead, speedup = h["overhead"], h["speedup_vs_official"]
     results.update(overhead=overhead, speedup_vs_official=speedup)
     rf = results["register_to_first_ms"]
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
-    conc = rounds[0]["concurrency"]
-    print(f"paired rounds (server, bare and official measured back to back, {len(rounds)} rounds; "
-          f"1 category, batch-1 references in this process):")
-    print(f"{'round':>5} {'server c=1 p50':>14} {'bare p50':>9} {'official p50':>12} {'overhead':>9} "
-          f"{f'server c={conc} req/s':>19} {'official req/s':>14} {'speedup':>8}")
-    for i, r in enumerate(rounds):
-        print(f"{i + 1:>5} {r['server_p50_ms']:>14.2f} {r['bare_p50_ms']:>9.2f} {r['official_p50_ms']:>12.2f} "
-              f"{r['overhead']:>9.2f} {r['server_throughput']:>19.1f} {r['official_throughput']:>14.1f} "
-              f"{r['speedup_vs_official']:>8.2f}")
-    mid = {key: statistics.median(r[key] for r in rounds)
-           for key in ("server_p50_ms", "bare_p50_ms", "grpc_round_trip_ms", "server_decode_ms", "server_queue_ms",
-                       "server_compute_ms", "server_total_ms")}
-    print(f"where a concurrency-1 request's time goes (medians over rounds, ms): client p50 {mid['server_p50_ms']:.2f} = "
-          f"server handler {mid['server_total_ms']:.2f} (decode {mid['server_decode_ms']:.2f}, queue + batch prep "
-          f"{mid['server_queue_ms']:.2f}, forward + landmarks {mid['server_compute_ms']:.2f}) + gRPC and client "
-          f"{mid['server_p50_ms'] - mid['server_total_ms']:.2f}; an empty RPC (Health/Check) takes "
-          f"{mid['grpc_round_trip_ms']:.2f}; bare forward {mid['bare_p50_ms']:.2f}")
-    lo_o, hi_o = min(r["overhead"] for r in rounds), max(r["overhead"] for r in rounds)
-    lo_s, hi_s = min(r["speedup_vs_official"] for r in rounds), max(r["speedup_vs_official"] for r in rounds)
-    print(f"overhead = server p50 at concurrency 1 / bare folded forward p50, per round; median {overhead:.2f} "
-          f"(range {lo_o:.2f}-{hi_o:.2f})")
-    print(f"speedup = server throughput at concurrency {conc} / official approach's throughput (projection on "
-          f"every forward, eager, batch 1), per round; median {speedup:.2f} (range {lo_s:.2f}-{hi_s:.2f})")
+    t = h["server_timings_p50_ms"]
+    print(f"overhead: {h['pairs']} serial Detect calls alternating with {h['pairs']} bare folded forwards in this "
+          f"process ({h['gap_ms']:g} ms idle before each): p50 {h['server_p50_ms']:.2f} ms vs {h['bare_p50_ms']:.2f} ms "
+          f"= {overhead:.2f} (halves: {h['overhead_halves'][0]:.2f}, {h['overhead_halves'][1]:.2f})")
+    print(f"  where a request's time goes (server p50s, ms): decode {t['decode']:.2f}, queue + batch prep "
+          f"{t['queue']:.2f}, forward + landmarks {t['compute']:.2f}, handler total {t['total']:.2f}; gRPC and "
+          f"client {h['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check, takes {h['grpc_round_trip_ms']:.2f})")
+    conc = h["concurrency"]
+    print(f"speedup: {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
+          f"{args.ref_iters} official forwards (projection on every forward, eager, batch 1):")
+    print(f"{'round':>5} {f'server c={conc} req/s':>19} {'official req/s':>14} {'official p50 ms':>15} {'speedup':>8}")
+    for i, r in enumerate(h["rounds"]):
+        print(f"{i + 1:>5} {r['server_throughput']:>19.1f} {r['official_throughput']:>14.1f} "
+              f"{r['official_p50_ms']:>15.2f} {r['speedup_vs_official']:>8.2f}")
+    speedups = [r["speedup_vs_official"] for r in h["rounds"]]
+    print(f"  median {speedup:.2f} (range {min(speedups):.2f}-{max(speedups):.2f})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"overhead: {overhead:.2f}")

@@ -25,11 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list (default 1,4,16)")
     parser.add_argument("--categories", type=_ints, default=[1, 3, 16],
                         help="comma list of category counts in rotation (default 1,3,16)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="paired rounds for the overhead / speedup lines: each times serial Detect calls, "
-                             "the bare and official forwards and a loaded block back to back (default %(default)s)")
-    parser.add_argument("--ref-iters", type=int, default=40,
-                        help="calls per block in each paired round (default %(default)s)")
+    parser.add_argument("--pairs", type=int, default=200,
+                        help="overhead: serial Detect calls, each followed by a bare forward here (default %(default)s)")
+    parser.add_argument("--gap-ms", type=float, default=10.0,
+                        help="idle time before each of those calls, so the other process's OpenMP threads have "
+                             "stopped spinning (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="speedup: rounds of a loaded block then a block of official forwards (default %(default)s)")
+    parser.add_argument("--ref-iters", type=int, default=20,
+                        help="official forwards per round (default %(default)s)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the raw test image (default: the core's input size)")
     parser.add_argument("--adapter-size", type=int, default=None,

@@ -254,7 +254,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     from landmarks.cli import main
 
     rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
-               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2",
+               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2", "--pairs", "4", "--gap-ms", "1",
                "--json", str(tmp_path / "bench.json"), *extra])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -266,5 +266,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["adapter_size"] == (16 if extra else 32)
     assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
-    assert len(result["rounds"]) == 2
-    assert all(r["overhead"] > 0 and r["speedup_vs_official"] > 0 for r in result["rounds"])
+    headline = result["headline"]
+    assert headline["pairs"] == 4 and len(headline["rounds"]) == 2
+    assert headline["overhead"] == result["overhead"] > 0 and all(v > 0 for v in headline["overhead_halves"])
+    assert all(r["speedup_vs_official"] > 0 for r in headline["rounds"])

@@ -68,3 +68,24 @@ def test_the_batch_worker_runs_the_servers_thread_setup():
         assert ran_in == ["landmarks-batch-0"]
     finally:
         batcher.close()
+
+
+def test_server_commands_set_the_openmp_spin_before_torch_loads():
+    """`landmarks serve` sets GOMP_SPINCOUNT (serving/__init__.py) before any module imports torch,
+    which is when libgomp reads it; an operator's own value is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom landmarks.cli import main\n"
+            "try:\n    main(['serve', '--help'])\nexcept SystemExit:\n    pass\n"
+            "import os\nprint('SPIN', os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert "SPIN 20000" in out.stdout
+    order = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
+    assert order.index("serving") < order.index("torch")
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5000"}, capture_output=True,
+                         text=True, check=True)
+    assert "SPIN 5000" in out.stdout
