@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import re
 import statistics
 import tempfile
@@ -90,44 +91,57 @@ def time_interleaved(fns: list, n: int, warmup: int = 3) -> list[list[float]]:
 
 def load_row(target: str, client_kwargs: dict, categories: list[str], concurrency: int, requests: int,
              image: np.ndarray) -> dict:
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    lock = threading.Lock()
-    server_ms: dict[str, list[float]] = {"decode": [], "queue": [], "compute": [], "total": []}
-    per_thread = max(1, requests // concurrency)
-    start = threading.Barrier(concurrency + 1)
-
-    def worker(w: int) -> None:
-        with LandmarkClient(target, timeout=60, **client_kwargs) as client:
-            req = [client.request(image, c) for c in categories]
+    """Closed loop: `concurrency` Detect calls always in flight, each slot on its own channel (its own
+    HTTP/2 connection), `requests` in all. One thread issues them as gRPC futures (the callbacks only
+    record and hand the slot back), so the load generator, which shares the machine's cores with the
+    server, spends little CPU: no thread per client and no contention for this process's GIL."""
+    total = max(concurrency, requests - requests % concurrency)
+    clients = [LandmarkClient(target, timeout=60, **client_kwargs) for _ in range(concurrency)]
+    try:
+        slots = []
+        for w, client in enumerate(clients):
+            slot_requests = [client.request(image, categories[(w + j) % len(categories)])
+                             for j in range(len(categories))]
             client.detect(image, categories[w % len(categories)])  # connect + warm
-            mine, timings = [], []
-            start.wait()
-            for j in range(per_thread):
-                t0 = time.perf_counter()
-                try:
-                    reply = client.inference.Detect(req[(w + j) % len(req)], timeout=60,
-                                                    metadata=client._inference_md)
-                except grpc.RpcError as exc:
-                    with lock:
-                        errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
-                    continue
-                mine.append(time.perf_counter() - t0)
-                timings.append(reply.timings)
-            with lock:
-                latencies.extend(mine)
-                for t in timings:
-                    for key, values in server_ms.items():
-                        values.append(getattr(t, f"{key}_ms"))
+            slots.append((client, slot_requests))
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        server_ms: dict[str, list[float]] = {"decode": [], "queue": [], "compute": [], "total": []}
+        free: queue.SimpleQueue = queue.SimpleQueue()
+        lock = threading.Lock()  # callbacks may run on several gRPC threads
 
-    threads = [threading.Thread(target=worker, args=(w,)) for w in range(concurrency)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+        def issue(w: int, j: int) -> None:
+            client, slot_requests = slots[w]
+            t0 = time.perf_counter()
+            future = client.inference.Detect.future(slot_requests[j % len(slot_requests)], timeout=60,
+                                                    metadata=client._inference_md)
+
+            def done(f) -> None:  # on a gRPC thread: record, give the slot back
+                dt = time.perf_counter() - t0
+                with lock:
+                    try:
+                        t = f.result().timings
+                    except grpc.RpcError as exc:
+                        errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+                    else:
+                        latencies.append(dt)
+                        for key, values in server_ms.items():
+                            values.append(getattr(t, f"{key}_ms"))
+                free.put(w)
+
+            future.add_done_callback(done)
+
+        t0 = time.perf_counter()
+        for w in range(concurrency):
+            issue(w, 0)
+        for n in range(concurrency, total):
+            issue(free.get(), n)
+        for _ in range(concurrency):
+            free.get()
+        wall = time.perf_counter() - t0
+    finally:
+        for client in clients:
+            client.close()
     return {
         "categories": len(categories), "concurrency": concurrency, "requests": len(latencies),
         "throughput": len(latencies) / wall, "p50_ms": percentile(latencies, 50) * 1e3,
