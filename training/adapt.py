@@ -353,12 +353,12 @@ def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
             elapsed = time.time() - start
             # spread of the landmarks (heatmap px): near zero means they collapsed to one place
             spread = float(points.detach().std(dim=1).mean())
-            history.append({"step": step, "loss": float(loss), "reconstruction": float(recon_loss),
-                            "equivariance": float(equivariance),
-                            "separation": round(float(separation), 4), "spread": round(spread, 3),
+            history.append({"step": step, "loss": float(loss.detach()), "reconstruction": float(recon_loss.detach()),
+                            "equivariance": float(equivariance.detach()),
+                            "separation": round(float(separation.detach()), 4), "spread": round(spread, 3),
                             "time": round(elapsed, 1)})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}", ips=f"{seen / max(1e-9, time.time() - tick):.1f}")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", ips=f"{seen / max(1e-9, time.time() - tick):.1f}")
             if step % cfg.picture_every == 0 or step == cfg.steps:
                 _save_samples(out / "samples.png", target.detach(), deformed, recon.detach().float(),
                               heatmap_to_input(points.detach(), stride).numpy())

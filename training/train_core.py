@@ -246,7 +246,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
             step += 1
             seen += images.shape[0]
             elapsed = time.time() - start
-            record = {"step": step, "loss": float(loss), "lr": _lr_at(cfg, step - 1), "time": round(elapsed, 1)}
+            record = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(cfg, step - 1), "time": round(elapsed, 1)}
             if step % cfg.val_every == 0 or step == cfg.steps:
                 record["val_pck"] = validate() if rank == 0 else float("nan")
                 record["img_per_s"] = seen * world / max(1e-9, time.time() - tick)
@@ -254,7 +254,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
                           f"{record['img_per_s']:.1f} img/s  {elapsed / 60:.1f} min")
             history.append(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.2e}", ips=f"{seen * world / max(1e-9, time.time() - tick):.1f}")
+            bar.set_postfix(loss=f"{record['loss']:.2e}", ips=f"{seen * world / max(1e-9, time.time() - tick):.1f}")
             if step % cfg.val_every == 0:
                 save()
             if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
