@@ -74,11 +74,6 @@ class ServerState:
         self.ready = False
         self.loaded = threading.Event()
 
-    @property
-    def input_size(self) -> int:
-        assert self.core is not None
-        return self.core.config.input_size
-
     def _unavailable(self) -> ServingError:
         why = f"failed to load: {self.load_error}" if self.load_error else "is starting (loading the core)"
         return ServingError(grpc.StatusCode.UNAVAILABLE, f"server {why}")
