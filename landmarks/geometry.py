@@ -40,10 +40,13 @@ def original_to_input(points: torch.Tensor, box: tuple[float, float, float, floa
     return (points + 0.5 - origin) * scale - 0.5
 
 
-def input_to_original(points: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    x0, y0, x1, y1 = box
-    scale = torch.tensor([(x1 - x0) / size, (y1 - y0) / size], dtype=points.dtype, device=points.device)
-    origin = torch.tensor([x0, y0], dtype=points.dtype, device=points.device)
+def input_to_original(points: torch.Tensor, box: tuple[float, float, float, float] | torch.Tensor,
+                      size: int) -> torch.Tensor:
+    """(..., 2) points in input pixels -> original pixels of `box` (x0, y0, x1, y1): one box, or a
+    (..., 4) tensor of boxes broadcast against the points (e.g. (B, 1, 4) for (B, K, 2) points)."""
+    box = torch.as_tensor(box, dtype=torch.float64, device=points.device)  # box maths in double, as given
+    scale = ((box[..., 2:] - box[..., :2]) / size).to(points.dtype)
+    origin = box[..., :2].to(points.dtype)
     return (points + 0.5) * scale + origin - 0.5
 
 

@@ -6,9 +6,9 @@ Method (docs/benchmark.md):
 2. Build 16 random adapters against that core (K = the core's K) and register them as
    `bench-0` .. `bench-15` (version `v1`), timing register -> first served Detect for each.
 3. Detect load over real gRPC: for 1, 3 and 16 categories (in rotation) x concurrency 1, 4, 16
-   (one channel per client thread, fixed raw image of the core's input size, so decoding is
-   cheap and the same for every row): latency p50/p95/p99 as the client sees it, throughput,
-   and the server's folded-cache hits/misses/evictions during the row.
+   (closed loop, `concurrency` calls in flight, one channel per slot; fixed raw image of the
+   core's input size, so decoding is cheap and the same for every row): latency p50/p95/p99 as
+   the client sees it, throughput, and the server's folded-cache hits/misses/evictions.
 4. The two headline ratios, each measured next to its reference, because this shared VM's speed
    jumps between levels ~40% apart within seconds (`headline_ratios`):
    - overhead = p50 of `--pairs` serial Detect calls (concurrency 1, one category) / p50 of as many
@@ -74,18 +74,15 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
     return out
 
 
-def time_interleaved(fns: list, n: int, warmup: int = 3) -> list[list[float]]:
-    """Seconds per call of each fn, calls alternating (a, b, a, b, ...) so that drift in the
-    machine's speed during the measurement affects every fn alike."""
+def time_calls(fn, n: int, warmup: int = 3) -> list[float]:
+    """Seconds per call of `fn`, `n` calls after `warmup` untimed ones."""
     for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
+        fn()
+    times = []
     for _ in range(n):
-        for fn, out in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
     return times
 
 
@@ -156,12 +153,7 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int) -> float:
     stacks, Python on each end, the handler-thread hop), to read the overhead against."""
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = health_pb2.HealthCheckRequest()
-        client.health.Check(request, timeout=60)  # connect
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            client.health.Check(request, timeout=60)
-            times.append(time.perf_counter() - t0)
+        times = time_calls(lambda: client.health.Check(request, timeout=60), n, warmup=1)  # warm-up connects
     return percentile(times, 50) * 1e3
 
 
@@ -215,7 +207,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
         time.sleep(0.2)
         loaded = load_row(target, client_kwargs, [category], conc, 4 * conc, image)
         time.sleep(0.2)
-        (off,) = time_interleaved([official_forward], args.ref_iters, warmup=1)
+        off = time_calls(official_forward, args.ref_iters, warmup=1)
         rounds.append({"server_throughput": loaded["throughput"], "official_throughput": len(off) / sum(off),
                        "official_p50_ms": percentile(off, 50) * 1e3})
         rounds[-1]["speedup_vs_official"] = rounds[-1]["server_throughput"] / rounds[-1]["official_throughput"]
@@ -326,14 +318,14 @@ def run(args) -> int:
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
     t = h["server_timings_p50_ms"]
-    print(f"overhead: {h['pairs']} serial Detect calls alternating with {h['pairs']} bare folded forwards in this "
+    print(f"overhead, measured as {h['pairs']} serial Detect calls alternating with {h['pairs']} bare folded forwards in this "
           f"process ({h['gap_ms']:g} ms idle before each): p50 {h['server_p50_ms']:.2f} ms vs {h['bare_p50_ms']:.2f} ms "
           f"= {overhead:.2f} (halves: {h['overhead_halves'][0]:.2f}, {h['overhead_halves'][1]:.2f})")
     print(f"  where a request's time goes (server p50s, ms): decode {t['decode']:.2f}, queue + batch prep "
           f"{t['queue']:.2f}, forward + landmarks {t['compute']:.2f}, handler total {t['total']:.2f}; gRPC and "
           f"client {h['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check, takes {h['grpc_round_trip_ms']:.2f})")
     conc = h["concurrency"]
-    print(f"speedup: {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
+    print(f"speedup, measured as {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
           f"{args.ref_iters} official forwards (projection on every forward, eager, batch 1):")
     print(f"{'round':>5} {f'server c={conc} req/s':>19} {'official req/s':>14} {'official p50 ms':>15} {'speedup':>8}")
     for i, r in enumerate(h["rounds"]):

@@ -8,7 +8,7 @@ raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
 Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
-`landmarks.geometry.crop_to_tensor`. Points come back as `landmarks.geometry.input_to_original` maps them
+`landmarks.geometry.crop_to_tensor`. Points come back with `landmarks.geometry.input_to_original`
 in the pixel-centre convention of `landmarks.heatmaps`.
 """
 
@@ -22,7 +22,7 @@ import grpc
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from landmarks.geometry import crop_to_tensor, square_box
+from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from landmarks.heatmaps import PAPER_BETA, expected_location, heatmap_to_input, spatial_softmax
 from serving.errors import ServingError
 
@@ -149,8 +149,6 @@ def heatmaps_to_landmarks(heatmaps: torch.Tensor, boxes: list[Box], input_size: 
     probs = spatial_softmax(heatmaps, beta)  # one softmax for both the point and its confidence
     points = heatmap_to_input(expected_location(probs), input_size / w).double()  # (B, K, 2) input pixels
     confidence = probs.reshape(b, k, h * w).amax(dim=-1)
-    # input -> original pixels for all images at once (landmarks.geometry.input_to_original, batched)
-    box = torch.tensor(boxes, dtype=torch.float64).reshape(b, 1, 4)
-    scale = (box[..., 2:] - box[..., :2]) / input_size
-    points = ((points + 0.5) * scale + box[..., :2] - 0.5).float()
+    boxes_t = torch.tensor(boxes, dtype=torch.float64).reshape(b, 1, 4)
+    points = input_to_original(points, boxes_t, input_size).float()  # all images at once
     return [Landmarks(points[i], confidence[i]) for i in range(b)]

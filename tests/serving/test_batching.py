@@ -261,6 +261,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     lines = out.strip().splitlines()
     assert lines[-2].startswith("overhead: ") and float(lines[-2].split()[1]) > 0
     assert lines[-1].startswith("speedup_vs_official: ") and float(lines[-1].split()[1]) > 0
+    assert sum(line.startswith(("overhead: ", "speedup_vs_official: ")) for line in lines) == 2  # only the last two
     assert "register -> first served" in out
     assert {c.name for c in server.state.registry.list()} == {"cats", "faces"}  # bench categories removed
     result = json.loads((tmp_path / "bench.json").read_text())
