@@ -1,15 +1,24 @@
 """The compute seam: turn (core, adapter) into something runnable, and run it on a batch.
 
-`TorchFoldedBackend` folds the adapter's projections into the core's conv weights
-(`landmarks.projection.fold`), so serving runs a plain `LandmarkHourglass` in eval mode
-under `torch.inference_mode`. Another backend (ONNX Runtime, a mixed-category unfolded
-path, TensorRT) implements the same three methods; a batching queue (issue 6) sits between
-the servicer and `Backend.run`.
+Two backends, both on folded weights (`landmarks.projection.fold`: the adapter's projections
+multiplied into the core's conv weights once, so nothing is projected per forward):
+- `TorchScriptBackend` (the server's default, `landmarks serve --backend torchscript`): one
+  TorchScript graph of the architecture, traced once, run on each adapter's folded tensors; the
+  whole forward runs in C++ *without holding Python's GIL* and without Python's per-op cost. The GIL matters in a server: an eager
+  forward re-takes the GIL for every op, and while gRPC handler threads decode requests it waits
+  for them op after op; `scripts/backend_speed.py` measures both, idle and next to a Python thread.
+- `EagerBackend` (`--backend eager`): the folded `LandmarkHourglass` run eagerly, the
+  reference for the TorchScript one (tests check that they agree).
+
+Another backend (ONNX Runtime, TensorRT) implements the same three methods; the batching
+queue (`serving.batching`) sits between the servicer and `Backend.run`.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -18,7 +27,7 @@ from landmarks.adapter_io import Adapter, Core
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import fold
 
-__all__ = ["Backend", "TorchFoldedBackend"]
+__all__ = ["BACKENDS", "Backend", "ScriptedModel", "EagerBackend", "TorchScriptBackend", "make_backend"]
 
 
 class Backend(Protocol):
@@ -35,14 +44,18 @@ class Backend(Protocol):
         """Memory the prepared model holds (for the cache budget)."""
 
 
-class TorchFoldedBackend:
-    """Folded weights, one plain network per adapter version.
+def _model_nbytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+class EagerBackend:
+    """Folded weights, one plain network per adapter version, run eagerly.
 
     `channels_last` runs convolutions on NHWC activations (oneDNN's preferred layout on CPU);
     `scripts/speed.py` measures both layouts on the machine at hand.
     """
 
-    name = "torch-folded"
+    name = "eager"
 
     def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
         self.device = str(torch.device(device))
@@ -51,15 +64,115 @@ class TorchFoldedBackend:
         self._core_model: LandmarkHourglass = core.build(self.device)
         self._lock = threading.Lock()
 
-    def prepare(self, adapter: Adapter) -> LandmarkHourglass:
+    def prepare(self, adapter: Adapter) -> Any:
         with self._lock:  # fold reads the shared core module's state
             model = fold(self._core_model, adapter.tensors, adapter.config)
         return model.eval().requires_grad_(False).to(memory_format=self.memory_format)
 
-    def run(self, prepared: LandmarkHourglass, images: torch.Tensor) -> torch.Tensor:
+    def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
-    def nbytes(self, prepared: LandmarkHourglass) -> int:
-        return sum(t.numel() * t.element_size() for t in list(prepared.parameters()) + list(prepared.buffers()))
+    def nbytes(self, prepared: Any) -> int:
+        return _model_nbytes(prepared)
+
+
+@dataclass(frozen=True)
+class ScriptedModel:
+    """One adapter version for `TorchScriptBackend`: the shared traced graph and this version's tensors."""
+
+    graph: torch.jit.ScriptModule
+    tensors: tuple[torch.Tensor, ...]  # folded parameters and buffers, in the graph's input order
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.graph(images, self.tensors)
+
+
+class _WeightsAsInputs(torch.nn.Module):
+    """`forward(images, tensors)` = `model(images)` with the model's parameters and buffers (in `names`
+    order) replaced by `tensors` for the call: traced, it gives a graph with the weights as inputs."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model = model
+        self._slots = []
+        for name in names:
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            self._slots.append((module._parameters if attr in module._parameters else module._buffers, attr))
+
+    def forward(self, images: torch.Tensor, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        saved = [table[attr] for table, attr in self._slots]
+        try:
+            for (table, attr), tensor in zip(self._slots, tensors):
+                table[attr] = tensor
+            return self.model(images)
+        finally:
+            for (table, attr), tensor in zip(self._slots, saved):
+                table[attr] = tensor
+
+
+class TorchScriptBackend(EagerBackend):
+    """Folded weights run by one TorchScript graph, traced once, that takes the weights as inputs.
+
+    The graph is traced from the core's architecture with every parameter and buffer an input, so
+    an adapter version is only its tuple of folded tensors, and registering or evicting one creates
+    or frees no TorchScript object: tracing a module per adapter kept ~20 MB per registration alive
+    for ever (TorchScript's global compilation state), which `tests/serving/test_lifecycle.py`'s
+    register/unregister cycles caught. The graph has no shape-dependent Python (pooling and
+    upsampling are by factors), so it serves every batch size, input size and K. Its first two calls
+    let TorchScript's profiling executor optimise it; `prepare` makes them (at registration or on a
+    cache miss, never on a client's request). TorchScript is deprecated upstream in favour of
+    `torch.compile` / `torch.export`, which on CPU need a C++ toolchain at run time; this backend
+    sits behind the `Backend` seam so that it can be replaced without touching the server.
+    """
+
+    name = "torchscript"
+    WARMUP_CALLS = 2
+
+    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
+        super().__init__(core, device, channels_last)
+        self._template = core.build(self.device).eval().requires_grad_(False)
+        self._names = [n for n, _ in self._template.named_parameters()] + [n for n, _ in self._template.named_buffers()]
+        self._graph: torch.jit.ScriptModule | None = None
+
+    def _state(self, model: LandmarkHourglass) -> tuple[torch.Tensor, ...]:
+        tensors = dict(model.named_parameters())
+        tensors.update(model.named_buffers())
+        return tuple(tensors[n].detach() for n in self._names)
+
+    def _trace(self, example: torch.Tensor, state: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+        """(Under the lock.) Trace the template's forward with its tensors swapped for graph inputs."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice, and the tracer's own warnings
+            # a traced *module*, not a traced function: calling a ScriptFunction kept the GIL for the
+            # whole forward on torch 2.14 (scripts/backend_speed.py), a ScriptModule's method does not
+            return torch.jit.trace(_WeightsAsInputs(self._template, self._names), (example, state), check_trace=False)
+
+    def prepare(self, adapter: Adapter) -> ScriptedModel:
+        model = super().prepare(adapter)
+        state = self._state(model)
+        size = adapter.config.input_size
+        example = torch.zeros(1, 3, size, size, device=self.device).contiguous(memory_format=self.memory_format)
+        with self._lock:
+            if self._graph is None:
+                self._graph = self._trace(example, state)
+        scripted = ScriptedModel(self._graph, state)
+        for _ in range(self.WARMUP_CALLS):
+            self.run(scripted, example)
+        return scripted
+
+    def nbytes(self, prepared: ScriptedModel) -> int:
+        return sum(t.numel() * t.element_size() for t in prepared.tensors)
+
+
+BACKENDS: dict[str, type[EagerBackend]] = {b.name: b for b in (TorchScriptBackend, EagerBackend)}
+
+
+def make_backend(name: str, core: Core, device: str = "cpu") -> EagerBackend:
+    """The backend called `name` ("torchscript" or "eager")."""
+    try:
+        return BACKENDS[name](core, device)
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None

@@ -1,11 +1,18 @@
 """Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`.
 
-RPC handler threads `submit()` decoded inputs and wait; one worker thread (`workers`) takes
-the oldest queued request, gathers every queued request of the same (category, version) up to
-`max_batch_size`, and runs them as one forward pass of that category's folded network. Batches
+RPC handler threads `submit()` decoded inputs and wait; each worker thread (`workers`, default 2)
+takes the oldest queued request, gathers every queued request of the same (category, version) up
+to `max_batch_size`, and runs them as one forward pass of that category's folded network. Batches
 form by themselves while the previous batch computes; on top of that the worker waits up to
 `max_queue_delay` for more of a group *only while other requests are still being decoded*
 (`arrive()` / `depart()` around decoding), so a lone request is never delayed for company that is not coming.
+
+Cores (`ComputeThreads`): a forward pass that runs alone (no other worker computing, nothing left
+in the queue) gets all the compute threads, which is fastest for one request; under load each
+worker runs on its share (threads // workers), so that the workers' forward passes run side by
+side instead of splitting every op between cores. On the 2-core project machine one single-threaded
+forward per core served ~20% more requests per second at concurrency 16 than one forward on both
+cores (docs/benchmark.md). That needs a backend that releases the GIL (TorchScript, the default).
 
 Admission and dropping:
 - the queue holds at most `max_queue` requests; one more is refused with RESOURCE_EXHAUSTED;
@@ -32,7 +39,7 @@ import grpc
 from serving.engine import DetectInput, Detection, InferenceEngine
 from serving.errors import ServingError
 
-__all__ = ["BatchConfig", "DynamicBatcher", "Pending"]
+__all__ = ["BatchConfig", "ComputeThreads", "DynamicBatcher", "Pending"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -43,7 +50,7 @@ class BatchConfig:
     max_batch_size: int = 16
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256
-    workers: int = 1
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0:
@@ -89,6 +96,19 @@ class Pending:
         return self.result
 
 
+@dataclass(frozen=True)
+class ComputeThreads:
+    """How many torch threads a worker's forward pass uses, and how to set them in a thread."""
+
+    alone: int = 1  # the only forward running, queue empty
+    shared: int = 1  # other forward passes running or due
+    apply: Callable[[int], None] | None = None  # sets this thread's torch threads (serving.threads)
+
+    @classmethod
+    def split(cls, threads: int, workers: int, apply: Callable[[int], None] | None) -> ComputeThreads:
+        return cls(alone=threads, shared=max(1, threads // workers), apply=apply)
+
+
 class _NullMetrics:
     def pending(self, n: int) -> None: ...
     def batch(self, category: str, size: int) -> None: ...
@@ -97,13 +117,15 @@ class _NullMetrics:
 
 class DynamicBatcher:
     def __init__(self, engine: InferenceEngine, config: BatchConfig | None = None, metrics=None,
-                 thread_init: Callable[[], None] | None = None) -> None:
-        """`thread_init` runs first in each worker thread (the server sets its torch threads there)."""
+                 threads: ComputeThreads | None = None) -> None:
+        """`threads.apply` is called in a worker thread before a forward pass whenever the thread count
+        it should use changes (none: leave torch's threads alone)."""
         self.engine = engine
-        self._thread_init = thread_init
+        self.threads = threads or ComputeThreads()
         self.config = config or BatchConfig()
         self.metrics = metrics or _NullMetrics()
         self._arriving = 0  # requests being decoded that will be submitted soon
+        self._computing = 0  # workers running a batch
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -173,8 +195,8 @@ class DynamicBatcher:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ----------------------------------------------------------------------------- worker
-    def _take(self) -> list[Pending] | None:
-        """Block until a batch is due; None when closed."""
+    def _take(self) -> tuple[list[Pending], bool] | None:
+        """Block until a batch is due: (batch, whether it runs alone); None when closed."""
         cfg = self.config
         delay = cfg.max_queue_delay_ms / 1e3
         with self._cond:
@@ -194,22 +216,31 @@ class DynamicBatcher:
                     taken = set(map(id, batch))
                     self._queue = deque(p for p in self._queue if id(p) not in taken)
                     self.metrics.pending(len(self._queue))
-                    return batch
+                    alone = self._computing == 0 and not self._queue
+                    self._computing += 1
+                    return batch, alone
                 self._cond.wait(due - now)
 
     def _loop(self) -> None:
-        if self._thread_init is not None:
-            self._thread_init()
+        current = None
         while True:
-            batch = self._take()
-            if batch is None:
+            taken = self._take()
+            if taken is None:
                 return
+            batch, alone = taken
             try:
+                want = self.threads.alone if alone else self.threads.shared
+                if want != current and self.threads.apply is not None:
+                    self.threads.apply(want)  # (a fraction of a microsecond: no cost to switch per batch)
+                    current = want
                 self._run(batch)
             except BaseException as exc:  # never let the worker die; each request gets an answer
                 log.exception("batch worker failed")
                 for p in batch:
                     p.finish(error=exc)
+            finally:
+                with self._cond:
+                    self._computing -= 1
 
     def _drop_if_dead(self, p: Pending, now: float) -> bool:
         """Finish `p` without computing it if its deadline passed or its client went away."""

@@ -13,8 +13,8 @@ Method (docs/benchmark.md):
    jumps between levels ~40% apart within seconds (`headline_ratios`):
    - overhead = p50 of `--pairs` serial Detect calls (concurrency 1, one category) / p50 of as many
      bare forwards in this process, the two alternating call by call, each after `--gap-ms` idle;
-     bare = the folded network's forward pass as the server's backend runs it
-     (`TorchFoldedBackend.prepare` + `run`);
+     bare = the folded network's forward pass as the server's backend runs it (the backend named
+     in ServerInfo, built here: `make_backend(name).prepare` + `run`);
    - speedup_vs_official = median over `--rounds` of (throughput of a closed-loop block at the
      highest concurrency) / (throughput of the next block of `--ref-iters` official forwards);
      official = the projected network (`build_adapted` + `load_adapter_state`; every
@@ -43,7 +43,7 @@ from grpc_health.v1 import health_pb2
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
-from serving.backend import TorchFoldedBackend
+from serving.backend import BACKENDS, make_backend
 from serving.client import LandmarkClient
 
 __all__ = ["run"]
@@ -158,7 +158,7 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int) -> float:
 
 
 def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
-                    image: np.ndarray, adapter_size: int) -> dict:
+                    image: np.ndarray, adapter_size: int, backend_name: str) -> dict:
     """The two headline ratios, each side measured next to its reference so the machine's drift
     (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
@@ -171,8 +171,8 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     adapter = load_adapter(adapter_bytes, core)
     x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
     x = x.contiguous()
-    # bare = exactly what the server's backend runs (its folding and its memory format)
-    backend = TorchFoldedBackend(core)
+    # bare = exactly what the server's backend runs (its folding, memory format, tracing)
+    backend = make_backend(backend_name if backend_name in BACKENDS else "eager", core)
     folded = backend.prepare(adapter)
     official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
     load_adapter_state(official, adapter.tensors)
@@ -217,6 +217,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
 
     half = len(server_ms) // 2
     return {
+        "bare_backend": backend.name,
         "pairs": len(server_ms), "gap_ms": args.gap_ms, "concurrency": conc,
         "server_p50_ms": percentile(server_ms, 50), "bare_p50_ms": percentile(bare_ms, 50),
         "overhead": percentile(server_ms, 50) / percentile(bare_ms, 50),
@@ -307,7 +308,7 @@ def run(args) -> int:
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
             results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names[0], image,
-                                                  adapter_size)
+                                                  adapter_size, info.backend)
         finally:
             cleanup()
 
@@ -318,7 +319,7 @@ def run(args) -> int:
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
     t = h["server_timings_p50_ms"]
-    print(f"overhead, measured as {h['pairs']} serial Detect calls alternating with {h['pairs']} bare folded forwards in this "
+    print(f"overhead, measured as {h['pairs']} serial Detect calls alternating with {h['pairs']} bare folded forwards ({h['bare_backend']}) in this "
           f"process ({h['gap_ms']:g} ms idle before each): p50 {h['server_p50_ms']:.2f} ms vs {h['bare_p50_ms']:.2f} ms "
           f"= {overhead:.2f} (halves: {h['overhead_halves'][0]:.2f}, {h['overhead_halves'][1]:.2f})")
     print(f"  where a request's time goes (server p50s, ms): decode {t['decode']:.2f}, queue + batch prep "

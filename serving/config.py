@@ -22,9 +22,12 @@ class ServerConfig:
             with `<dir>/<category>/_state.json` naming the active version.
         core_path: the frozen core; default `<adapters_dir>/core.safetensors`.
         device: "cpu", "cuda", "cuda:1", ...
+        backend: how folded networks run (serving.backend): "torchscript" (traced and frozen, runs
+            without the GIL) or "eager" (plain PyTorch modules).
         max_workers: gRPC handler threads (RPCs beyond max_workers + max_queue are refused by gRPC).
-        torch_threads: torch threads of the batch worker, which runs every forward pass (None:
-            torch's default); every other thread runs torch single-threaded (serving.threads).
+        torch_threads: torch threads of a forward pass that runs alone (None: torch's default);
+            under load each of the batch_workers uses its share (serving.batching.ComputeThreads);
+            every other thread runs torch single-threaded (serving.threads).
         handler_nice: nice value added to gRPC handler threads (0: none), so that decoding
             and replying yield the CPU to the forward pass (serving.threads.handler_thread).
         cache_bytes: budget of the folded-weights cache (LRU; in-use entries are never evicted).
@@ -40,8 +43,9 @@ class ServerConfig:
             (health says NOT_SERVING until it is loaded); default: load before returning.
         max_batch_size, max_queue_delay_ms, max_queue, batch_workers: dynamic batching
             (serving.batching): requests of one category/version are run together, up to
-            max_batch_size; the worker waits at most max_queue_delay_ms for requests still being
-            decoded; more than max_queue waiting requests -> RESOURCE_EXHAUSTED.
+            max_batch_size; a worker waits at most max_queue_delay_ms for requests still being
+            decoded; more than max_queue waiting requests -> RESOURCE_EXHAUSTED; batch_workers
+            forward passes may run at once (under load, each on its share of the threads).
         metrics_port: Prometheus /metrics on this port of `host` (None: off; 0: any free port).
         grace_s: on SIGTERM, how long in-flight requests may take before they are cancelled.
         tls_cert, tls_key: PEM files; serve TLS instead of plaintext. tls_client_ca: also require
@@ -55,6 +59,7 @@ class ServerConfig:
     adapters_dir: Path = REPO_ADAPTERS
     core_path: Path | None = None
     device: str = "cpu"
+    backend: str = "torchscript"
     max_workers: int = 32
     torch_threads: int | None = None
     handler_nice: int = 0
@@ -70,7 +75,7 @@ class ServerConfig:
     max_batch_size: int = 16
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256
-    batch_workers: int = 1
+    batch_workers: int = 2
     metrics_port: int | None = None
     grace_s: float = 10.0
     tls_cert: Path | None = None

@@ -32,8 +32,8 @@ from landmarks.adapter_io import ArtifactError, Core, load_core
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.auth import TokenInterceptor
-from serving.backend import TorchFoldedBackend
-from serving.batching import BatchConfig, DynamicBatcher
+from serving.backend import Backend, make_backend
+from serving.batching import BatchConfig, ComputeThreads, DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
 from serving.errors import ServingError
@@ -41,7 +41,7 @@ from serving.folding import FoldedCache
 from serving.metrics import Metrics, start_metrics_server
 from serving.registry import AdapterRegistry
 from serving.servicer import AdminServicer, LandmarkServicer
-from serving.threads import compute_thread, handler_thread, single_threaded
+from serving.threads import DEFAULT_COMPUTE_THREADS, compute_thread, handler_thread, single_threaded
 
 __all__ = ["CoreLoadError", "ServerHandle", "ServerState", "build_server", "create_server", "serve"]
 
@@ -63,7 +63,7 @@ class ServerState:
         self.cfg = cfg
         self.health = health_servicer
         self.core: Core | None = None
-        self.backend: TorchFoldedBackend | None = None
+        self.backend: Backend | None = None
         self.cache: FoldedCache | None = None
         self.registry: AdapterRegistry | None = None
         self.engine: InferenceEngine | None = None
@@ -112,16 +112,17 @@ class ServerState:
                 core = load_core(path)
             except ArtifactError as exc:
                 raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
-            backend = TorchFoldedBackend(core, cfg.device)
+            backend = make_backend(cfg.backend, core, cfg.device)
             cache = FoldedCache(cfg.cache_bytes)
             registry = AdapterRegistry(core, backend, cache, cfg.adapters_dir, cfg.max_adapter_bytes,
                                        cfg.allowed_register_dirs)
             registry.load_store()
             self.core, self.backend, self.cache, self.registry = core, backend, cache, registry
             self.engine = InferenceEngine(registry, cache, backend)
-            self.batcher = DynamicBatcher(self.engine, BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms,
-                                                                   cfg.max_queue, cfg.batch_workers), self.metrics,
-                                         thread_init=lambda: compute_thread(cfg.torch_threads))
+            batching = BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, cfg.batch_workers)
+            threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, batching.workers,
+                                           compute_thread)
+            self.batcher = DynamicBatcher(self.engine, batching, self.metrics, threads)
             self.ready = True
             self.set_health(health_pb2.HealthCheckResponse.SERVING)
             log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))

@@ -64,7 +64,8 @@ class Gate:
 
 @pytest.fixture
 def batching_server(store):
-    handle = start_server(store, max_batch_size=4, max_queue=16, metrics_port=0)
+    # one worker: while the gate holds its forward pass, every other request waits in the queue
+    handle = start_server(store, max_batch_size=4, max_queue=16, metrics_port=0, batch_workers=1)
     yield handle
     handle.shutdown(grace=0)
 
@@ -145,7 +146,7 @@ def test_failing_request_does_not_fail_batch_mates(batching_server):
 
 
 def test_queue_full_expired_and_cancelled_are_not_computed(store):
-    handle = start_server(store, max_batch_size=4, max_queue=3, metrics_port=0)
+    handle = start_server(store, max_batch_size=4, max_queue=3, metrics_port=0, batch_workers=1)
     try:
         gate = Gate(handle)
         batcher = handle.state.batcher

@@ -243,7 +243,7 @@ def test_register_versions_activate_unregister(client, artifacts, store):
     # re-registering a removed version with other content is a new registration
     assert client.register("birds", "v1", v2).created
     info = client.server_info()
-    assert info.ready and info.backend == "torch-folded" and info.core_sha256 == artifacts.core_sha256
+    assert info.ready and info.backend == "torchscript" and info.core_sha256 == artifacts.core_sha256
     assert info.cache.entries >= 1 and info.cache.hits >= 1
 
 

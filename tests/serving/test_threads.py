@@ -52,20 +52,39 @@ def test_handler_threads_can_yield_the_cpu_to_the_forward_pass():
     assert seen["nice"] == 5 or os.getpriority(os.PRIO_PROCESS, 0) + 5 > 19  # clamped at 19
 
 
-def test_the_batch_worker_runs_the_servers_thread_setup():
-    from serving.batching import DynamicBatcher
+def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
+    """ComputeThreads: alone (no other worker computing, queue empty) -> `alone` threads; a batch that
+    starts while another computes -> `shared` threads; applied in the worker thread that computes."""
+    from types import SimpleNamespace
 
-    ran_in = []
-    done = threading.Event()
+    from serving.batching import BatchConfig, ComputeThreads, DynamicBatcher
+    from serving.engine import DetectInput
 
-    def init():
-        ran_in.append(threading.current_thread().name)
-        done.set()
+    applied: list[tuple[str, int]] = []
+    started, release = threading.Semaphore(0), threading.Event()
 
-    batcher = DynamicBatcher(engine=None, thread_init=init)  # no requests: the engine is never called
+    class Engine:
+        def run_group(self, category, version, items):
+            started.release()
+            assert release.wait(10)
+            return [SimpleNamespace(queue_ms=0.0) for _ in items]
+
+    def item(category):
+        return DetectInput(category, "", torch.zeros(3, 8, 8), (0.0, 0.0, 8.0, 8.0))
+
+    threads = ComputeThreads.split(4, 2, lambda n: applied.append((threading.current_thread().name, n)))
+    assert (threads.alone, threads.shared) == (4, 2)
+    batcher = DynamicBatcher(Engine(), BatchConfig(workers=2, max_queue_delay_ms=0), threads=threads)
     try:
-        assert done.wait(10)
-        assert ran_in == ["landmarks-batch-0"]
+        first = batcher.submit([item("a")])
+        assert started.acquire(timeout=10)  # computing alone
+        second = batcher.submit([item("b")])  # another category: the other worker takes it at once
+        assert started.acquire(timeout=10)
+        release.set()
+        for p in first + second:
+            p.wait(10)
+        assert sorted(n for _, n in applied) == [2, 4]
+        assert len({name for name, _ in applied}) == 2  # each set in its own worker thread
     finally:
         batcher.close()
 

@@ -175,3 +175,33 @@ def test_cache_concurrent_misses_build_once():
     for t in threads:
         t.join(10)
     assert results == ["A"] * 6 and len(calls) == 1
+
+
+def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size(artifacts, tmp_path):
+    """One traced graph (weights as inputs) serves adapters of different K and input size, any batch,
+    with the eager backend's numbers; an adapter version is only its tensors."""
+    from landmarks.adapter_io import load_adapter, load_core, save_adapter
+    from landmarks.projection import adapter_state_dict, build_adapted
+    from serving.backend import EagerBackend, TorchScriptBackend, make_backend
+
+    core = load_core(artifacts.core)
+    small = build_adapted(core.build(), 2, input_size=16)  # runs the 32 px core at 16 px
+    small_path = save_adapter(tmp_path / "small.safetensors", adapter_state_dict(small), small.config,
+                              category="small", core_sha256=core.sha256)
+    adapters = [load_adapter(p, core) for p in (artifacts.shipped["cats"], artifacts.shipped["faces"], small_path)]
+    scripted, eager = TorchScriptBackend(core), EagerBackend(core)
+    graphs = set()
+    for adapter in adapters:
+        prepared, reference = scripted.prepare(adapter), eager.prepare(adapter)
+        graphs.add(id(prepared.graph))
+        assert scripted.nbytes(prepared) == eager.nbytes(reference)
+        size = adapter.config.input_size
+        for batch in (1, 3):
+            images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+            out = scripted.run(prepared, images)
+            assert out.shape == (batch, adapter.num_landmarks, size // 4, size // 4)
+            torch.testing.assert_close(out, eager.run(reference, images), atol=1e-5, rtol=1e-5)
+    assert len(graphs) == 1
+    assert isinstance(make_backend("eager", core), EagerBackend)
+    with pytest.raises(ValueError, match="unknown backend 'onnx'; choose one of torchscript, eager"):
+        make_backend("onnx", core)

@@ -1,0 +1,94 @@
+"""The serving backends side by side: forward time per batch, idle and next to a busy Python thread.
+
+    python scripts/backend_speed.py                       # 64 and 128 px, batches 1 and 6
+    python scripts/backend_speed.py --sizes 64 --batches 1 --threads 1 --rounds 6
+
+Both backends (`serving.backend`) run the shipped core folded with a random near-identity adapter
+(the values do not matter for speed). "busy" adds one Python thread that computes for 1 ms and
+sleeps for 1 ms in a loop, standing in for gRPC handler threads decoding requests: an eager forward
+needs the GIL for every op and waits for that thread; the TorchScript graph runs without it. With
+`--threads 1` the forward and the busy thread have a core each, so what remains is the GIL. The
+variants alternate block by block (`--rounds`) because this VM's speed drifts; medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+
+import torch
+
+import serving  # noqa: F401  (GOMP_SPINCOUNT, as in the server)
+from landmarks.adapter_io import load_adapter, load_core
+from serving.backend import BACKENDS, make_backend
+from serving.bench import random_adapters
+
+
+class BusyPython:
+    """A thread that holds the GIL for 1 ms, then sleeps 1 ms, until stopped."""
+
+    def __enter__(self):
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        torch.set_num_threads(1)
+        while not self._stop:
+            until = time.perf_counter() + 1e-3
+            while time.perf_counter() < until:
+                sum(range(100))
+            time.sleep(1e-3)
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--core", default="adapters/core.safetensors")
+    parser.add_argument("--sizes", default="64,128")
+    parser.add_argument("--batches", default="1,6")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--iters", type=int, default=8, help="forward passes per block")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    core = load_core(args.core)
+    print(f"torch threads {torch.get_num_threads()}; median ms per forward pass (batch)")
+    print(f"{'size':>4} {'batch':>5} " + " ".join(f"{f'{b} {load}':>18}" for b in BACKENDS for load in ("idle", "busy")))
+    for size in map(int, args.sizes.split(",")):
+        adapter = load_adapter(random_adapters(core, 1, input_size=size)[0], core)
+        backends = {name: make_backend(name, core) for name in BACKENDS}
+        prepared = {name: b.prepare(adapter) for name, b in backends.items()}
+        for batch in map(int, args.batches.split(",")):
+            x = torch.rand(batch, 3, size, size)
+            times: dict[tuple[str, str], list[float]] = {}
+            for _ in range(args.rounds):
+                for load in ("idle", "busy"):
+                    for name, backend in backends.items():
+                        with BusyPython() if load == "busy" else _nothing():
+                            for _ in range(args.iters):
+                                t0 = time.perf_counter()
+                                backend.run(prepared[name], x)
+                                times.setdefault((name, load), []).append((time.perf_counter() - t0) * 1e3)
+            print(f"{size:>4} {batch:>5} " + " ".join(
+                f"{statistics.median(times[name, load]):>18.2f}" for name in BACKENDS for load in ("idle", "busy")),
+                flush=True)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+if __name__ == "__main__":
+    main()
