@@ -27,7 +27,7 @@ from landmarks.adapter_io import Adapter, Core
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import fold
 
-__all__ = ["BACKENDS", "Backend", "ScriptedModel", "EagerBackend", "TorchScriptBackend", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "EagerBackend", "ScriptedModel", "TorchScriptBackend", "make_backend"]
 
 
 class Backend(Protocol):
