@@ -7,12 +7,16 @@ form by themselves while the previous batch computes; on top of that the worker 
 `max_queue_delay` for more of a group *only while other requests are still being decoded*
 (`arrive()` / `depart()` around decoding), so a lone request is never delayed for company that is not coming.
 
-Cores (`ComputeThreads`): a forward pass that runs alone (no other worker computing, nothing left
-in the queue) gets all the compute threads, which is fastest for one request; under load each
-worker runs on its share (threads // workers), so that the workers' forward passes run side by
-side instead of splitting every op between cores. On the 2-core project machine one single-threaded
-forward per core served ~20% more requests per second at concurrency 16 than one forward on both
-cores (docs/benchmark.md). That needs a backend that releases the GIL (TorchScript, the default).
+Cores (`ComputeThreads`): worker 0, the lead, takes every batch it can; the other workers take
+one only while the lead is computing, i.e. under load. A batch the lead runs alone (nothing else
+computing, nothing left in the queue or being decoded) gets all the compute threads, which is fastest for a lone
+request; under load every worker runs on its share (threads // workers), so that the workers'
+forward passes run side by side instead of splitting every op between cores. Only the lead ever
+uses several threads because each thread that does gets its own OpenMP pool, and once the pools
+outnumber the cores libgomp stops spinning between ops (serving.threads). On the 2-core project
+machine two single-threaded forward passes at once served more requests per second at concurrency
+16 than one on both cores (docs/benchmark.md); that needs a backend that releases the GIL
+(TorchScript, the default).
 
 Admission and dropping:
 - the queue holds at most `max_queue` requests; one more is refused with RESOURCE_EXHAUSTED;
@@ -100,8 +104,8 @@ class Pending:
 class ComputeThreads:
     """How many torch threads a worker's forward pass uses, and how to set them in a thread."""
 
-    alone: int = 1  # the only forward running, queue empty
-    shared: int = 1  # other forward passes running or due
+    alone: int = 1  # the lead worker's forward with nothing else running or due
+    shared: int = 1  # every other forward
     apply: Callable[[int], None] | None = None  # sets this thread's torch threads (serving.threads)
 
     @classmethod
@@ -126,13 +130,14 @@ class DynamicBatcher:
         self.metrics = metrics or _NullMetrics()
         self._arriving = 0  # requests being decoded that will be submitted soon
         self._computing = 0  # workers running a batch
+        self._lead_busy = False
         self._queue: deque[Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._draining = False
         self.computed = 0      # requests that reached a forward pass (tests, bench)
         self.batches = 0
-        self._threads = [threading.Thread(target=self._loop, name=f"landmarks-batch-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._loop, args=(i == 0,), name=f"landmarks-batch-{i}", daemon=True)
                          for i in range(self.config.workers)]
         for t in self._threads:
             t.start()
@@ -195,15 +200,17 @@ class DynamicBatcher:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ----------------------------------------------------------------------------- worker
-    def _take(self) -> tuple[list[Pending], bool] | None:
-        """Block until a batch is due: (batch, whether it runs alone); None when closed."""
+    def _take(self, lead: bool) -> tuple[list[Pending], bool] | None:
+        """Block until a batch is due: (batch, whether it runs alone); None when closed.
+
+        Only the lead worker takes work while no batch is computing (see the module notes)."""
         cfg = self.config
         delay = cfg.max_queue_delay_ms / 1e3
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                if not self._queue:
+                if not self._queue or not (lead or self._lead_busy):
                     self._cond.wait()
                     continue
                 head = self._queue[0]
@@ -216,15 +223,18 @@ class DynamicBatcher:
                     taken = set(map(id, batch))
                     self._queue = deque(p for p in self._queue if id(p) not in taken)
                     self.metrics.pending(len(self._queue))
-                    alone = self._computing == 0 and not self._queue
+                    alone = lead and self._computing == 0 and not self._queue and self._arriving <= 0
                     self._computing += 1
+                    if lead:
+                        self._lead_busy = True
+                        self._cond.notify_all()  # helpers may take what is left in the queue
                     return batch, alone
                 self._cond.wait(due - now)
 
-    def _loop(self) -> None:
+    def _loop(self, lead: bool) -> None:
         current = None
         while True:
-            taken = self._take()
+            taken = self._take(lead)
             if taken is None:
                 return
             batch, alone = taken
@@ -241,6 +251,8 @@ class DynamicBatcher:
             finally:
                 with self._cond:
                     self._computing -= 1
+                    if lead:
+                        self._lead_busy = False
 
     def _drop_if_dead(self, p: Pending, now: float) -> bool:
         """Finish `p` without computing it if its deadline passed or its client went away."""
