@@ -148,12 +148,22 @@ def load_row(target: str, client_kwargs: dict, categories: list[str], concurrenc
     }
 
 
-def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int) -> float:
+def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int, gap_s: float = 0.0) -> float:
     """p50 of serial Health/Check calls: the floor any unary RPC pays on this machine (both gRPC
-    stacks, Python on each end, the handler-thread hop), to read the overhead against."""
+    stacks, Python on each end, the handler-thread hop), to read the overhead against. With `gap_s`
+    idle before each call, as the overhead's Detect calls have: after a few milliseconds of idleness
+    every thread on the path wakes up cold, and on this VM that alone costs ~0.5-1 ms per RPC."""
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = health_pb2.HealthCheckRequest()
-        times = time_calls(lambda: client.health.Check(request, timeout=60), n, warmup=1)  # warm-up connects
+        client.health.Check(request, timeout=60)  # connect
+
+        def call():
+            time.sleep(gap_s)
+            t0 = time.perf_counter()
+            client.health.Check(request, timeout=60)
+            return time.perf_counter() - t0
+
+        times = [call() for _ in range(n)]
     return percentile(times, 50) * 1e3
 
 
@@ -200,6 +210,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
             backend.run(folded, x)
             bare_ms.append((time.perf_counter() - t0) * 1e3)
     floor = grpc_round_trip_ms(target, client_kwargs, 40)
+    floor_idle = grpc_round_trip_ms(target, client_kwargs, 40, gap)
 
     conc = max(args.concurrency)
     rounds = []
@@ -226,6 +237,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
                             percentile(server_ms[half:], 50) / percentile(bare_ms[half:], 50)],
         "server_timings_p50_ms": {k: p50(f"{k}_ms") for k in ("decode", "queue", "compute", "total")},
         "grpc_round_trip_ms": floor,
+        "grpc_round_trip_after_gap_ms": floor_idle,
         "rounds": rounds,
         "speedup_vs_official": statistics.median(r["speedup_vs_official"] for r in rounds),
     }
@@ -324,7 +336,8 @@ def run(args) -> int:
           f"= {overhead:.2f} (halves: {h['overhead_halves'][0]:.2f}, {h['overhead_halves'][1]:.2f})")
     print(f"  where a request's time goes (server p50s, ms): decode {t['decode']:.2f}, queue + batch prep "
           f"{t['queue']:.2f}, forward + landmarks {t['compute']:.2f}, handler total {t['total']:.2f}; gRPC and "
-          f"client {h['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check, takes {h['grpc_round_trip_ms']:.2f})")
+          f"client {h['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check, takes {h['grpc_round_trip_after_gap_ms']:.2f} after the same idle "
+          f"gap, {h['grpc_round_trip_ms']:.2f} back to back)")
     conc = h["concurrency"]
     print(f"speedup, measured as {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
           f"{args.ref_iters} official forwards (projection on every forward, eager, batch 1):")
