@@ -21,6 +21,7 @@ __all__ = [
     "hard_argmax",
     "heatmap_to_input",
     "input_to_heatmap",
+    "locate",
     "refined_argmax",
     "render_gaussians",
     "soft_argmax",
@@ -50,6 +51,14 @@ def spatial_softmax(heatmaps: torch.Tensor, beta: float = PAPER_BETA) -> torch.T
     """softmax(beta * heatmap) over each (H, W) map, in float32: (..., H, W) -> (..., H, W)."""
     *lead, h, w = heatmaps.shape
     return torch.softmax(beta * heatmaps.reshape(*lead, h * w).float(), dim=-1).reshape(*lead, h, w)
+
+
+def locate(heatmaps: torch.Tensor, input_size: int, beta: float = PAPER_BETA) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (..., H, W) heatmaps of an input_size x input_size image -> the soft-argmax points in input
+    pixels, (..., 2), and their confidences, the peak of softmax(beta * heatmap), (...) in [1/(H*W), 1]."""
+    probs = spatial_softmax(heatmaps, beta)
+    points = heatmap_to_input(expected_location(probs), input_size / heatmaps.shape[-1])
+    return points, probs.flatten(-2).amax(dim=-1)
 
 
 def expected_location(probs: torch.Tensor) -> torch.Tensor:

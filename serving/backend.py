@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from landmarks.adapter_io import Adapter, Core
+from landmarks.heatmaps import locate
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import fold
 
@@ -39,6 +40,10 @@ class Backend(Protocol):
 
     def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU)."""
+
+    def locate(self, prepared: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same images -> `landmarks.heatmaps.locate` of the heatmaps: (B, K, 2) soft-argmax points
+        in input pixels and (B, K) confidences, float32 (CPU). What the server calls."""
 
     def nbytes(self, prepared: Any) -> int:
         """Memory the prepared model holds (for the cache budget)."""
@@ -74,16 +79,23 @@ class EagerBackend:
             out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
+    def locate(self, prepared: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            points, confidence = locate(self.run(prepared, images), images.shape[-1])
+        return points, confidence
+
     def nbytes(self, prepared: Any) -> int:
         return _model_nbytes(prepared)
 
 
 @dataclass(frozen=True)
 class ScriptedModel:
-    """One adapter version for `TorchScriptBackend`: the shared traced graph and this version's tensors."""
+    """One adapter version for `TorchScriptBackend`: the shared traced graphs and this version's tensors."""
 
-    graph: torch.jit.ScriptModule
-    tensors: tuple[torch.Tensor, ...]  # folded parameters and buffers, in the graph's input order
+    graph: torch.jit.ScriptModule  # images, tensors -> heatmaps
+    locator: torch.jit.ScriptModule  # images of `size` px, tensors -> (points, confidences)
+    size: int
+    tensors: tuple[torch.Tensor, ...]  # folded parameters and buffers, in the graphs' input order
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.graph(images, self.tensors)
@@ -91,11 +103,13 @@ class ScriptedModel:
 
 class _WeightsAsInputs(torch.nn.Module):
     """`forward(images, tensors)` = `model(images)` with the model's parameters and buffers (in `names`
-    order) replaced by `tensors` for the call: traced, it gives a graph with the weights as inputs."""
+    order) replaced by `tensors` for the call: traced, it gives a graph with the weights as inputs.
+    With `locate_size`, it returns `landmarks.heatmaps.locate` of the heatmaps for images of that size."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+    def __init__(self, model: torch.nn.Module, names: list[str], locate_size: int | None = None) -> None:
         super().__init__()
         self.model = model
+        self.locate_size = locate_size
         self._slots = []
         for name in names:
             owner, _, attr = name.rpartition(".")
@@ -107,7 +121,8 @@ class _WeightsAsInputs(torch.nn.Module):
         try:
             for (table, attr), tensor in zip(self._slots, tensors):
                 table[attr] = tensor
-            return self.model(images)
+            heatmaps = self.model(images)
+            return heatmaps if self.locate_size is None else locate(heatmaps, self.locate_size)
         finally:
             for (table, attr), tensor in zip(self._slots, saved):
                 table[attr] = tensor
@@ -121,7 +136,10 @@ class TorchScriptBackend(EagerBackend):
     or frees no TorchScript object: tracing a module per adapter kept ~20 MB per registration alive
     for ever (TorchScript's global compilation state), which `tests/serving/test_lifecycle.py`'s
     register/unregister cycles caught. The graph has no shape-dependent Python (pooling and
-    upsampling are by factors), so it serves every batch size, input size and K. Its first two calls
+    upsampling are by factors), so it serves every batch size, input size and K. `locate` runs a
+    second graph per input size that also finds the points (soft-argmax, whose pixel grid is a
+    constant of the trace): in eager torch those 20-odd small ops cost ~0.4 ms per call, ~1.2 ms on a
+    server woken from idle, mostly Python dispatch. Each graph's first two calls
     let TorchScript's profiling executor optimise it; `prepare` makes them (at registration or on a
     cache miss, never on a client's request). TorchScript is deprecated upstream in favour of
     `torch.compile` / `torch.export`, which on CPU need a C++ toolchain at run time; this backend
@@ -136,19 +154,22 @@ class TorchScriptBackend(EagerBackend):
         self._template = core.build(self.device).eval().requires_grad_(False)
         self._names = [n for n, _ in self._template.named_parameters()] + [n for n, _ in self._template.named_buffers()]
         self._graph: torch.jit.ScriptModule | None = None
+        self._locators: dict[int, torch.jit.ScriptModule] = {}  # by input size
 
     def _state(self, model: LandmarkHourglass) -> tuple[torch.Tensor, ...]:
         tensors = dict(model.named_parameters())
         tensors.update(model.named_buffers())
         return tuple(tensors[n].detach() for n in self._names)
 
-    def _trace(self, example: torch.Tensor, state: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    def _trace(self, example: torch.Tensor, state: tuple[torch.Tensor, ...],
+               locate_size: int | None = None) -> torch.jit.ScriptModule:
         """(Under the lock.) Trace the template's forward with its tensors swapped for graph inputs."""
+        module = _WeightsAsInputs(self._template, self._names, locate_size)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice, and the tracer's own warnings
             # a traced *module*, not a traced function: calling a ScriptFunction kept the GIL for the
             # whole forward on torch 2.14 (scripts/backend_speed.py), a ScriptModule's method does not
-            return torch.jit.trace(_WeightsAsInputs(self._template, self._names), (example, state), check_trace=False)
+            return torch.jit.trace(module, (example, state), check_trace=False)
 
     def prepare(self, adapter: Adapter) -> ScriptedModel:
         model = super().prepare(adapter)
@@ -158,10 +179,21 @@ class TorchScriptBackend(EagerBackend):
         with self._lock:
             if self._graph is None:
                 self._graph = self._trace(example, state)
-        scripted = ScriptedModel(self._graph, state)
+            if size not in self._locators:
+                self._locators[size] = self._trace(example, state, locate_size=size)
+        scripted = ScriptedModel(self._graph, self._locators[size], size, state)
         for _ in range(self.WARMUP_CALLS):
             self.run(scripted, example)
+            self.locate(scripted, example)
         return scripted
+
+    def locate(self, prepared: ScriptedModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.shape[-1] != prepared.size:
+            return super().locate(prepared, images)
+        with torch.inference_mode():
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            points, confidence = prepared.locator(images, prepared.tensors)
+        return points.float().cpu(), confidence.float().cpu()
 
     def nbytes(self, prepared: ScriptedModel) -> int:
         return sum(t.numel() * t.element_size() for t in prepared.tensors)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from serving.backend import Backend
 from serving.errors import ServingError
 from serving.folding import CacheFullError, FoldedCache
-from serving.preprocess import Box, heatmaps_to_landmarks
+from serving.preprocess import Box, points_to_landmarks
 from serving.registry import AdapterRegistry
 
 __all__ = ["DetectInput", "Detection", "InferenceEngine"]
@@ -91,12 +91,12 @@ class InferenceEngine:
                                      for it in items])
                 with self.cache.lease(entry.cache_key, build) as model:
                     t1 = time.perf_counter()
-                    heatmaps = self.backend.run(model, batch)
+                    points, confidence = self.backend.locate(model, batch)
             except CacheFullError as exc:
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-            if heatmaps.shape[0] != len(items):
-                raise RuntimeError(f"backend returned {heatmaps.shape[0]} outputs for {len(items)} inputs")
-            marks = heatmaps_to_landmarks(heatmaps, [it.box for it in items], size)
+            if points.shape[0] != len(items):
+                raise RuntimeError(f"backend returned {points.shape[0]} outputs for {len(items)} inputs")
+            marks = points_to_landmarks(points, confidence, [it.box for it in items], size)
             t2 = time.perf_counter()
             names = adapter.landmark_names
             names = names if len(names) == adapter.num_landmarks else [""] * adapter.num_landmarks

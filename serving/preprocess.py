@@ -8,8 +8,9 @@ raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
 Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
-`landmarks.geometry.crop_to_tensor`. Points come back with `landmarks.geometry.input_to_original`
-in the pixel-centre convention of `landmarks.heatmaps`.
+`landmarks.geometry.crop_to_tensor`. Points (found by the backend, `landmarks.heatmaps.locate`)
+come back with `landmarks.geometry.input_to_original`, in the pixel-centre convention of
+`landmarks.heatmaps`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from landmarks.geometry import crop_to_tensor, input_to_original, square_box
-from landmarks.heatmaps import PAPER_BETA, expected_location, heatmap_to_input, spatial_softmax
 from serving.errors import ServingError
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "crop_square",
     "decode_encoded",
     "decode_raw",
-    "heatmaps_to_landmarks",
+    "points_to_landmarks",
     "resolve_box",
 ]
 
@@ -138,17 +138,12 @@ class Landmarks:
     confidence: torch.Tensor   # (K,)
 
 
-def heatmaps_to_landmarks(heatmaps: torch.Tensor, boxes: list[Box], input_size: int,
-                          beta: float = PAPER_BETA) -> list[Landmarks]:
-    """(B, K, h, w) raw heatmaps -> per image K points in original pixels and confidences.
-
-    The point is the soft-argmax (how adapters are trained); the confidence is the largest
-    probability of softmax(beta * heatmap), in [1/(h*w), 1].
-    """
-    b, k, h, w = heatmaps.shape
-    probs = spatial_softmax(heatmaps, beta)  # one softmax for both the point and its confidence
-    points = heatmap_to_input(expected_location(probs), input_size / w).double()  # (B, K, 2) input pixels
-    confidence = probs.reshape(b, k, h * w).amax(dim=-1)
-    boxes_t = torch.tensor(boxes, dtype=torch.float64).reshape(b, 1, 4)
-    points = input_to_original(points, boxes_t, input_size).float()  # all images at once
-    return [Landmarks(points[i], confidence[i]) for i in range(b)]
+def points_to_landmarks(points: torch.Tensor, confidence: torch.Tensor, boxes: list[Box],
+                        input_size: int) -> list[Landmarks]:
+    """(B, K, 2) points in input pixels (`landmarks.heatmaps.locate`) and (B, K) confidences ->
+    per image K points in the client's original pixels (each image's box, mapped back)."""
+    b = points.shape[0]
+    box = torch.tensor(boxes, dtype=torch.float64).reshape(b, 1, 4)
+    original = input_to_original(points.double(), box, input_size).float()
+    confidence = confidence.float()
+    return [Landmarks(original[i], confidence[i]) for i in range(b)]

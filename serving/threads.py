@@ -1,4 +1,4 @@
-"""Which server threads may run torch on several cores: only the batch worker.
+"""Which server threads may run torch on several cores: only the lead batch worker.
 
 PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large enough torch op its
 own pool of worker threads, and once the workers of all pools outnumber the cores it stops
@@ -8,8 +8,9 @@ thread ~60% slower (median 15.9 ms against 9.7 ms with this policy, `python scri
 In the server, gRPC handler threads (image to tensor) and the main thread (loading the core) would
 each create such a pool.
 
-Policy: the batch worker, which runs every forward pass, is the only thread with several torch
-threads; every other thread that touches torch (decoding, registration, loading) runs on one.
+Policy: the lead batch worker (serving.batching, "Cores") is the only thread that ever runs torch on
+several threads, and only for a forward pass that runs alone; the other batch workers and every
+other thread that touches torch (decoding, registration, loading) run on one.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def single_threaded() -> None:
 
 
 def compute_thread(threads: int | None = None) -> None:
-    """This thread (the batch worker) runs torch ops on `threads` cores (default: torch's choice)."""
+    """This thread (a batch worker) runs torch ops on `threads` cores (default: torch's choice)."""
     _set_this_thread(threads or DEFAULT_COMPUTE_THREADS)
 
 

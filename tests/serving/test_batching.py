@@ -122,14 +122,14 @@ def test_failing_request_does_not_fail_batch_mates(batching_server):
     handle = batching_server
     gate = Gate(handle)
     backend = handle.state.backend
-    real_run = backend.run
+    real_locate = backend.locate
 
-    def run(model, images):
+    def locate(model, images):
         if (images.flatten(1).amax(1) == 0).any():  # an all-black input breaks this "model"
             raise RuntimeError("poisoned input")
-        return real_run(model, images)
+        return real_locate(model, images)
 
-    backend.run = run
+    backend.locate = locate
     black = np.zeros((40, 40, 3), np.uint8)
     with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
         plug = gate.plug(client, pool)

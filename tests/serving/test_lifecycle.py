@@ -23,12 +23,14 @@ Code = grpc.StatusCode
 # `landmarks serve` with a backend that takes 1 s per forward pass (a stand-in for a heavy model)
 SLOW_SERVER = """
 import sys, time
-from serving.backend import EagerBackend
-real = EagerBackend.run
-def slow(self, model, images):
-    time.sleep(1.0)
-    return real(self, model, images)
-EagerBackend.run = slow
+from serving.backend import BACKENDS
+def slowed(real):
+    def slow(self, model, images):
+        time.sleep(1.0)
+        return real(self, model, images)
+    return slow
+for backend in BACKENDS.values():  # what serves requests
+    backend.locate = slowed(backend.locate)
 from landmarks.cli import main
 sys.exit(main(["serve"] + sys.argv[1:]))
 """

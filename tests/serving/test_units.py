@@ -179,7 +179,8 @@ def test_cache_concurrent_misses_build_once():
 
 def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size(artifacts, tmp_path):
     """One traced graph (weights as inputs) serves adapters of different K and input size, any batch,
-    with the eager backend's numbers; an adapter version is only its tensors."""
+    with the eager backend's numbers (heatmaps and located points); an adapter version is only its
+    tensors."""
     from landmarks.adapter_io import load_adapter, load_core, save_adapter
     from landmarks.projection import adapter_state_dict, build_adapted
     from serving.backend import EagerBackend, TorchScriptBackend, make_backend
@@ -201,7 +202,30 @@ def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size
             out = scripted.run(prepared, images)
             assert out.shape == (batch, adapter.num_landmarks, size // 4, size // 4)
             torch.testing.assert_close(out, eager.run(reference, images), atol=1e-5, rtol=1e-5)
+            # the locating graph (traced per input size) = eager heatmaps + landmarks.heatmaps.locate
+            for got, want in zip(scripted.locate(prepared, images), eager.locate(reference, images)):
+                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+        bigger = torch.rand(2, 3, 2 * size, 2 * size)  # not the adapter's size: eager decoding of the heatmaps
+        for got, want in zip(scripted.locate(prepared, bigger), eager.locate(reference, bigger)):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     assert len(graphs) == 1
     assert isinstance(make_backend("eager", core), EagerBackend)
     with pytest.raises(ValueError, match="unknown backend 'onnx'; choose one of torchscript, eager"):
         make_backend("onnx", core)
+
+
+def test_points_map_back_to_the_clients_pixels_like_the_training_library():
+    from landmarks.geometry import input_to_original
+    from landmarks.heatmaps import expected_location, heatmap_to_input, locate, spatial_softmax
+    from serving.preprocess import points_to_landmarks
+
+    heatmaps = torch.randn(3, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    boxes = [(0.0, 0.0, 64.0, 64.0), (-10.5, 3.25, 190.0, 203.75), (7.0, 9.0, 9.5, 11.5)]
+    points, confidence = locate(heatmaps, 64)
+    probs = spatial_softmax(heatmaps)
+    torch.testing.assert_close(points, heatmap_to_input(expected_location(probs), 4.0))
+    torch.testing.assert_close(confidence, probs.reshape(3, 5, -1).amax(-1))
+    marks = points_to_landmarks(points, confidence, boxes, 64)
+    for i, m in enumerate(marks):
+        torch.testing.assert_close(m.points, input_to_original(points[i].double(), boxes[i], 64).float())
+        assert m.points.dtype == m.confidence.dtype == torch.float32
