@@ -8,7 +8,7 @@ dynamic batching, Prometheus metrics, tokens and TLS.
 Shutdown (`ServerHandle.shutdown`, what SIGTERM does): health -> NOT_SERVING, new Detects are
 refused with UNAVAILABLE, the batching queue flushes without waiting, the gRPC server stops
 accepting and gives in-flight RPCs `grace_s` seconds, then cancels whatever is left (so a slow
-client or a stuck request cannot hold shutdown), and the batch worker is stopped.
+client or a stuck request cannot hold shutdown), and the batch workers are stopped.
 
 Health (`grpc.health.v1`) reports NOT_SERVING until the core is loaded and the adapter store is
 read, then SERVING for "" and both services. With `load_in_background` the core loads in a
@@ -103,7 +103,7 @@ class ServerState:
         cfg = self.cfg
         path = cfg.resolved_core_path
         try:
-            single_threaded()  # loading runs here; forward passes run in the batch worker (serving.threads)
+            single_threaded()  # loading runs here; forward passes run in the batch workers (serving.threads)
             if not path.is_file():
                 raise CoreLoadError(
                     f"no core file at {path}. Train one (landmarks train-core ...) and copy its core.safetensors "

@@ -47,7 +47,7 @@ def handler_thread(nice: int = 0) -> None:
     """A gRPC handler thread: single-threaded torch and, with `nice` > 0, a lower CPU priority.
 
     An OpenMP parallel region waits for its slowest thread, so when a handler thread preempts one
-    of the batch worker's OpenMP threads mid-op the whole forward stalls for a time slice; a
+    of a batch worker's OpenMP threads mid-op the whole forward stalls for a time slice; a
     higher nice value for handlers (Linux: per thread) lets the forward finish first.
     """
     single_threaded()

@@ -1,4 +1,4 @@
-"""The server's torch threading policy (serving.threads): only the batch worker runs on several cores."""
+"""The server's torch threading policy (serving.threads): only the lead batch worker runs on several cores, and only alone."""
 
 import threading
 
