@@ -151,7 +151,8 @@ class TorchScriptBackend(EagerBackend):
 
     def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
         super().__init__(core, device, channels_last)
-        self._template = core.build(self.device).eval().requires_grad_(False)
+        # the traced graphs' template: the core module `fold` reads (both only under the lock)
+        self._template = self._core_model.eval().requires_grad_(False)
         self._names = [n for n, _ in self._template.named_parameters()] + [n for n, _ in self._template.named_buffers()]
         self._graph: torch.jit.ScriptModule | None = None
         self._locators: dict[int, torch.jit.ScriptModule] = {}  # by input size
