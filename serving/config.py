@@ -22,8 +22,8 @@ class ServerConfig:
             with `<dir>/<category>/_state.json` naming the active version.
         core_path: the frozen core; default `<adapters_dir>/core.safetensors`.
         device: "cpu", "cuda", "cuda:1", ...
-        backend: how folded networks run (serving.backend): "torchscript" (traced and frozen, runs
-            without the GIL) or "eager" (plain PyTorch modules).
+        backend: how folded networks run (serving.backend): "torchscript" (one traced graph with each
+            adapter's folded weights as inputs, runs without the GIL) or "eager" (plain PyTorch modules).
         max_workers: gRPC handler threads (RPCs beyond max_workers + max_queue are refused by gRPC).
         torch_threads: torch threads of a forward pass that runs alone (None: torch's default);
             under load each of the batch_workers uses its share (serving.batching.ComputeThreads);

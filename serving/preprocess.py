@@ -9,8 +9,8 @@ Cropping: the box is made square (`landmarks.geometry.square_box`), and only the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
 `landmarks.geometry.crop_to_tensor`. Points (found by the backend, `landmarks.heatmaps.locate`)
-come back as `landmarks.geometry.input_to_original` maps them (same maths, in NumPy), in the
-pixel-centre convention of `landmarks.heatmaps`.
+come back with `landmarks.geometry.input_to_original`, in the pixel-centre convention of
+`landmarks.heatmaps`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ import math
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from landmarks.geometry import crop_to_tensor, square_box
+from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from serving.errors import ServingError
 
 __all__ = [
@@ -142,15 +141,8 @@ class Landmarks:
 def points_to_landmarks(points: torch.Tensor, confidence: torch.Tensor, boxes: list[Box],
                         input_size: int) -> list[Landmarks]:
     """(B, K, 2) points in input pixels (`landmarks.heatmaps.locate`) and (B, K) confidences ->
-    per image K points in the client's original pixels (each image's box, mapped back).
-
-    `landmarks.geometry.input_to_original`'s maths, in float64 as there, but in NumPy: on a few
-    points torch's per-op dispatch cost ~0.13 ms per batch warm and ~0.65 ms on a server woken
-    from idle, far more than the arithmetic (tests check that both agree).
-    """
-    box = np.asarray(boxes, dtype=np.float64).reshape(-1, 1, 4)
-    scale = (box[..., 2:] - box[..., :2]) / input_size
-    original = (points.cpu().numpy().astype(np.float64) + 0.5) * scale + box[..., :2] - 0.5
-    original_t = torch.from_numpy(original.astype(np.float32))
-    confidence_t = confidence.float().cpu()
-    return [Landmarks(original_t[i], confidence_t[i]) for i in range(len(boxes))]
+    per image K points in the client's original pixels (each image's box, mapped back)."""
+    box = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 1, 4)
+    original = input_to_original(points.cpu().double(), box, input_size).float()
+    confidence = confidence.float().cpu()
+    return [Landmarks(original[i], confidence[i]) for i in range(len(boxes))]
