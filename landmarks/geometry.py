@@ -16,6 +16,7 @@ from PIL import Image
 
 __all__ = [
     "apply_affine",
+    "crop_resized",
     "crop_to_tensor",
     "input_to_original",
     "original_to_input",
@@ -50,8 +51,8 @@ def input_to_original(points: torch.Tensor, box: tuple[float, float, float, floa
     return (points + 0.5) * scale + origin - 0.5
 
 
-def crop_to_tensor(image: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """Crop `box` (may extend past the image; zero padding) and resize to (3, size, size) in [0, 1].
+def crop_resized(image: Image.Image, box: tuple[float, float, float, float], size: int) -> Image.Image:
+    """Crop `box` (may extend past the image; zero padding) and resize to a size x size RGB image.
 
     Uses PIL's antialiased bilinear resize, so large photos are not aliased.
     """
@@ -64,8 +65,12 @@ def crop_to_tensor(image: Image.Image, box: tuple[float, float, float, float], s
         canvas = Image.new("RGB", (w + pad_l + pad_r, h + pad_t + pad_b))
         canvas.paste(image, (pad_l, pad_t))
         image, box = canvas, (x0 + pad_l, y0 + pad_t, x1 + pad_l, y1 + pad_t)
-    resized = image.resize((size, size), resample=Image.BILINEAR, box=box)
-    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return image.resize((size, size), resample=Image.BILINEAR, box=box)
+
+
+def crop_to_tensor(image: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
+    """`crop_resized` as a (3, size, size) float tensor in [0, 1]."""
+    array = np.asarray(crop_resized(image, box, size), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

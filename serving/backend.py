@@ -24,11 +24,12 @@ from typing import Any, Protocol
 import torch
 
 from landmarks.adapter_io import Adapter, Core
+from landmarks.geometry import input_to_original
 from landmarks.heatmaps import locate
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import fold
 
-__all__ = ["BACKENDS", "Backend", "EagerBackend", "ScriptedModel", "TorchScriptBackend", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "EagerBackend", "ScriptedModel", "TorchScriptBackend", "make_backend", "pixels_to_images"]
 
 
 class Backend(Protocol):
@@ -41,12 +42,27 @@ class Backend(Protocol):
     def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU)."""
 
-    def locate(self, prepared: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same images -> `landmarks.heatmaps.locate` of the heatmaps: (B, K, 2) soft-argmax points
-        in input pixels and (B, K) confidences, float32 (CPU). What the server calls."""
+    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the server calls. (B, S, S, 3) uint8 crops (`pixels_to_images` makes them the model's
+        input) and (B, 4) float64 boxes, the client's pixels each crop was cut from (edge
+        coordinates) -> `landmarks.heatmaps.locate` of the heatmaps, mapped back into those boxes
+        (`landmarks.geometry.input_to_original`): (B, K, 2) points in the client's pixels and
+        (B, K) confidences, float32 (CPU)."""
 
     def nbytes(self, prepared: Any) -> int:
         """Memory the prepared model holds (for the cache budget)."""
+
+
+def pixels_to_images(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], channels_last in memory (no copy but the
+    conversion): the same numbers as `landmarks.geometry.crop_to_tensor`."""
+    return pixels.permute(0, 3, 1, 2).float().div(255)
+
+
+def _locate_in_boxes(heatmaps: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, h, w) heatmaps of size x size crops of (B, 4) boxes -> points in the boxes' pixels, confidences."""
+    points, confidence = locate(heatmaps, size)
+    return input_to_original(points, boxes.unsqueeze(1), size), confidence
 
 
 def _model_nbytes(model: torch.nn.Module) -> int:
@@ -79,10 +95,10 @@ class EagerBackend:
             out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
-    def locate(self, prepared: Any, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            points, confidence = locate(self.run(prepared, images), images.shape[-1])
-        return points, confidence
+            heatmaps = self.run(prepared, pixels_to_images(pixels.to(self.device)))
+            return _locate_in_boxes(heatmaps, boxes.to(self.device), pixels.shape[1])
 
     def nbytes(self, prepared: Any) -> int:
         return _model_nbytes(prepared)
@@ -93,7 +109,7 @@ class ScriptedModel:
     """One adapter version for `TorchScriptBackend`: the shared traced graphs and this version's tensors."""
 
     graph: torch.jit.ScriptModule  # images, tensors -> heatmaps
-    locator: torch.jit.ScriptModule  # images of `size` px, tensors -> (points, confidences)
+    locator: torch.jit.ScriptModule  # uint8 crops of `size` px, tensors, boxes -> (points, confidences)
     size: int
     tensors: tuple[torch.Tensor, ...]  # folded parameters and buffers, in the graphs' input order
 
@@ -104,7 +120,9 @@ class ScriptedModel:
 class _WeightsAsInputs(torch.nn.Module):
     """`forward(images, tensors)` = `model(images)` with the model's parameters and buffers (in `names`
     order) replaced by `tensors` for the call: traced, it gives a graph with the weights as inputs.
-    With `locate_size`, it returns `landmarks.heatmaps.locate` of the heatmaps for images of that size."""
+    With `locate_size`, `forward(pixels, tensors, boxes)` takes uint8 crops of that size and returns
+    the points found in their heatmaps, in the pixels of the (B, 4) boxes they were cut from, and
+    their confidences (`Backend.locate`)."""
 
     def __init__(self, model: torch.nn.Module, names: list[str], locate_size: int | None = None) -> None:
         super().__init__()
@@ -116,13 +134,14 @@ class _WeightsAsInputs(torch.nn.Module):
             module = model.get_submodule(owner)
             self._slots.append((module._parameters if attr in module._parameters else module._buffers, attr))
 
-    def forward(self, images: torch.Tensor, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, tensors: tuple[torch.Tensor, ...], boxes: torch.Tensor | None = None):
         saved = [table[attr] for table, attr in self._slots]
         try:
             for (table, attr), tensor in zip(self._slots, tensors):
                 table[attr] = tensor
-            heatmaps = self.model(images)
-            return heatmaps if self.locate_size is None else locate(heatmaps, self.locate_size)
+            if boxes is None:
+                return self.model(images)
+            return _locate_in_boxes(self.model(pixels_to_images(images)), boxes, self.locate_size)
         finally:
             for (table, attr), tensor in zip(self._slots, saved):
                 table[attr] = tensor
@@ -138,8 +157,8 @@ class TorchScriptBackend(EagerBackend):
     register/unregister cycles caught. The graph has no shape-dependent Python (pooling and
     upsampling are by factors), so it serves every batch size, input size and K. `locate` runs a
     second graph per input size that also finds the points (soft-argmax, whose pixel grid is a
-    constant of the trace): in eager torch those 20-odd small ops cost ~0.4 ms per call, ~1.2 ms on a
-    server woken from idle, mostly Python dispatch. Each graph's first two calls
+    constant of the trace) and maps them into each request's box: in eager torch those 20-odd small
+    ops cost ~0.4 ms per call, ~1.2 ms on a server woken from idle, mostly Python dispatch. Each graph's first two calls
     let TorchScript's profiling executor optimise it; `prepare` makes them (at registration or on a
     cache miss, never on a client's request). TorchScript is deprecated upstream in favour of
     `torch.compile` / `torch.export`, which on CPU need a C++ toolchain at run time; this backend
@@ -164,13 +183,18 @@ class TorchScriptBackend(EagerBackend):
 
     def _trace(self, example: torch.Tensor, state: tuple[torch.Tensor, ...],
                locate_size: int | None = None) -> torch.jit.ScriptModule:
-        """(Under the lock.) Trace the template's forward with its tensors swapped for graph inputs."""
+        """(Under the lock.) Trace the template's forward with its tensors swapped for graph inputs
+        (with `locate_size`: uint8 crops of that size and boxes as inputs, see `_WeightsAsInputs`)."""
         module = _WeightsAsInputs(self._template, self._names, locate_size)
+        if locate_size is None:
+            inputs = (example, state)
+        else:
+            inputs = (_example_pixels(locate_size, self.device), state, _example_boxes(locate_size, self.device))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice, and the tracer's own warnings
             # a traced *module*, not a traced function: calling a ScriptFunction kept the GIL for the
             # whole forward on torch 2.14 (scripts/backend_speed.py), a ScriptModule's method does not
-            return torch.jit.trace(module, (example, state), check_trace=False)
+            return torch.jit.trace(module, inputs, check_trace=False)
 
     def prepare(self, adapter: Adapter) -> ScriptedModel:
         model = super().prepare(adapter)
@@ -183,21 +207,30 @@ class TorchScriptBackend(EagerBackend):
             if size not in self._locators:
                 self._locators[size] = self._trace(example, state, locate_size=size)
         scripted = ScriptedModel(self._graph, self._locators[size], size, state)
+        pixels, boxes = _example_pixels(size, self.device), _example_boxes(size, self.device)
         for _ in range(self.WARMUP_CALLS):
             self.run(scripted, example)
-            self.locate(scripted, example)
+            self.locate(scripted, pixels, boxes)
         return scripted
 
-    def locate(self, prepared: ScriptedModel, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.shape[-1] != prepared.size:
-            return super().locate(prepared, images)
+    def locate(self, prepared: ScriptedModel, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if pixels.shape[1] != prepared.size:
+            return super().locate(prepared, pixels, boxes)
         with torch.inference_mode():
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            points, confidence = prepared.locator(images, prepared.tensors)
+            points, confidence = prepared.locator(pixels.to(self.device), prepared.tensors, boxes.to(self.device))
         return points.float().cpu(), confidence.float().cpu()
 
     def nbytes(self, prepared: ScriptedModel) -> int:
         return sum(t.numel() * t.element_size() for t in prepared.tensors)
+
+
+def _example_pixels(size: int, device: str) -> torch.Tensor:
+    """A one-crop batch for tracing and warm-up."""
+    return torch.zeros(1, size, size, 3, dtype=torch.uint8, device=device)
+
+
+def _example_boxes(size: int, device: str) -> torch.Tensor:
+    return torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64, device=device)
 
 
 BACKENDS: dict[str, type[EagerBackend]] = {b.name: b for b in (TorchScriptBackend, EagerBackend)}

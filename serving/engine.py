@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 import grpc
 import torch
-import torch.nn.functional as F
 
 from serving.backend import Backend
 from serving.errors import ServingError
 from serving.folding import CacheFullError, FoldedCache
-from serving.preprocess import Box, points_to_landmarks
+from serving.preprocess import Box, stack_pixels
 from serving.registry import AdapterRegistry
 
 __all__ = ["DetectInput", "Detection", "InferenceEngine"]
@@ -29,15 +28,15 @@ __all__ = ["DetectInput", "Detection", "InferenceEngine"]
 class DetectInput:
     category: str
     version: str        # "" = active
-    tensor: torch.Tensor  # (3, S, S) in [0, 1]
+    pixels: torch.Tensor  # (S, S, 3) uint8: the crop (serving.preprocess.crop_square)
     box: Box            # square box in original pixels (edge coordinates)
     decode_ms: float = 0.0
 
 
 @dataclass
 class Detection:
-    points: torch.Tensor      # (K, 2) original pixels
-    confidence: torch.Tensor  # (K,)
+    points: list[list[float]]  # K x (x, y) in the client's pixels
+    confidence: list[float]    # K
     names: list[str]
     category: str
     version: str
@@ -46,10 +45,6 @@ class Detection:
     decode_ms: float
     queue_ms: float
     compute_ms: float
-
-
-def _resample(image: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 class InferenceEngine:
@@ -87,21 +82,21 @@ class InferenceEngine:
                 size = adapter.config.input_size
                 # the servicer crops at the adapter's size (registry.input_size); a request decoded
                 # just before its category switched to a version of another size is resampled here
-                batch = torch.stack([it.tensor if it.tensor.shape[-1] == size else _resample(it.tensor, size)
-                                     for it in items])
+                batch = stack_pixels([it.pixels for it in items], size)
+                boxes = torch.tensor([it.box for it in items], dtype=torch.float64)
                 with self.cache.lease(entry.cache_key, build) as model:
                     t1 = time.perf_counter()
-                    points, confidence = self.backend.locate(model, batch)
+                    points, confidence = self.backend.locate(model, batch, boxes)
             except CacheFullError as exc:
                 raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             if points.shape[0] != len(items):
                 raise RuntimeError(f"backend returned {points.shape[0]} outputs for {len(items)} inputs")
-            marks = points_to_landmarks(points, confidence, [it.box for it in items], size)
+            points, confidence = points.tolist(), confidence.tolist()
             t2 = time.perf_counter()
             names = adapter.landmark_names
             names = names if len(names) == adapter.num_landmarks else [""] * adapter.num_landmarks
             return [
-                Detection(m.points, m.confidence, names, category, entry.version, entry.sha256, it.box,
+                Detection(p, c, names, category, entry.version, entry.sha256, it.box,
                           it.decode_ms, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
-                for m, it in zip(marks, items)
+                for p, c, it in zip(points, confidence, items)
             ]

@@ -1,4 +1,4 @@
-"""Client bytes -> model input, safely, and model output -> landmarks in the client's pixels.
+"""Client bytes -> model input, safely.
 
 Decoding: the header is read first and its size checked against the pixel budget before any
 pixel is decoded (a 20000 x 20000 PNG of a few hundred bytes is rejected without allocating);
@@ -8,22 +8,23 @@ raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
 Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
-`landmarks.geometry.crop_to_tensor`. Points (found by the backend, `landmarks.heatmaps.locate`)
-come back with `landmarks.geometry.input_to_original`, in the pixel-centre convention of
-`landmarks.heatmaps`.
+`landmarks.geometry.crop_resized`. Each request keeps its crop as uint8 pixels, and a batch goes
+to the backend as such (`stack_pixels`): scaling to [0, 1] is the first step of the backend's
+graph, and mapping the points back to the client's pixels its last (`serving.backend`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 
 import grpc
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from landmarks.geometry import crop_to_tensor, input_to_original, square_box
+from landmarks.geometry import crop_resized, square_box
 from serving.errors import ServingError
 
 __all__ = [
@@ -31,8 +32,8 @@ __all__ = [
     "crop_square",
     "decode_encoded",
     "decode_raw",
-    "points_to_landmarks",
     "resolve_box",
+    "stack_pixels",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -112,13 +113,19 @@ def resolve_box(box: Box | None, width: int, height: int, field: str = "box") ->
 
 
 def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
-    """`box` (square, edge coordinates, may extend past the image) -> (3, size, size) in [0, 1].
+    """`box` (square, edge coordinates, may extend past the image) -> (size, size, 3) uint8 pixels.
 
-    Same result as `crop_to_tensor(image, box, size)` for boxes up to 2x the input size (only the
-    part under the box, plus the resampling filter's reach, is converted); larger ones are first reduced by an integer factor f (box average), which keeps memory bounded.
+    Same pixels as `crop_resized(image, box, size)` (and so `crop_to_tensor` once scaled to [0, 1],
+    `serving.backend.pixels_to_images`) for boxes up to 2x the input size: only the part
+    under the box, plus the resampling filter's reach, is converted. Larger boxes are first reduced
+    by an integer factor f (box average), which keeps memory bounded. A box that is already an
+    input-sized block of whole pixels inside the image (a client that crops itself) is only copied.
     """
     x0, y0, x1, y1 = box
     width, height = image.size
+    if (x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0
+            and x1 <= width and y1 <= height):
+        return torch.from_numpy(np.array(image.crop((int(x0), int(y0), int(x1), int(y1)))))
     factor = max(1, int((x1 - x0) // (2 * size)))
     # keep the resampling filter's support around the box (its radius is the downscale ratio)
     margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)
@@ -129,20 +136,19 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     if factor > 1:
         sub = sub.reduce(factor)
     local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
-    return crop_to_tensor(sub, local, size)
+    return torch.from_numpy(np.array(crop_resized(sub, local, size)))
 
 
-@dataclass(frozen=True)
-class Landmarks:
-    points: torch.Tensor       # (K, 2) x, y in original image pixels
-    confidence: torch.Tensor   # (K,)
+def stack_pixels(pixels: list[torch.Tensor], size: int) -> torch.Tensor:
+    """(S', S', 3) uint8 crops -> one (B, size, size, 3) uint8 batch, what `Backend.locate` takes.
+    Crops of another size (decoded just before their category switched to a version of another
+    input size) are resampled (bilinear, antialiased) and rounded back to 8 bits."""
+    if all(p.shape[0] == size for p in pixels):
+        return torch.stack(pixels)
+    return torch.stack([p if p.shape[0] == size else _resample(p, size) for p in pixels])
 
 
-def points_to_landmarks(points: torch.Tensor, confidence: torch.Tensor, boxes: list[Box],
-                        input_size: int) -> list[Landmarks]:
-    """(B, K, 2) points in input pixels (`landmarks.heatmaps.locate`) and (B, K) confidences ->
-    per image K points in the client's original pixels (each image's box, mapped back)."""
-    box = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 1, 4)
-    original = input_to_original(points.cpu().double(), box, input_size).float()
-    confidence = confidence.float().cpu()
-    return [Landmarks(original[i], confidence[i]) for i in range(len(boxes))]
+def _resample(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    image = pixels.permute(2, 0, 1)[None].float()
+    image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)

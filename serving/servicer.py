@@ -67,8 +67,8 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
                 raise ServingError(Code.INVALID_ARGUMENT, "image: missing; set image.encoded or image.raw")
             box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1) if req.HasField("box") else None
             square = resolve_box(box, image.width, image.height)
-            tensor = crop_square(image, square, self.state.registry.input_size(req.category, req.version))
-            return DetectInput(req.category, req.version, tensor, square, (time.perf_counter() - t0) * 1e3)
+            pixels = crop_square(image, square, self.state.registry.input_size(req.category, req.version))
+            return DetectInput(req.category, req.version, pixels, square, (time.perf_counter() - t0) * 1e3)
         except ServingError as exc:
             raise _prefixed(exc, prefix) from None
 
@@ -77,7 +77,7 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
         x0, y0, x1, y1 = det.box
         return pb.DetectResponse(
             landmarks=[pb.Landmark(x=float(p[0]), y=float(p[1]), confidence=float(c), name=n)
-                       for p, c, n in zip(det.points.tolist(), det.confidence.tolist(), det.names)],
+                       for p, c, n in zip(det.points, det.confidence, det.names)],
             category=det.category,
             version=det.version,
             adapter_sha256=det.sha256,

@@ -124,10 +124,10 @@ def test_failing_request_does_not_fail_batch_mates(batching_server):
     backend = handle.state.backend
     real_locate = backend.locate
 
-    def locate(model, images):
+    def locate(model, images, boxes):
         if (images.flatten(1).amax(1) == 0).any():  # an all-black input breaks this "model"
             raise RuntimeError("poisoned input")
-        return real_locate(model, images)
+        return real_locate(model, images, boxes)
 
     backend.locate = locate
     black = np.zeros((40, 40, 3), np.uint8)
@@ -237,7 +237,7 @@ def test_pending_wait_errors():
     from serving.batching import Pending
     from serving.engine import DetectInput
 
-    p = Pending(DetectInput("cats", "", torch.zeros(3, 8, 8), (0, 0, 8, 8)), None)
+    p = Pending(DetectInput("cats", "", torch.zeros(8, 8, 3, dtype=torch.uint8), (0, 0, 8, 8)), None)
     with pytest.raises(ServingError) as exc:
         p.wait(0.01)
     assert exc.value.code == Code.DEADLINE_EXCEEDED
@@ -255,7 +255,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     from landmarks.cli import main
 
     rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
-               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2", "--pairs", "4", "--gap-ms", "1",
+               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2", "--pairs", "4", "--gap-ms", "1", "--blocks", "2", "--block-size", "3",
                "--json", str(tmp_path / "bench.json"), *extra])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -269,6 +269,9 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     assert result["adapter_size"] == (16 if extra else 32)
     assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
     headline = result["headline"]
-    assert headline["pairs"] == 4 and len(headline["rounds"]) == 2
-    assert headline["overhead"] == result["overhead"] > 0 and all(v > 0 for v in headline["overhead_halves"])
+    loop, idle = headline["closed_loop"], headline["after_idle"]
+    assert loop["calls"] == 6 and idle["pairs"] == 4 and len(headline["rounds"]) == 2
+    assert loop["overhead"] == result["overhead"] > 0 and all(v > 0 for v in loop["overhead_halves"])
+    assert idle["overhead"] == result["overhead_after_idle"] > 0 and all(v > 0 for v in idle["overhead_halves"])
+    assert "after idleness" in out
     assert all(r["speedup_vs_official"] > 0 for r in headline["rounds"])

@@ -25,9 +25,9 @@ SLOW_SERVER = """
 import sys, time
 from serving.backend import BACKENDS
 def slowed(real):
-    def slow(self, model, images):
+    def slow(self, model, images, boxes):
         time.sleep(1.0)
-        return real(self, model, images)
+        return real(self, model, images, boxes)
     return slow
 for backend in BACKENDS.values():  # what serves requests
     backend.locate = slowed(backend.locate)

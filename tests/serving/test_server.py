@@ -19,7 +19,9 @@ from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from landmarks.heatmaps import heatmap_to_input, soft_argmax
 from landmarks.projection import build_adapted, load_adapter_state
 from landmarks.v1 import landmarks_pb2 as pb
+from serving.backend import pixels_to_images
 from serving.client import LandmarkClient
+from serving.preprocess import crop_square, stack_pixels
 from tests.serving.conftest import jpeg_bytes, make_adapter, make_core, png_bytes, start_server
 from tests.serving.test_units import png_header
 
@@ -366,7 +368,6 @@ def test_adapter_with_its_own_input_size(server, client, artifacts, tmp_path):
     """An adapter may run the core at a smaller input (the CPU preset): the server crops the client's image
     once, at that size, as training crops; a crop made at another size (its category switched versions
     between decoding and computing) is resampled by the engine."""
-    import torch.nn.functional as F
 
     from landmarks.adapter_io import save_adapter
     from landmarks.projection import adapter_state_dict
@@ -395,10 +396,10 @@ def test_adapter_with_its_own_input_size(server, client, artifacts, tmp_path):
 
     assert got.shape == (3, 2) and (got - expected(crop_to_tensor(pil, sq, 16))).abs().max() < 1e-3
 
-    big = crop_to_tensor(pil, sq, core.config.input_size)
-    (det,) = server.state.engine.run_group("small", "", [DetectInput("small", "", big, sq)])
-    resampled = F.interpolate(big[None], size=(16, 16), mode="bilinear", antialias=True, align_corners=False)[0]
-    assert (det.points.double() - expected(resampled)).abs().max() < 1e-3
+    pixels = crop_square(pil, sq, core.config.input_size)
+    (det,) = server.state.engine.run_group("small", "", [DetectInput("small", "", pixels, sq)])
+    resampled = pixels_to_images(stack_pixels([pixels], 16))[0]
+    assert (torch.tensor(det.points, dtype=torch.float64) - expected(resampled)).abs().max() < 1e-3
 
 
 def test_cli_waits_briefly_then_says_no_server(tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
             return [SimpleNamespace(queue_ms=0.0) for _ in items]
 
     def item(category):
-        return DetectInput(category, "", torch.zeros(3, 8, 8), (0.0, 0.0, 8.0, 8.0))
+        return DetectInput(category, "", torch.zeros(8, 8, 3, dtype=torch.uint8), (0.0, 0.0, 8.0, 8.0))
 
     threads = ComputeThreads.split(4, 2, lambda n: applied.append((threading.current_thread().name, n)))
     assert (threads.alone, threads.shared) == (4, 2)

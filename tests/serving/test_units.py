@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from landmarks.geometry import crop_to_tensor, input_to_original, original_to_input
+from serving.backend import pixels_to_images
 from serving.errors import ServingError
 from serving.folding import CacheFullError, FoldedCache
-from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
+from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box, stack_pixels
 from serving.registry import validate_category, validate_version
 from tests.serving.conftest import jpeg_bytes, png_bytes
 
@@ -80,16 +81,41 @@ def test_box_validation_and_square():
 
 def test_crop_square_matches_geometry_and_bounds_memory():
     image = Image.open(io.BytesIO(png_bytes(48, 40)))
+
+    def scaled(pixels):  # what the backend feeds the model
+        return pixels_to_images(pixels[None])[0]
+
     box = resolve_box(None, 48, 40)
-    assert torch.allclose(crop_square(image, box, 32), crop_to_tensor(image, box, 32), atol=1e-6)
+    pixels = crop_square(image, box, 32)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (32, 32, 3)
+    assert torch.equal(scaled(pixels), crop_to_tensor(image, box, 32))
     box = resolve_box((3.3, 5.1, 30.7, 33.9), 48, 40)  # fractional offset: PIL rounds to 8 bits differently
-    assert torch.allclose(crop_square(image, box, 32), crop_to_tensor(image, box, 32), atol=1.01 / 255)
+    assert torch.allclose(scaled(crop_square(image, box, 32)), crop_to_tensor(image, box, 32), atol=1.01 / 255)
+    # a block of whole pixels of the input size is only copied, with the same pixels as resizing it
+    for box in [(0.0, 0.0, 32.0, 32.0), (16.0, 8.0, 48.0, 40.0), (5.0, 3.0, 37.0, 35.0)]:
+        assert torch.equal(scaled(crop_square(image, box, 32)), crop_to_tensor(image, box, 32))
     # a large image is reduced first: a uniform image stays uniform, shape is right
     big = Image.new("RGB", (1000, 700), (200, 100, 50))
-    out = crop_square(big, resolve_box(None, 1000, 700), 32)
+    out = scaled(crop_square(big, resolve_box(None, 1000, 700), 32))
     assert out.shape == (3, 32, 32)
     assert torch.allclose(out[:, 16, 16], torch.tensor([200, 100, 50]) / 255, atol=1e-2)
     assert out[:, 0, 16].abs().max() == 0  # padding above the image is black
+
+
+def test_crops_batch_as_pixels_and_scale_to_channels_last_images():
+    gen = torch.Generator().manual_seed(0)
+    crops = [torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8, generator=gen) for _ in range(3)]
+    pixels = stack_pixels(crops, 16)
+    assert pixels.shape == (3, 16, 16, 3) and pixels.dtype == torch.uint8
+    images = pixels_to_images(pixels)
+    assert images.shape == (3, 3, 16, 16) and images.dtype == torch.float32
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    for crop, image in zip(crops, images):
+        assert torch.equal(image, crop.permute(2, 0, 1).float() / 255)
+    # a crop of another size is resampled (antialiased bilinear) and rounded back to 8 bits
+    grey = torch.full((32, 32, 3), 77, dtype=torch.uint8)
+    mixed = stack_pixels([crops[0], grey], 16)
+    assert mixed.shape == (2, 16, 16, 3) and torch.equal(mixed[0], crops[0]) and (mixed[1] == 77).all()
 
 
 def test_point_round_trip():
@@ -198,15 +224,22 @@ def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size
         assert scripted.nbytes(prepared) == eager.nbytes(reference)
         size = adapter.config.input_size
         for batch in (1, 3):
-            images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+            gen = torch.Generator().manual_seed(batch)
+            pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=gen)
+            images = pixels_to_images(pixels)
             out = scripted.run(prepared, images)
             assert out.shape == (batch, adapter.num_landmarks, size // 4, size // 4)
             torch.testing.assert_close(out, eager.run(reference, images), atol=1e-5, rtol=1e-5)
-            # the locating graph (traced per input size) = eager heatmaps + landmarks.heatmaps.locate
-            for got, want in zip(scripted.locate(prepared, images), eager.locate(reference, images)):
+            # the locating graph (traced per input size) = eager heatmaps + landmarks.heatmaps.locate,
+            # mapped into each image's box; the boxes are graph inputs, not constants of the trace
+            boxes = torch.tensor([[-3.5, 2.0, 40.5, 46.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 1e3, 1e3]],
+                                 dtype=torch.float64)[:batch]
+            for got, want in zip(scripted.locate(prepared, pixels, boxes), eager.locate(reference, pixels, boxes)):
                 torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
-        bigger = torch.rand(2, 3, 2 * size, 2 * size)  # not the adapter's size: eager decoding of the heatmaps
-        for got, want in zip(scripted.locate(prepared, bigger), eager.locate(reference, bigger)):
+        # not the adapter's size: the eager path
+        bigger = torch.randint(0, 256, (2, 2 * size, 2 * size, 3), dtype=torch.uint8)
+        boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [5.0, 6.0, 7.0, 8.0]], dtype=torch.float64)
+        for got, want in zip(scripted.locate(prepared, bigger, boxes), eager.locate(reference, bigger, boxes)):
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     assert len(graphs) == 1
     assert isinstance(make_backend("eager", core), EagerBackend)
@@ -217,7 +250,7 @@ def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size
 def test_points_map_back_to_the_clients_pixels_like_the_training_library():
     from landmarks.geometry import input_to_original
     from landmarks.heatmaps import expected_location, heatmap_to_input, locate, spatial_softmax
-    from serving.preprocess import points_to_landmarks
+    from serving.backend import _locate_in_boxes
 
     heatmaps = torch.randn(3, 5, 16, 16, generator=torch.Generator().manual_seed(0))
     boxes = [(0.0, 0.0, 64.0, 64.0), (-10.5, 3.25, 190.0, 203.75), (7.0, 9.0, 9.5, 11.5)]
@@ -225,7 +258,8 @@ def test_points_map_back_to_the_clients_pixels_like_the_training_library():
     probs = spatial_softmax(heatmaps)
     torch.testing.assert_close(points, heatmap_to_input(expected_location(probs), 4.0))
     torch.testing.assert_close(confidence, probs.reshape(3, 5, -1).amax(-1))
-    marks = points_to_landmarks(points, confidence, boxes, 64)
-    for i, m in enumerate(marks):
-        torch.testing.assert_close(m.points, input_to_original(points[i].double(), boxes[i], 64).float())
-        assert m.points.dtype == m.confidence.dtype == torch.float32
+    got, got_confidence = _locate_in_boxes(heatmaps, torch.tensor(boxes, dtype=torch.float64), 64)
+    assert got.dtype == got_confidence.dtype == torch.float32
+    torch.testing.assert_close(got_confidence, confidence)
+    for i, box in enumerate(boxes):
+        torch.testing.assert_close(got[i], input_to_original(points[i].double(), box, 64).float())
