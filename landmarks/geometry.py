@@ -56,7 +56,8 @@ def crop_resized(image: Image.Image, box: tuple[float, float, float, float], siz
 
     Uses PIL's antialiased bilinear resize, so large photos are not aliased.
     """
-    image = image.convert("RGB")
+    if image.mode != "RGB":  # (convert would copy an RGB image too)
+        image = image.convert("RGB")
     x0, y0, x1, y1 = box
     w, h = image.size
     pad_l, pad_t = max(0, -math.floor(x0)), max(0, -math.floor(y0))

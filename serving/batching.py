@@ -132,7 +132,12 @@ class DynamicBatcher:
         self._computing = 0  # workers running a batch
         self._lead_busy = False
         self._queue: deque[Pending] = deque()
-        self._cond = threading.Condition()
+        # one lock, two wait lists: a request wakes only the worker that will take it (the lead when
+        # it is idle, else one helper), not every worker; at concurrency 1 each needless wake-up is
+        # a thread that wants the GIL just as the forward pass starts
+        self._lock = threading.Lock()
+        self._lead_wake = threading.Condition(self._lock)
+        self._helpers_wake = threading.Condition(self._lock)
         self._closed = False
         self._draining = False
         self.computed = 0      # requests that reached a forward pass (tests, bench)
@@ -146,7 +151,7 @@ class DynamicBatcher:
     def submit(self, items: list[DetectInput], deadline: float | None = None) -> list[Pending]:
         """Queue `items` atomically (all or none); RESOURCE_EXHAUSTED if they do not fit."""
         pending = [Pending(it, deadline) for it in items]
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise ServingError(Code.UNAVAILABLE, "server is shutting down")
             free = self.config.max_queue - len(self._queue)
@@ -160,38 +165,39 @@ class DynamicBatcher:
                     + (f", {len(pending)} more asked" if len(pending) > 1 else "") + "); retry with backoff")
             self._queue.extend(pending)
             self.metrics.pending(len(self._queue))
-            self._cond.notify_all()
+            self._wake()
         return pending
 
     def arrive(self, n: int = 1) -> None:
         """A request started decoding: the worker may wait (up to the delay) to batch it."""
-        with self._cond:
+        with self._lock:
             self._arriving += n
 
     def depart(self, n: int = 1) -> None:
         """That request is decoded (submitted next) or failed: stop waiting for it."""
-        with self._cond:
+        with self._lock:
             self._arriving -= n
-            self._cond.notify_all()
+            if self._arriving <= 0 and self._queue:  # a worker may be waiting for it to batch the queue
+                self._wake()
 
     def queued(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._queue)
 
     def drain(self) -> None:
         """Shutting down: flush without waiting for company."""
-        with self._cond:
+        with self._lock:
             self._draining = True
-            self._cond.notify_all()
+            self._wake_all()
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Refuse new work, fail what is still queued with UNAVAILABLE, stop the workers."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             left = list(self._queue)
             self._queue.clear()
             self.metrics.pending(0)
-            self._cond.notify_all()
+            self._wake_all()
         for p in left:
             p.finish(error=ServingError(Code.UNAVAILABLE, "server shut down before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -200,18 +206,27 @@ class DynamicBatcher:
                 t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ----------------------------------------------------------------------------- worker
+    def _wake(self) -> None:
+        """(Under the lock.) Wake the worker that would take the queue's head: the lead if idle, else a helper."""
+        (self._helpers_wake if self._lead_busy else self._lead_wake).notify()
+
+    def _wake_all(self) -> None:
+        self._lead_wake.notify_all()
+        self._helpers_wake.notify_all()
+
     def _take(self, lead: bool) -> tuple[list[Pending], bool] | None:
         """Block until a batch is due: (batch, whether it runs alone); None when closed.
 
         Only the lead worker takes work while no batch is computing (see the module notes)."""
         cfg = self.config
         delay = cfg.max_queue_delay_ms / 1e3
-        with self._cond:
+        wake = self._lead_wake if lead else self._helpers_wake
+        with self._lock:
             while True:
                 if self._closed:
                     return None
                 if not self._queue or not (lead or self._lead_busy):
-                    self._cond.wait()
+                    wake.wait()
                     continue
                 head = self._queue[0]
                 same = [p for p in self._queue if p.key == head.key]
@@ -227,9 +242,10 @@ class DynamicBatcher:
                     self._computing += 1
                     if lead:
                         self._lead_busy = True
-                        self._cond.notify_all()  # helpers may take what is left in the queue
+                    if self._queue:  # a helper may take what is left
+                        self._helpers_wake.notify()
                     return batch, alone
-                self._cond.wait(due - now)
+                wake.wait(due - now)
 
     def _loop(self, lead: bool) -> None:
         current = None
@@ -249,7 +265,7 @@ class DynamicBatcher:
                 for p in batch:
                     p.finish(error=exc)
             finally:
-                with self._cond:
+                with self._lock:
                     self._computing -= 1
                     if lead:
                         self._lead_busy = False

@@ -14,7 +14,9 @@ Method (docs/benchmark.md):
    - overhead = p50 of `--pairs` serial Detect calls (concurrency 1, one category) / p50 of as many
      bare forwards in this process, the two alternating call by call, each after `--gap-ms` idle;
      bare = the folded network's forward pass as the server's backend runs it (the backend named
-     in ServerInfo, built here: `make_backend(name).prepare` + `run`);
+     in ServerInfo, built here: `make_backend(name).prepare` + `run`). The same ratio back to back
+     (`--blocks` alternating blocks of `--block-size` closed-loop calls) is printed too: there the
+     bare forwards run hot, each right after the last, which no served request can;
    - speedup_vs_official = median over `--rounds` of (throughput of a closed-loop block at the
      highest concurrency) / (throughput of the next block of `--ref-iters` official forwards);
      official = the projected network (`build_adapted` + `load_adapter_state`; every
@@ -27,6 +29,7 @@ Method (docs/benchmark.md):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import queue
 import re
@@ -173,9 +176,10 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     """The two headline ratios, each side measured next to its reference so the machine's drift
     (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
-    overhead: `pairs` times, alternately, one serial Detect call and one bare forward in this
-    process, each after the same short idle gap (long enough for the other process's OpenMP
-    threads to stop spinning), then the ratio of the two medians.
+    overhead: `pairs` times, alternately, one Detect call and one bare forward in this process,
+    each after the same short idle gap (long enough for the other process's OpenMP threads to stop
+    spinning), then the ratio of the two medians. Back to back: `blocks` times, alternately,
+    `block_size` closed-loop Detect calls and as many back-to-back bare forwards.
     speedup: `rounds` times, alternately, a closed-loop block at the highest concurrency and a
     block of official forwards; the median of the per-round throughput ratios.
     """
@@ -194,41 +198,36 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
             official(x)
 
     gap = args.gap_ms / 1e3
-    server_ms, bare_ms, timings = [], [], []
-    loop_server_ms, loop_bare_ms, loop_timings = [], [], []
+    server_ms, bare_ms, replies = [], [], []
+    loop_server_ms, loop_bare_ms, loop_replies = [], [], []
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = client.request(image, category)
 
-        def detect():
-            return client.inference.Detect(request, timeout=60, metadata=client._inference_md)
+        def detect(into: list) -> None:
+            into.append(client.inference.Detect(request, timeout=60, metadata=client._inference_md))
+
+        def bare() -> None:
+            backend.run(folded, x)
+
+        def ms(seconds: list[float]) -> list[float]:
+            return [t * 1e3 for t in seconds]
 
         for _ in range(5):  # warm both paths
-            detect()
-            backend.run(folded, x)
-        # closed loop at concurrency 1: blocks of back-to-back calls, alternating; the first calls
-        # of each block are not counted (the other process's OpenMP threads may still be spinning)
-        for _ in range(args.blocks):
-            for i in range(_BLOCK_WARMUP + args.block_size):
-                t0 = time.perf_counter()
-                reply = detect()
-                if i >= _BLOCK_WARMUP:
-                    loop_server_ms.append((time.perf_counter() - t0) * 1e3)
-                    loop_timings.append(reply.timings)
-            for i in range(_BLOCK_WARMUP + args.block_size):
-                t0 = time.perf_counter()
-                backend.run(folded, x)
-                if i >= _BLOCK_WARMUP:
-                    loop_bare_ms.append((time.perf_counter() - t0) * 1e3)
+            detect([])
+            bare()
+        # after idleness: call by call, each after the gap, so neither process's OpenMP threads are
+        # still spinning when the other one runs
         for _ in range(args.pairs):
             time.sleep(gap)
-            t0 = time.perf_counter()
-            reply = client.inference.Detect(request, timeout=60, metadata=client._inference_md)
-            server_ms.append((time.perf_counter() - t0) * 1e3)
-            timings.append(reply.timings)
+            server_ms += ms(time_calls(functools.partial(detect, replies), 1, warmup=0))
             time.sleep(gap)
-            t0 = time.perf_counter()
-            backend.run(folded, x)
-            bare_ms.append((time.perf_counter() - t0) * 1e3)
+            bare_ms += ms(time_calls(bare, 1, warmup=0))
+        # back to back: blocks of a closed loop each; the first calls of a block are not counted
+        for _ in range(args.blocks):
+            block: list = []
+            loop_server_ms += ms(time_calls(functools.partial(detect, block), args.block_size, warmup=_BLOCK_WARMUP))
+            loop_replies += block[_BLOCK_WARMUP:]
+            loop_bare_ms += ms(time_calls(bare, args.block_size, warmup=_BLOCK_WARMUP))
     floor = grpc_round_trip_ms(target, client_kwargs, 40)
     floor_idle = grpc_round_trip_ms(target, client_kwargs, 40, gap)
 
@@ -243,8 +242,8 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
                        "official_p50_ms": percentile(off, 50) * 1e3})
         rounds[-1]["speedup_vs_official"] = rounds[-1]["server_throughput"] / rounds[-1]["official_throughput"]
 
-    def p50(timings_: list, key: str) -> float:
-        return percentile([getattr(t, key) for t in timings_], 50)
+    def p50(replies_: list, key: str) -> float:
+        return percentile([getattr(r.timings, key) for r in replies_], 50)
 
     def ratio(server: list[float], bare: list[float]) -> dict:
         half_s, half_b = len(server) // 2, len(bare) // 2
@@ -260,11 +259,11 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
         "bare_backend": backend.name,
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
                         **ratio(loop_server_ms, loop_bare_ms),
-                        "server_timings_p50_ms": {k: p50(loop_timings, f"{k}_ms")
+                        "server_timings_p50_ms": {k: p50(loop_replies, f"{k}_ms")
                                                   for k in ("decode", "queue", "compute", "total")},
                         "grpc_round_trip_ms": floor},
         "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms, **ratio(server_ms, bare_ms),
-                       "server_timings_p50_ms": {k: p50(timings, f"{k}_ms")
+                       "server_timings_p50_ms": {k: p50(replies, f"{k}_ms")
                                                  for k in ("decode", "queue", "compute", "total")},
                        "grpc_round_trip_ms": floor_idle},
         "concurrency": conc,
@@ -356,8 +355,8 @@ def run(args) -> int:
 
     h = results["headline"]
     loop, idle = h["closed_loop"], h["after_idle"]
-    overhead, speedup = loop["overhead"], h["speedup_vs_official"]
-    results.update(overhead=overhead, overhead_after_idle=idle["overhead"], speedup_vs_official=speedup)
+    overhead, speedup = idle["overhead"], h["speedup_vs_official"]
+    results.update(overhead=overhead, overhead_back_to_back=loop["overhead"], speedup_vs_official=speedup)
     rf = results["register_to_first_ms"]
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
@@ -368,15 +367,16 @@ def run(args) -> int:
                 f"{t['compute']:.2f}, handler total {t['total']:.2f}; gRPC and client "
                 f"{m['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check: {m['grpc_round_trip_ms']:.2f})")
 
-    print(f"overhead, measured as {loop['blocks']} blocks of {loop['block_size']} back-to-back Detect calls "
-          f"(concurrency 1, one category) alternating with blocks of as many bare folded forwards "
-          f"({h['bare_backend']}) in this process: p50 {loop['server_p50_ms']:.2f} ms vs {loop['bare_p50_ms']:.2f} ms "
-          f"= {overhead:.2f} (halves: {loop['overhead_halves'][0]:.2f}, {loop['overhead_halves'][1]:.2f})")
-    print(f"  where a request's time goes (server p50s, ms): {split(loop)}")
-    print(f"after idleness, measured as {idle['pairs']} Detect calls alternating with {idle['pairs']} bare forwards, "
-          f"each after {idle['gap_ms']:g} ms idle: p50 {idle['server_p50_ms']:.2f} ms vs {idle['bare_p50_ms']:.2f} ms "
-          f"= {idle['overhead']:.2f} (halves: {idle['overhead_halves'][0]:.2f}, {idle['overhead_halves'][1]:.2f})")
+    print(f"overhead, measured as {idle['pairs']} Detect calls (concurrency 1, one category) alternating with "
+          f"{idle['pairs']} bare folded forwards ({h['bare_backend']}) in this process, each after {idle['gap_ms']:g} ms "
+          f"idle: p50 {idle['server_p50_ms']:.2f} ms vs {idle['bare_p50_ms']:.2f} ms = {overhead:.2f} "
+          f"(halves: {idle['overhead_halves'][0]:.2f}, {idle['overhead_halves'][1]:.2f})")
     print(f"  where a request's time goes (server p50s, ms): {split(idle)}")
+    print(f"back to back, measured as {loop['blocks']} blocks of {loop['block_size']} Detect calls in a closed loop "
+          f"alternating with blocks of as many bare forwards: p50 {loop['server_p50_ms']:.2f} ms vs "
+          f"{loop['bare_p50_ms']:.2f} ms = {loop['overhead']:.2f} (halves: {loop['overhead_halves'][0]:.2f}, "
+          f"{loop['overhead_halves'][1]:.2f}); the bare forwards run hot, each right after the last")
+    print(f"  where a request's time goes (server p50s, ms): {split(loop)}")
     conc = h["concurrency"]
     print(f"speedup, measured as {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
           f"{args.ref_iters} official forwards (projection on every forward, eager, batch 1):")

@@ -25,17 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="comma list (default 1,4,16)")
     parser.add_argument("--categories", type=_ints, default=[1, 3, 16],
                         help="comma list of category counts in rotation (default 1,3,16)")
-    parser.add_argument("--blocks", type=int, default=20,
-                        help="overhead: blocks of back-to-back Detect calls (concurrency 1), each followed by a "
-                             "block of as many bare forwards here (default %(default)s)")
-    parser.add_argument("--block-size", type=int, default=10,
-                        help="counted calls per block, after 2 uncounted ones (default %(default)s)")
-    parser.add_argument("--pairs", type=int, default=100,
-                        help="overhead after idleness: Detect calls, each followed by a bare forward here, each "
-                             "after --gap-ms of idleness (default %(default)s)")
+    parser.add_argument("--pairs", type=int, default=200,
+                        help="overhead: serial Detect calls, each followed by a bare forward here (default %(default)s)")
     parser.add_argument("--gap-ms", type=float, default=10.0,
                         help="idle time before each of those calls, so the other process's OpenMP threads have "
                              "stopped spinning (default %(default)s)")
+    parser.add_argument("--blocks", type=int, default=20,
+                        help="overhead back to back: blocks of closed-loop Detect calls, each followed by a block "
+                             "of as many back-to-back bare forwards here (default %(default)s)")
+    parser.add_argument("--block-size", type=int, default=10,
+                        help="counted calls per block, after 2 uncounted ones (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=8,
                         help="speedup: rounds of a loaded block then a block of official forwards (default %(default)s)")
     parser.add_argument("--ref-iters", type=int, default=20,
