@@ -18,9 +18,11 @@ import statistics
 import threading
 import time
 
+# isort: off
+import serving  # noqa: F401  (first: GOMP_SPINCOUNT, as in the server, must be set when torch loads)
 import torch
+# isort: on
 
-import serving  # noqa: F401  (GOMP_SPINCOUNT, as in the server)
 from landmarks.adapter_io import load_adapter, load_core
 from serving.backend import BACKENDS, make_backend
 from serving.bench import random_adapters

@@ -55,6 +55,8 @@ def main() -> int:
 
         data = random_adapters(load_core(args.core), 1, input_size=args.adapter_size)[0]
         for client in clients:
+            if any(c.name == "ab-0" for c in client.categories()):  # left by an interrupted run
+                client.unregister("ab-0")
             client.register("ab-0", "v1", data)
         args.category = "ab-0"
     try:

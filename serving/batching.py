@@ -36,6 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import grpc
@@ -138,6 +139,8 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._lead_wake = threading.Condition(self._lock)
         self._helpers_wake = threading.Condition(self._lock)
+        self._lead_task: tuple[Future, Callable, tuple] | None = None  # a whole RPC handed to the lead
+        self._local = threading.local()  # each worker's current torch thread count
         self._closed = False
         self._draining = False
         self.computed = 0      # requests that reached a forward pass (tests, bench)
@@ -167,6 +170,51 @@ class DynamicBatcher:
             self.metrics.pending(len(self._queue))
             self._wake()
         return pending
+
+    def try_lead(self, fn: Callable, *args) -> Future | None:
+        """Run `fn(*args)` (a whole Detect RPC, gRPC's handler function) on the lead worker if nothing
+        else is queued, arriving or computing: a lone request then decodes, computes on all threads
+        and answers in one thread, without the two thread hand-offs of the queue (`run_inline`).
+        None: busy, the caller runs it in a handler thread as usual."""
+        with self._lock:
+            if (self._closed or self._draining or self._lead_busy or self._lead_task is not None
+                    or self._computing or self._queue or self._arriving > 0):
+                return None
+            future: Future = Future()
+            self._lead_task = (future, fn, args)
+            self._lead_busy = True  # from now on other requests go to the helpers
+            self._computing += 1
+            self._lead_wake.notify()
+            return future
+
+    def on_lead(self) -> bool:
+        """True in the lead worker's thread (running an RPC handed over by `try_lead`)."""
+        return threading.current_thread() is self._threads[0]
+
+    def run_inline(self, items: list[DetectInput]) -> list[Pending]:
+        """(On the lead, in an RPC handed over by `try_lead`.) Compute the RPC's items now and return
+        them finished. Requests of the same category that queued up meanwhile (this RPC was alone
+        when it started, but its decoding took a while) join its batch, as they would have in the
+        queue; the forward runs on all threads unless a helper is computing too."""
+        own = [Pending(it, None) for it in items]
+        groups: dict[tuple[str, str], list[Pending]] = {}
+        for p in own:
+            groups.setdefault(p.key, []).append(p)
+        size = self.config.max_batch_size
+        for key, group in groups.items():
+            for start in range(0, len(group), size):
+                batch = group[start:start + size]
+                with self._lock:
+                    if len(batch) < size and self._queue:
+                        company = [p for p in self._queue if p.key == key][: size - len(batch)]
+                        taken = set(map(id, company))
+                        self._queue = deque(p for p in self._queue if id(p) not in taken)
+                        self.metrics.pending(len(self._queue))
+                        batch = batch + company
+                    alone = self._computing == 1 and not self._queue
+                self._use_threads(alone)
+                self._run(batch)
+        return own
 
     def arrive(self, n: int = 1) -> None:
         """A request started decoding: the worker may wait (up to the delay) to batch it."""
@@ -223,6 +271,8 @@ class DynamicBatcher:
         wake = self._lead_wake if lead else self._helpers_wake
         with self._lock:
             while True:
+                if lead and self._lead_task is not None:  # (handed over before any close: run it)
+                    return [], True
                 if self._closed:
                     return None
                 if not self._queue or not (lead or self._lead_busy):
@@ -247,19 +297,25 @@ class DynamicBatcher:
                     return batch, alone
                 wake.wait(due - now)
 
+    def _use_threads(self, alone: bool) -> None:
+        """(In a worker.) Set this thread's torch threads for a forward that runs alone or shared."""
+        want = self.threads.alone if alone else self.threads.shared
+        if want != self._local.__dict__.get("threads") and self.threads.apply is not None:
+            self.threads.apply(want)  # (a fraction of a microsecond: no cost to switch per batch)
+            self._local.threads = want
+
     def _loop(self, lead: bool) -> None:
-        current = None
         while True:
             taken = self._take(lead)
             if taken is None:
                 return
             batch, alone = taken
             try:
-                want = self.threads.alone if alone else self.threads.shared
-                if want != current and self.threads.apply is not None:
-                    self.threads.apply(want)  # (a fraction of a microsecond: no cost to switch per batch)
-                    current = want
-                self._run(batch)
+                self._use_threads(alone)
+                if batch:
+                    self._run(batch)
+                else:
+                    self._run_lead_task()
             except BaseException as exc:  # never let the worker die; each request gets an answer
                 log.exception("batch worker failed")
                 for p in batch:
@@ -269,6 +325,17 @@ class DynamicBatcher:
                     self._computing -= 1
                     if lead:
                         self._lead_busy = False
+
+    def _run_lead_task(self) -> None:
+        future, fn, args = self._lead_task
+        try:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001  gRPC's handler function handles its own errors
+                    future.set_exception(exc)
+        finally:
+            self._lead_task = None
 
     def _drop_if_dead(self, p: Pending, now: float) -> bool:
         """Finish `p` without computing it if its deadline passed or its client went away."""

@@ -46,6 +46,8 @@ class ServerConfig:
             max_batch_size; a worker waits at most max_queue_delay_ms for requests still being
             decoded; more than max_queue waiting requests -> RESOURCE_EXHAUSTED; batch_workers
             forward passes may run at once (under load, each on its share of the threads).
+        lone_on_lead: a Detect call that would be the only one computing runs whole on the lead
+            batch worker, not through the queue (serving.server.LeadFirstExecutor).
         metrics_port: Prometheus /metrics on this port of `host` (None: off; 0: any free port).
         grace_s: on SIGTERM, how long in-flight requests may take before they are cancelled.
         tls_cert, tls_key: PEM files; serve TLS instead of plaintext. tls_client_ca: also require
@@ -76,6 +78,7 @@ class ServerConfig:
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256
     batch_workers: int = 2
+    lone_on_lead: bool = True
     metrics_port: int | None = None
     grace_s: float = 10.0
     tls_cert: Path | None = None

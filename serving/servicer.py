@@ -45,9 +45,22 @@ def _prefixed(exc: ServingError, prefix: str) -> ServingError:
     return ServingError(exc.code, f"{prefix}{exc.message}") if prefix else exc
 
 
+def _on_pool(method, pool):
+    """`method` with gRPC's per-method thread pool attribute (read by grpc.server)."""
+    @functools.wraps(method)
+    def call(request, context):
+        return method(request, context)
+
+    call.experimental_thread_pool = pool
+    return call
+
+
 class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
-    def __init__(self, state) -> None:  # serving.server.ServerState
+    def __init__(self, state, detect_pool=None) -> None:  # serving.server.ServerState, LeadFirstExecutor
         self.state = state
+        if detect_pool is not None:  # where gRPC runs Detect and DetectBatch (serving.server.LeadFirstExecutor)
+            self.Detect = _on_pool(self.Detect, detect_pool)
+            self.DetectBatch = _on_pool(self.DetectBatch, detect_pool)
 
     def _decode(self, req: pb.DetectRequest, prefix: str = "") -> DetectInput:
         cfg = self.state.cfg
@@ -89,22 +102,29 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
     def _run(self, items_or_requests, context, many: bool) -> list[Detection]:
         """Decode, queue in the batcher, wait for the results (or the deadline / cancellation)."""
         batcher = self.state.require_batcher()
-        n = len(items_or_requests)
-        batcher.arrive(n)
-        try:
-            items = [self._decode(req, f"requests[{i}]." if many else "") for i, req in enumerate(items_or_requests)]
-        finally:
-            batcher.depart(n)
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-        pending = batcher.submit(items, deadline)
+        prefixes = [f"requests[{i}]." if many else "" for i in range(len(items_or_requests))]
+        pending: list = []
 
         def cancel():
             for p in pending:
                 p.cancel()
 
-        if not context.add_callback(cancel):  # the client went away: drop what has not been computed
-            cancel()
+        if batcher.on_lead():  # a lone RPC handed to the lead worker (serving.server.LeadFirstExecutor)
+            items = [self._decode(req, prefix) for req, prefix in zip(items_or_requests, prefixes)]
+            pending = batcher.run_inline(items)  # computed now: nothing to wait for or cancel
+            deadline = None
+        else:
+            n = len(items_or_requests)
+            batcher.arrive(n)
+            try:
+                items = [self._decode(req, prefix) for req, prefix in zip(items_or_requests, prefixes)]
+            finally:
+                batcher.depart(n)
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+            pending = batcher.submit(items, deadline)
+            if not context.add_callback(cancel):  # the client went away: drop what has not been computed
+                cancel()
         out = []
         for i, p in enumerate(pending):
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -113,7 +133,7 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
             except BaseException as exc:
                 cancel()  # all or nothing: the rest need not run (or this one's deadline passed while it ran)
                 if isinstance(exc, ServingError):
-                    raise _prefixed(exc, f"requests[{i}]." if many else "") from None
+                    raise _prefixed(exc, prefixes[i]) from None
                 raise
         return out
 

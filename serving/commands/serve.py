@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-workers", type=int, default=2,
                    help="forward passes that may run at once; under load each gets --threads / N threads, "
                         "which keeps all cores busy with less splitting of every op (default %(default)s)")
+    g.add_argument("--no-lone-on-lead", dest="lone_on_lead", action="store_false",
+                   help="send every Detect through the batching queue; by default a call that would be the only "
+                        "one computing runs whole on the lead batch worker, saving two thread hand-offs")
     g.add_argument("--grace", type=float, default=10.0,
                    help="seconds in-flight requests get on SIGTERM before they are cancelled (default %(default)s)")
     g.add_argument("--metrics-port", type=int, default=None,
@@ -83,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
             max_adapter_bytes=args.max_adapter_mb << 20, max_message_bytes=args.max_message_mb << 20,
             allowed_register_dirs=tuple(args.allow_path), enable_admin=not args.no_admin,
             max_batch_size=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
-            batch_workers=args.batch_workers, grace_s=args.grace, metrics_port=args.metrics_port,
+            batch_workers=args.batch_workers, lone_on_lead=args.lone_on_lead, grace_s=args.grace, metrics_port=args.metrics_port,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
             admin_token=read_token(args.admin_token_file, "LANDMARKS_ADMIN_TOKEN") if not args.no_admin else None,
             inference_token=read_token(args.inference_token_file, "LANDMARKS_TOKEN"),

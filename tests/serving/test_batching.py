@@ -108,6 +108,66 @@ def test_groups_by_category_and_equals_unbatched(batching_server):
         assert b.timings["queue_ms"] > 0  # they waited behind the plug
 
 
+def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_server, monkeypatch):
+    """A Detect that would compute alone runs whole (decode, forward, answer) on the lead batch worker;
+    requests of its category that queue up while it decodes join its forward pass."""
+    import serving.servicer
+
+    handle = batching_server
+    gate = Gate(handle)
+    gate.open()  # only records the forward passes here
+    real_crop = serving.servicer.crop_square
+    decoded_on: list[str] = []
+    hold, holding = threading.Event(), threading.Event()
+
+    def crop_square(*args):
+        decoded_on.append(threading.current_thread().name)
+        if len(decoded_on) == 1:  # the lone request: keep the lead busy decoding it
+            holding.set()
+            hold.wait(60)
+        return real_crop(*args)
+
+    monkeypatch.setattr(serving.servicer, "crop_square", crop_square)
+    mix = [("cats", png_bytes(44 + i, 40, seed=i), None) for i in range(4)]
+    with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
+        first = pool.submit(client.detect, mix[0][1], "cats")
+        assert holding.wait(30)
+        others = [pool.submit(client.detect, image, cat) for cat, image, _ in mix[1:]]
+        wait_for(lambda: handle.state.batcher.queued() == 3, "the other requests queued")
+        hold.set()
+        together = [first.result(60)] + [f.result(60) for f in others]
+        assert gate.calls == [("cats", ["cats"] * 4)]  # one forward pass for all four
+        alone = [client.detect(image, cat) for cat, image, _ in mix]
+    assert decoded_on[0] == "landmarks-batch-0"  # the lead worker
+    assert all(not name.startswith("landmarks-batch") for name in decoded_on[1:4])  # gRPC handler threads
+    assert all(name == "landmarks-batch-0" for name in decoded_on[4:])  # serial requests: each alone
+    assert [len(c) for _, c in gate.calls[1:]] == [1, 1, 1, 1]
+    for t, a in zip(together, alone):
+        np.testing.assert_allclose(np.array(t.points), np.array(a.points), atol=1e-4, rtol=0)
+
+
+def test_without_lone_on_lead_every_request_goes_through_the_queue(store, monkeypatch):
+    import serving.servicer
+
+    handle = start_server(store, lone_on_lead=False)
+    try:
+        real_crop = serving.servicer.crop_square
+        decoded_on: list[str] = []
+
+        def crop_square(*args):
+            decoded_on.append(threading.current_thread().name)
+            return real_crop(*args)
+
+        monkeypatch.setattr(serving.servicer, "crop_square", crop_square)
+        with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
+            for seed in range(3):
+                client.detect(png_bytes(40, 40, seed=seed), "cats")
+        assert len(decoded_on) == 3 and all(not n.startswith("landmarks-batch") for n in decoded_on)
+        assert handle.state.batcher.batches == 3
+    finally:
+        handle.shutdown(grace=0)
+
+
 def test_detect_batch_goes_through_the_queue(batching_server):
     handle = batching_server
     with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
