@@ -7,6 +7,13 @@ form by themselves while the previous batch computes; on top of that the worker 
 `max_queue_delay` for more of a group *only while other requests are still being decoded*
 (`arrive()` / `depart()` around decoding), so a lone request is never delayed for company that is not coming.
 
+Lone requests: an RPC that arrives while nothing is queued, decoding or computing is handed whole
+to the lead worker (`try_lead`, called by gRPC through `serving.server.LeadFirstExecutor`), which
+decodes it, runs it (`run_inline`) and answers it in its own thread: the queue's two hand-offs
+(handler -> worker -> handler) are thread wake-ups that cost ~0.4-1.5 ms per request after
+idleness on the project machine (`scripts/server_ab.py`, with and without `--no-lone-on-lead`).
+Requests of the same group that queue while it decodes join its forward pass.
+
 Cores (`ComputeThreads`): worker 0, the lead, takes every batch it can; the other workers take
 one only while the lead is computing, i.e. under load. A batch the lead runs alone (nothing else
 computing, nothing left in the queue or being decoded) gets all the compute threads, which is fastest for a lone
