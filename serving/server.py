@@ -191,9 +191,6 @@ class LeadFirstExecutor(futures.ThreadPoolExecutor):
                 return future
         return self._fallback.submit(fn, *args, **kwargs)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        super().shutdown(wait, cancel_futures=cancel_futures)  # the fallback is the server's own pool
-
 
 def build_server(cfg: ServerConfig) -> ServerHandle:
     """Bind (not start) a server for `cfg`; see the module docstring for loading."""

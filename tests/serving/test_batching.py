@@ -168,11 +168,14 @@ def test_without_lone_on_lead_every_request_goes_through_the_queue(store, monkey
         handle.shutdown(grace=0)
 
 
-def test_detect_batch_goes_through_the_queue(batching_server):
+def test_detect_batch_is_batched_per_category(batching_server):
     handle = batching_server
+    gate = Gate(handle)
+    gate.open()  # only records the forward passes
     with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
         mix = requests_mix(5, 2)
         batch = client.detect_batch([m[1] for m in mix], [m[0] for m in mix], [m[2] for m in mix])
+        assert sorted((cat, len(c)) for cat, c in gate.calls) == [("cats", 1), ("cats", 4), ("faces", 2)]
         single = [client.detect(image, cat, box) for cat, image, box in mix]
     for b, s in zip(batch, single):
         np.testing.assert_allclose(np.array(b.points), np.array(s.points), atol=1e-4, rtol=0)
