@@ -65,8 +65,8 @@ def _locate_in_boxes(heatmaps: torch.Tensor, boxes: torch.Tensor, size: int) -> 
     return input_to_original(points, boxes.unsqueeze(1), size), confidence
 
 
-def _model_nbytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class EagerBackend:
@@ -101,7 +101,7 @@ class EagerBackend:
             return _locate_in_boxes(heatmaps, boxes.to(self.device), pixels.shape[1])
 
     def nbytes(self, prepared: Any) -> int:
-        return _model_nbytes(prepared)
+        return _nbytes(list(prepared.parameters()) + list(prepared.buffers()))
 
 
 @dataclass(frozen=True)
@@ -221,7 +221,7 @@ class TorchScriptBackend(EagerBackend):
         return points.float().cpu(), confidence.float().cpu()
 
     def nbytes(self, prepared: ScriptedModel) -> int:
-        return sum(t.numel() * t.element_size() for t in prepared.tensors)
+        return _nbytes(prepared.tensors)
 
 
 def _example_pixels(size: int, device: str) -> torch.Tensor:

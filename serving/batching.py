@@ -184,7 +184,7 @@ class DynamicBatcher:
         and answers in one thread, without the two thread hand-offs of the queue (`run_inline`).
         None: busy, the caller runs it in a handler thread as usual."""
         with self._lock:
-            if (self._closed or self._draining or self._lead_busy or self._lead_task is not None
+            if (self._closed or self._draining or self._lead_busy  # (busy while a task is handed over)
                     or self._computing or self._queue or self._arriving > 0):
                 return None
             future: Future = Future()
@@ -213,11 +213,7 @@ class DynamicBatcher:
                 batch = group[start:start + size]
                 with self._lock:
                     if len(batch) < size and self._queue:
-                        company = [p for p in self._queue if p.key == key][: size - len(batch)]
-                        taken = set(map(id, company))
-                        self._queue = deque(p for p in self._queue if id(p) not in taken)
-                        self.metrics.pending(len(self._queue))
-                        batch = batch + company
+                        batch = batch + self._pop_group(key, size - len(batch))
                     alone = self._computing == 1 and not self._queue
                 self._use_threads(alone)
                 self._run(batch)
@@ -269,6 +265,14 @@ class DynamicBatcher:
         self._lead_wake.notify_all()
         self._helpers_wake.notify_all()
 
+    def _pop_group(self, key: tuple[str, str], n: int) -> list[Pending]:
+        """(Under the lock.) Remove and return the first `n` queued requests of group `key`."""
+        group = [p for p in self._queue if p.key == key][:n]
+        taken = set(map(id, group))
+        self._queue = deque(p for p in self._queue if id(p) not in taken)
+        self.metrics.pending(len(self._queue))
+        return group
+
     def _take(self, lead: bool) -> tuple[list[Pending], bool] | None:
         """Block until a batch is due: (batch, whether it runs alone); None when closed.
 
@@ -291,10 +295,7 @@ class DynamicBatcher:
                 now = time.monotonic()
                 if (len(same) >= cfg.max_batch_size or self._draining or now >= due
                         or self._arriving <= 0 or len(self._queue) >= cfg.max_queue):
-                    batch = same[: cfg.max_batch_size]
-                    taken = set(map(id, batch))
-                    self._queue = deque(p for p in self._queue if id(p) not in taken)
-                    self.metrics.pending(len(self._queue))
+                    batch = self._pop_group(head.key, cfg.max_batch_size)
                     alone = lead and self._computing == 0 and not self._queue and self._arriving <= 0
                     self._computing += 1
                     if lead:

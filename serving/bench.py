@@ -78,12 +78,15 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
     return out
 
 
-def time_calls(fn, n: int, warmup: int = 3) -> list[float]:
-    """Seconds per call of `fn`, `n` calls after `warmup` untimed ones."""
+def time_calls(fn, n: int, warmup: int = 3, gap_s: float = 0.0) -> list[float]:
+    """Seconds per call of `fn`, `n` calls after `warmup` untimed ones, each timed call after
+    `gap_s` of idleness (untimed)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(n):
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -159,15 +162,7 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int, gap_s: float = 
     every thread on the path wakes up cold, and on this VM that alone costs ~0.5-1 ms per RPC."""
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = health_pb2.HealthCheckRequest()
-        client.health.Check(request, timeout=60)  # connect
-
-        def call():
-            time.sleep(gap_s)
-            t0 = time.perf_counter()
-            client.health.Check(request, timeout=60)
-            return time.perf_counter() - t0
-
-        times = [call() for _ in range(n)]
+        times = time_calls(lambda: client.health.Check(request, timeout=60), n, warmup=1, gap_s=gap_s)  # warm-up connects
     return percentile(times, 50) * 1e3
 
 
@@ -218,10 +213,8 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
         # after idleness: call by call, each after the gap, so neither process's OpenMP threads are
         # still spinning when the other one runs
         for _ in range(args.pairs):
-            time.sleep(gap)
-            server_ms += ms(time_calls(functools.partial(detect, replies), 1, warmup=0))
-            time.sleep(gap)
-            bare_ms += ms(time_calls(bare, 1, warmup=0))
+            server_ms += ms(time_calls(functools.partial(detect, replies), 1, warmup=0, gap_s=gap))
+            bare_ms += ms(time_calls(bare, 1, warmup=0, gap_s=gap))
         # back to back: blocks of a closed loop each; the first calls of a block are not counted
         for _ in range(args.blocks):
             block: list = []
@@ -242,10 +235,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
                        "official_p50_ms": percentile(off, 50) * 1e3})
         rounds[-1]["speedup_vs_official"] = rounds[-1]["server_throughput"] / rounds[-1]["official_throughput"]
 
-    def p50(replies_: list, key: str) -> float:
-        return percentile([getattr(r.timings, key) for r in replies_], 50)
-
-    def ratio(server: list[float], bare: list[float]) -> dict:
+    def summary(server: list[float], bare: list[float], replies_: list, floor_ms: float) -> dict:
         half_s, half_b = len(server) // 2, len(bare) // 2
         return {
             "server_p50_ms": percentile(server, 50), "bare_p50_ms": percentile(bare, 50),
@@ -253,19 +243,17 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
             # the same ratio on each half: how stable it is
             "overhead_halves": [percentile(server[:half_s], 50) / percentile(bare[:half_b], 50),
                                 percentile(server[half_s:], 50) / percentile(bare[half_b:], 50)],
+            "server_timings_p50_ms": {k: percentile([getattr(r.timings, f"{k}_ms") for r in replies_], 50)
+                                      for k in ("decode", "queue", "compute", "total")},
+            "grpc_round_trip_ms": floor_ms,
         }
 
     return {
         "bare_backend": backend.name,
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
-                        **ratio(loop_server_ms, loop_bare_ms),
-                        "server_timings_p50_ms": {k: p50(loop_replies, f"{k}_ms")
-                                                  for k in ("decode", "queue", "compute", "total")},
-                        "grpc_round_trip_ms": floor},
-        "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms, **ratio(server_ms, bare_ms),
-                       "server_timings_p50_ms": {k: p50(replies, f"{k}_ms")
-                                                 for k in ("decode", "queue", "compute", "total")},
-                       "grpc_round_trip_ms": floor_idle},
+                        **summary(loop_server_ms, loop_bare_ms, loop_replies, floor)},
+        "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms,
+                       **summary(server_ms, bare_ms, replies, floor_idle)},
         "concurrency": conc,
         "rounds": rounds,
         "speedup_vs_official": statistics.median(r["speedup_vs_official"] for r in rounds),

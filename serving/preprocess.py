@@ -143,8 +143,6 @@ def stack_pixels(pixels: list[torch.Tensor], size: int) -> torch.Tensor:
     """(S', S', 3) uint8 crops -> one (B, size, size, 3) uint8 batch, what `Backend.locate` takes.
     Crops of another size (decoded just before their category switched to a version of another
     input size) are resampled (bilinear, antialiased) and rounded back to 8 bits."""
-    if all(p.shape[0] == size for p in pixels):
-        return torch.stack(pixels)
     return torch.stack([p if p.shape[0] == size else _resample(p, size) for p in pixels])
 
 

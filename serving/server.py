@@ -185,7 +185,7 @@ class LeadFirstExecutor(futures.ThreadPoolExecutor):
 
     def submit(self, fn, /, *args, **kwargs):
         batcher = self._state.batcher
-        if batcher is not None and not kwargs and not self._state.draining:
+        if batcher is not None and not kwargs:  # (draining: the handler refuses wherever it runs)
             future = batcher.try_lead(fn, *args)
             if future is not None:
                 return future
