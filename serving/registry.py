@@ -48,6 +48,7 @@ __all__ = [
     "CategoryStatus",
     "VersionEntry",
     "VersionLease",
+    "parse_state",
     "validate_category",
     "validate_version",
 ]
@@ -85,6 +86,33 @@ def validate_version(version: str, field_name: str = "version", allow_shipped: b
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def parse_state(data: bytes) -> dict:
+    """A category's `_state.json` -> {"active": version | None, "shipped_removed": sha256 | None}.
+
+    Raises ValueError for anything else (not UTF-8 JSON, not an object, wrong types, names that
+    are not versions): the store's files are hand-editable, and a bad one must cost its category
+    the choice of active version, never the server's start."""
+    try:
+        state = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"must be a JSON object, got {type(state).__name__}")
+    out: dict = {}
+    active = state.get("active")
+    if active is not None and (not isinstance(active, str) or not VERSION_RE.fullmatch(active)):
+        raise ValueError(f"'active' must be a version name or null, got {str(active)[:80]!r}")
+    out["active"] = active
+    removed = state.get("shipped_removed")
+    if removed is not None and (not isinstance(removed, str) or not _SHA256_RE.fullmatch(removed)):
+        raise ValueError(f"'shipped_removed' must be a sha256 hex digest or null, got {str(removed)[:80]!r}")
+    out["shipped_removed"] = removed
+    return out
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -237,11 +265,11 @@ class AdapterRegistry:
     def _read_state(self, category: str) -> dict:
         path = self._category_dir(category) / STATE_FILE
         try:
-            return json.loads(path.read_text())
+            return parse_state(path.read_bytes())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s: %s", path, exc)
+            log.warning("ignoring unreadable %s (the newest good version will be active): %s", path, exc)
             return {}
 
     def _write_state(self, category: str, **changes: object) -> None:
