@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "PickleFileError",
     "TensorMismatchError",
     "TooLargeError",
+    "default_landmark_names",
     "load_adapter",
     "load_core",
     "load_network",
@@ -109,6 +111,17 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+MAX_NAME_CHARS = 64          # one landmark name
+MAX_METADATA_VALUE_CHARS = 64 * 1024  # any other metadata value (commands and metrics are long)
+# how much larger than its core's input an adapter may run the (fully convolutional) core: memory
+# and time grow with the square of the side, and a file must not be able to take the server down
+MAX_INPUT_SIZE_FACTOR = 2
+
+
+def default_landmark_names(k: int) -> list[str]:
+    return [f"p{i + 1}" for i in range(k)]
+
+
 # ---------------------------------------------------------------------------------------- records
 @dataclass(frozen=True)
 class _Artifact:
@@ -123,7 +136,9 @@ class _Artifact:
 
     @property
     def landmark_names(self) -> list[str]:
-        return json.loads(self.metadata.get("landmark_names", "[]"))
+        """K names: the file's own (checked when it was read), else p1 .. pK."""
+        names = json.loads(self.metadata.get("landmark_names", "[]"))
+        return names or default_landmark_names(self.num_landmarks)
 
     def num_parameters(self) -> int:
         return sum(t.numel() for k, t in self.tensors.items() if not k.endswith(("running_mean", "running_var",
@@ -262,7 +277,7 @@ def _parse_header(data: bytes, source: str) -> dict:
         raise NotSafetensorsError(f"{source} is not a safetensors file (bad header); save it with safetensors")
     try:
         return json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise NotSafetensorsError(f"{source}: safetensors header is not valid JSON ({exc})") from None
 
 
@@ -306,8 +321,7 @@ def read_artifact(
         config = HourglassConfig.from_json(meta["config"])
     except (ValueError, TypeError) as exc:
         raise MetadataError(f"{label}: bad config metadata: {exc}") from None
-    if kind == "adapter" and meta["targets"] not in ("all", "3x3"):
-        raise MetadataError(f"{label}: targets {meta['targets']!r} must be 'all' or '3x3'")
+    _check_metadata(label, kind, meta, config)
 
     try:
         tensors = _st_load(data)
@@ -327,6 +341,36 @@ def read_artifact(
     if kind == "core" and meta.get("core_sha256") not in (None, artifact.sha256):
         raise MetadataError(f"{label}: tensors do not match the core_sha256 in its metadata (file corrupted or edited)")
     return artifact
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: HourglassConfig) -> None:
+    """Every metadata value a reader of ours uses, by type and range, before anything uses it."""
+    for key, value in meta.items():
+        limit = MAX_METADATA_VALUE_CHARS
+        if len(key) > 256 or len(value) > limit:
+            raise MetadataError(f"{label}: metadata {_clip(key)} is over {limit} characters")
+    for key, expected in (("num_landmarks", config.num_landmarks), ("input_size", config.input_size)):
+        if key in meta and meta[key] != str(expected):
+            raise MetadataError(f"{label}: metadata {key} is {_clip(meta[key])} but its config says {expected}")
+    try:
+        names = json.loads(meta.get("landmark_names", "[]"))
+    except (json.JSONDecodeError, RecursionError):
+        names = None
+    if (not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names)
+            or len(names) not in (0, config.num_landmarks)):
+        raise MetadataError(
+            f"{label}: landmark_names must be a JSON list of {config.num_landmarks} names (1-{MAX_NAME_CHARS} "
+            f"characters each) or [], got {_clip(meta.get('landmark_names', ''))}; fix it with "
+            "landmarks.adapter_io.save_adapter(..., landmark_names=[...])")
+    if kind == "adapter":
+        if meta["targets"] not in ("all", "3x3"):
+            raise MetadataError(f"{label}: targets {_clip(meta['targets'])} must be 'all' or '3x3'")
+        if not re.fullmatch(r"[0-9a-f]{64}", meta["core_sha256"]):
+            raise MetadataError(f"{label}: core_sha256 {_clip(meta['core_sha256'])} is not a sha256 hex digest")
 
 
 def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -369,4 +413,8 @@ def load_adapter(
     # K and the input size may differ (new head; the core is fully convolutional); nothing else may.
     if adapter.config.replace(num_landmarks=core.config.num_landmarks, input_size=core.config.input_size) != core.config:
         raise CoreMismatchError(f"{label}: its architecture config differs from the core's")
+    largest = MAX_INPUT_SIZE_FACTOR * core.config.input_size
+    if adapter.config.input_size > largest:
+        raise MetadataError(f"{label}: input_size {adapter.config.input_size} is over {largest}, "
+                            f"{MAX_INPUT_SIZE_FACTOR}x its core's {core.config.input_size}; adapt at a smaller size")
     return adapter  # type: ignore[return-value]

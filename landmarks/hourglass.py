@@ -9,6 +9,7 @@ Shapes for the `paper` preset: 128x128 RGB in, K raw 32x32 heatmaps out, ~6.23M 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,23 @@ __all__ = [
     "paper_config",
     "tiny_config",
 ]
+
+
+# (field, lowest, highest): far beyond any sensible network, tight enough that no config read from
+# a file can make building or running it take the machine's memory.
+_INT_LIMITS = (
+    ("num_landmarks", 1, 1024),
+    ("stem_channels", 4, 4096),
+    ("mid_channels", 4, 4096),
+    ("features", 4, 4096),
+    ("depth", 1, 6),
+    ("input_size", 8, 1024),
+)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -53,19 +71,29 @@ class HourglassConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        if self.num_landmarks < 1:
-            raise ValueError(f"num_landmarks must be >= 1, got {self.num_landmarks}")
+        # Configs arrive from files users hand us: check types and ranges here, the one place every
+        # core, adapter and network passes, so a bad value is a clear ValueError, never a torch error.
+        for name, low, high in _INT_LIMITS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {_short(value)} ({type(value).__name__})")
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be in {low}..{high}, got {value}")
         for name in ("stem_channels", "mid_channels", "features"):
             value = getattr(self, name)
-            if value < 4 or value % 4:
+            if value % 4:
                 raise ValueError(f"{name} must be a positive multiple of 4 (ConvBlock splits it 2:1:1), got {value}")
-        if self.depth < 1:
-            raise ValueError(f"depth must be >= 1, got {self.depth}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if (not isinstance(values, (list, tuple)) or len(values) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               for v in values)):
+                raise ValueError(f"{name} needs 3 finite numbers, got {_short(values)}")
         # Stem /2, pool /2, then `depth` halvings inside the hourglass must stay integral.
         if self.input_size % (4 * 2**self.depth):
             raise ValueError(f"input_size {self.input_size} must be divisible by 4 * 2**depth = {4 * 2**self.depth}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need 3 values each, std > 0")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be > 0, got {list(self.std)}")
         # JSON round trips give lists; keep the dataclass hashable and comparable.
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -82,7 +110,13 @@ class HourglassConfig:
 
     @classmethod
     def from_json(cls, text: str) -> HourglassConfig:
-        data = json.loads(text)
+        """Raises ValueError (with what is wrong) for anything but a valid config object."""
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("config JSON is nested too deeply") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config must be a JSON object, got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown hourglass config fields {sorted(unknown)}")

@@ -27,6 +27,11 @@ machine two single-threaded forward passes at once served more requests per seco
 
 Admission and dropping:
 - the queue holds at most `max_queue` requests; one more is refused with RESOURCE_EXHAUSTED;
+- a DetectBatch (several items) that does not fit waits for room instead, up to its deadline
+  (`max_admission_wait_s` without one), and holds the room as it frees up: requests arriving
+  meanwhile are admitted only into room beyond it. One such batch waits at a time; another that
+  does not fit is refused at once. Under steady load a DetectBatch of up to `max_queue` items is
+  therefore admitted once the queue ahead of it has drained, instead of never;
 - a request whose deadline has passed (DEADLINE_EXCEEDED) or whose client went away
   (CANCELLED; the servicer wires `context.add_callback` to `Pending.cancel`) is dropped at
   flush, before any compute, or earlier, when the queue is full: such requests never hold
@@ -63,9 +68,11 @@ class BatchConfig:
     max_queue_delay_ms: float = 2.0
     max_queue: int = 256
     workers: int = 2
+    max_admission_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0:
+        if (self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0
+                or self.max_admission_wait_s < 0):
             raise ValueError(f"bad batching settings: {self}")
 
 
@@ -146,6 +153,8 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._lead_wake = threading.Condition(self._lock)
         self._helpers_wake = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # the queue shrank (a DetectBatch may wait for room)
+        self._reserved = 0  # slots held for the one request waiting for room
         self._lead_task: tuple[Future, Callable, tuple] | None = None  # a whole RPC handed to the lead
         self._local = threading.local()  # each worker's current torch thread count
         self._closed = False
@@ -161,22 +170,51 @@ class DynamicBatcher:
     def submit(self, items: list[DetectInput], deadline: float | None = None) -> list[Pending]:
         """Queue `items` atomically (all or none); RESOURCE_EXHAUSTED if they do not fit."""
         pending = [Pending(it, deadline) for it in items]
+        n = len(pending)
         with self._lock:
             if self._closed:
                 raise ServingError(Code.UNAVAILABLE, "server is shutting down")
-            free = self.config.max_queue - len(self._queue)
-            if len(pending) > free:  # make room first: requests nobody waits for do not hold a slot
+            if n > self._free():  # make room first: requests nobody waits for do not hold a slot
                 self._purge_dead()
-                free = self.config.max_queue - len(self._queue)
-            if len(pending) > free:
-                raise ServingError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"request queue full ({len(self._queue)} of {self.config.max_queue} waiting"
-                    + (f", {len(pending)} more asked" if len(pending) > 1 else "") + "); retry with backoff")
+            if n > self._free():
+                if n == 1 or self._reserved or n > self.config.max_queue:
+                    raise self._queue_full(n)
+                self._wait_for_room(n, deadline)
             self._queue.extend(pending)
             self.metrics.pending(len(self._queue))
             self._wake()
         return pending
+
+    def _free(self) -> int:
+        """(Under the lock.) Slots a new request may take: room not held for a waiting DetectBatch."""
+        return self.config.max_queue - len(self._queue) - self._reserved
+
+    def _queue_full(self, n: int) -> ServingError:
+        held = f", {self._reserved} held for a waiting DetectBatch" if self._reserved else ""
+        return ServingError(
+            Code.RESOURCE_EXHAUSTED,
+            f"request queue full ({len(self._queue)} of {self.config.max_queue} waiting{held}"
+            + (f", {n} more asked" if n > 1 else "") + "); retry with backoff")
+
+    def _wait_for_room(self, n: int, deadline: float | None) -> None:
+        """(Under the lock.) Hold room for `n` items as it frees up, until it is all there (see the
+        module notes); DEADLINE_EXCEEDED / UNAVAILABLE if the deadline or a shutdown comes first."""
+        limit = time.monotonic() + self.config.max_admission_wait_s
+        end = limit if deadline is None else min(deadline, limit)
+        self._reserved = n
+        try:
+            while self.config.max_queue - len(self._queue) < n:
+                if self._closed or self._draining:
+                    raise ServingError(Code.UNAVAILABLE, "server is shutting down")
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise ServingError(Code.DEADLINE_EXCEEDED if deadline is not None and deadline <= limit
+                                       else Code.RESOURCE_EXHAUSTED,
+                                       f"waited for room for {n} items in the request queue "
+                                       f"({len(self._queue)} of {self.config.max_queue} taken); not computed")
+                self._room.wait(left)
+        finally:
+            self._reserved = 0
 
     def try_lead(self, fn: Callable, *args) -> Future | None:
         """Run `fn(*args)` (a whole Detect RPC, gRPC's handler function) on the lead worker if nothing
@@ -240,6 +278,7 @@ class DynamicBatcher:
         with self._lock:
             self._draining = True
             self._wake_all()
+            self._room.notify_all()
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Refuse new work, fail what is still queued with UNAVAILABLE, stop the workers."""
@@ -249,6 +288,7 @@ class DynamicBatcher:
             self._queue.clear()
             self.metrics.pending(0)
             self._wake_all()
+            self._room.notify_all()
         for p in left:
             p.finish(error=ServingError(Code.UNAVAILABLE, "server shut down before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -271,6 +311,8 @@ class DynamicBatcher:
         taken = set(map(id, group))
         self._queue = deque(p for p in self._queue if id(p) not in taken)
         self.metrics.pending(len(self._queue))
+        if self._reserved:
+            self._room.notify()
         return group
 
     def _take(self, lead: bool) -> tuple[list[Pending], bool] | None:

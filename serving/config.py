@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "ServerConfig"]
+__all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "ServerConfig", "join_host_port"]
 
 REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
 DEFAULT_PORT = 50051
@@ -32,7 +32,11 @@ class ServerConfig:
             and replying yield the CPU to the forward pass (serving.threads.handler_thread).
         cache_bytes: budget of the folded-weights cache (LRU; in-use entries are never evicted).
         max_adapter_bytes: size cap for an adapter file.
-        max_message_bytes: gRPC receive/send limit.
+        max_message_bytes: gRPC receive/send limit of the inference port (and of the admin plane when it
+            shares that port). gRPC's limit is per server, so adapters larger than this are registered by
+            `path` or through an admin port of their own.
+        admin_port: serve AdminService on this port only (its own receive limit, max_adapter_bytes + 1 MiB;
+            same host, TLS and tokens), not on `port` (None: on `port`; 0: any free port).
         max_image_pixels: reject images with more pixels (checked from the header, before decoding).
         min_image_side: reject images with a side below this.
         max_batch_items: most images in one DetectBatch.
@@ -66,8 +70,9 @@ class ServerConfig:
     torch_threads: int | None = None
     handler_nice: int = 0
     cache_bytes: int = 1 << 30
-    max_adapter_bytes: int = 256 << 20
+    max_adapter_bytes: int = 64 << 20
     max_message_bytes: int = 64 << 20
+    admin_port: int | None = None
     max_image_pixels: int = 50_000_000
     min_image_side: int = 4
     max_batch_items: int = 256
@@ -92,16 +97,22 @@ class ServerConfig:
         if self.core_path is not None:
             self.core_path = Path(self.core_path)
         self.allowed_register_dirs = tuple(Path(p) for p in self.allowed_register_dirs)
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        for name in ("port", "admin_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name} must be in 0..65535, got {value}")
+        if self.admin_port is not None and not self.enable_admin:
+            raise ValueError("--admin-port and --no-admin contradict each other")
+        if self.admin_port is not None and self.admin_port == self.port != 0:
+            raise ValueError(f"the admin port must differ from the inference port ({self.port})")
+        if self.max_message_bytes < 1 << 10 or self.max_adapter_bytes < 1 << 10:
+            raise ValueError("message and adapter limits must be at least 1 KiB")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("--tls-client-ca needs --tls-cert/--tls-key")
         if self.admin_token is not None and self.admin_token == self.inference_token:
             raise ValueError("the admin token must differ from the inference token")
-        if self.max_adapter_bytes > self.max_message_bytes:
-            self.max_message_bytes = self.max_adapter_bytes + (1 << 20)
 
     @property
     def tls(self) -> bool:
@@ -113,5 +124,14 @@ class ServerConfig:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"{host}:{self.port}"
+        return join_host_port(self.host, self.port)
+
+    @property
+    def admin_message_bytes(self) -> int:
+        """The admin plane's receive limit on a port of its own: the largest adapter, plus the message."""
+        return self.max_adapter_bytes + (1 << 20)
+
+
+def join_host_port(host: str, port: int) -> str:
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{host}:{port}"

@@ -6,11 +6,13 @@ did or asked; any other exception reaching the servicer is a bug and becomes INT
 
 from __future__ import annotations
 
+import errno
+
 import grpc
 
 from landmarks.adapter_io import ArtifactError, CoreMismatchError, TooLargeError
 
-__all__ = ["ServingError", "from_artifact_error"]
+__all__ = ["ServingError", "clip", "from_artifact_error", "from_os_error"]
 
 Code = grpc.StatusCode
 
@@ -35,3 +37,23 @@ def from_artifact_error(exc: ArtifactError, field: str = "adapter") -> ServingEr
     else:
         code = Code.INVALID_ARGUMENT
     return ServingError(code, f"{field}: {exc}")
+
+
+def clip(text: object, limit: int = 80) -> str:
+    """`repr(text)`, cut to `limit` characters: a client string repeated in an error must not make the
+    error longer than gRPC's metadata limit (the client would then see RESOURCE_EXHAUSTED instead)."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(str(text))} characters)"
+
+
+def from_os_error(exc: OSError, what: str) -> ServingError:
+    """A disk problem while `what`: full -> RESOURCE_EXHAUSTED, anything else -> UNAVAILABLE; the
+    message says nothing was stored (callers make sure of that)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ServingError(Code.RESOURCE_EXHAUSTED,
+                            f"{what}: the adapter store's disk is full ({reason}); nothing was stored. "
+                            "Free space (or unregister old versions) and retry")
+    return ServingError(Code.UNAVAILABLE, f"{what}: the adapter store could not be written ({reason}); "
+                                          "nothing was stored. Retry; if it persists the operator must check "
+                                          "the store directory")

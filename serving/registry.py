@@ -37,7 +37,7 @@ import torch
 
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter
 from serving.backend import Backend
-from serving.errors import ServingError, from_artifact_error
+from serving.errors import ServingError, clip, from_artifact_error, from_os_error
 from serving.folding import FoldedCache
 
 __all__ = [
@@ -68,7 +68,7 @@ LOADING, READY, UNLOADING, FAILED = "LOADING", "READY", "UNLOADING", "FAILED"
 def validate_category(name: str, field_name: str = "category") -> str:
     if not isinstance(name, str) or not CATEGORY_RE.fullmatch(name) or name == "core":
         raise ServingError(Code.INVALID_ARGUMENT,
-                           f"{field_name}: {name!r} is not a valid category name "
+                           f"{field_name}: {clip(name)} is not a valid category name "
                            f"(lower-case letters, digits, '_' and '-', 1-64 characters, not 'core')")
     return name
 
@@ -76,7 +76,7 @@ def validate_category(name: str, field_name: str = "category") -> str:
 def validate_version(version: str, field_name: str = "version", allow_shipped: bool = True) -> str:
     if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or version.endswith(SUFFIX):
         raise ServingError(Code.INVALID_ARGUMENT,
-                           f"{field_name}: {version!r} is not a valid version "
+                           f"{field_name}: {clip(version)} is not a valid version "
                            f"(letters, digits, '.', '_' and '-', 1-64 characters, starting with a letter or digit)")
     if version == SHIPPED and not allow_shipped:
         raise ServingError(Code.INVALID_ARGUMENT,
@@ -115,14 +115,33 @@ def parse_state(data: bytes) -> dict:
     return out
 
 
+TEMP_RE = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # what _atomic_write leaves if the process dies mid-write
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never part of one; on failure no temp file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _sweep_temp_files(root: Path) -> None:
+    """Remove temp files of writes a killed server never finished (start-up, before anything is written)."""
+    for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
+        for tmp in folder.iterdir():
+            if TEMP_RE.fullmatch(tmp.name) and tmp.is_file():
+                with suppress(OSError):
+                    tmp.unlink()
+                    log.warning("removed %s, left by an interrupted write", tmp)
 
 
 @dataclass(eq=False)
@@ -242,18 +261,25 @@ class AdapterRegistry:
                 raise ServingError(Code.PERMISSION_DENIED,
                                    "path: registration from server-side paths is disabled; send the file bytes "
                                    "(data) or start the server with --allow-path DIR")
-            real = Path(os.path.realpath(path))  # resolves symlinks and '..'
-            if not any(real == root or root in real.parents for root in self.allowed_register_dirs):
-                raise ServingError(Code.PERMISSION_DENIED,
-                                   f"path: {path!r} is outside the directories this server allows "
-                                   f"({', '.join(map(str, self.allowed_register_dirs))})")
-            if not real.is_file():
-                raise ServingError(Code.NOT_FOUND, f"path: {path!r} is not a file")
-            if real.stat().st_size > self.max_adapter_bytes:
-                raise ServingError(Code.RESOURCE_EXHAUSTED,
-                                   f"path: {path!r} is {real.stat().st_size} bytes, over the "
-                                   f"{self.max_adapter_bytes}-byte adapter limit")
-            return real.read_bytes(), path
+            if "\x00" in path or len(path) > 4096:
+                raise ServingError(Code.INVALID_ARGUMENT, f"path: {clip(path)} is not a usable file path "
+                                                          "(NUL byte, or over 4096 characters)")
+            try:
+                real = Path(os.path.realpath(path))  # resolves symlinks and '..'
+                if not any(real == root or root in real.parents for root in self.allowed_register_dirs):
+                    raise ServingError(Code.PERMISSION_DENIED,
+                                       f"path: {clip(path)} is outside the directories this server allows "
+                                       f"({', '.join(map(str, self.allowed_register_dirs))})")
+                if not real.is_file():
+                    raise ServingError(Code.NOT_FOUND, f"path: {clip(path)} is not a file")
+                size = real.stat().st_size
+                if size > self.max_adapter_bytes:
+                    raise ServingError(Code.RESOURCE_EXHAUSTED,
+                                       f"path: {clip(path)} is {size} bytes, over the "
+                                       f"{self.max_adapter_bytes}-byte adapter limit")
+                return real.read_bytes(), clip(path)
+            except (OSError, ValueError) as exc:
+                raise ServingError(Code.INVALID_ARGUMENT, f"path: cannot read {clip(path)}: {exc}") from None
         if not data:
             raise ServingError(Code.INVALID_ARGUMENT, "data: empty; send the adapter's .safetensors bytes or a path")
         return data, "the adapter bytes"
@@ -282,6 +308,7 @@ class AdapterRegistry:
         if not self.dir.is_dir():
             log.warning("adapters directory %s does not exist; starting with no categories", self.dir)
             return
+        _sweep_temp_files(self.dir)
         found: dict[str, dict[str, Path]] = {}
         for path in sorted(self.dir.glob(f"*{SUFFIX}")):
             name = path.name[: -len(SUFFIX)]
@@ -354,14 +381,22 @@ class AdapterRegistry:
                                        "are immutable, register it under a new version")
                 self._check_k(cat, adapter, label)
                 target = self._category_dir(category) / f"{version}{SUFFIX}"
-                _atomic_write(target, raw)
+                make_active = activate or cat.active is None or cat.versions[cat.active].adapter is None
+                try:  # the file, then the state that makes it active: both or neither
+                    _atomic_write(target, raw)
+                    if make_active:
+                        self._write_state(category, active=version)
+                except OSError as exc:
+                    with suppress(OSError):
+                        target.unlink()
+                    raise from_os_error(exc, f"registering {category}/{version}") from None
                 entry = VersionEntry(category, version, adapter, adapter.sha256, len(raw), _now(), target)
                 self.cache.put(entry.cache_key, prepared, self.backend.nbytes(prepared))
                 with self._state_lock:
                     cat.versions[version] = entry
                     cat.loading = False
-                if activate or cat.active is None or cat.versions[cat.active].adapter is None:
-                    self._activate(cat, version)
+                    if make_active:
+                        cat.active, cat.error = version, ""
                 log.info("registered %s (sha256 %s)%s", label, adapter.sha256[:12], " [active]" if activate else "")
                 return self._status(cat), True
             finally:
@@ -371,8 +406,11 @@ class AdapterRegistry:
                         del self._categories[category]  # a failed first registration leaves nothing behind
 
     def _activate(self, cat: _Category, version: str) -> None:
-        """Caller holds the admin lock."""
-        self._write_state(cat.name, active=version)
+        """Caller holds the admin lock. The state file first: if it cannot be written nothing changes."""
+        try:
+            self._write_state(cat.name, active=version)
+        except OSError as exc:
+            raise from_os_error(exc, f"activating {cat.name}/{version}") from None
         with self._state_lock:
             cat.active = version
             cat.error = ""
@@ -409,6 +447,12 @@ class AdapterRegistry:
                 victims = [cat.versions[version]]
             else:
                 victims = list(cat.versions.values())
+            for entry in victims:
+                if entry.version == SHIPPED:  # persisted first: if it fails, nothing was removed
+                    try:
+                        self._write_state(category, shipped_removed=entry.sha256)
+                    except OSError as exc:
+                        raise from_os_error(exc, f"unregistering {category}/{SHIPPED}") from None
             with self._state_lock:
                 for entry in victims:
                     del cat.versions[entry.version]
@@ -426,19 +470,20 @@ class AdapterRegistry:
             return [e.version for e in victims]
 
     def _delete_file(self, entry: VersionEntry) -> None:
-        if entry.version == SHIPPED:
-            # never delete a shipped file; remember that it was removed (by content)
-            self._write_state(entry.category, shipped_removed=entry.sha256)
-            return
-        if entry.path is not None:
-            with suppress(FileNotFoundError):
-                entry.path.unlink()
+        if entry.version == SHIPPED or entry.path is None:
+            return  # a shipped file is never deleted (unregister remembered its content instead)
+        try:
+            entry.path.unlink(missing_ok=True)
+        except OSError as exc:  # already out of view; only a restart would serve it again
+            log.error("could not delete %s (%s); remove it by hand or it is served again after a restart",
+                      entry.path, exc)
 
     def _cleanup_dir(self, category: str) -> None:
         state = self._read_state(category)
         path = self._category_dir(category)
         if state.get("shipped_removed"):
-            self._write_state(category, active=None)
+            with suppress(OSError):  # (only tidies: the active name is checked against what exists)
+                self._write_state(category, active=None)
             return
         try:
             (path / STATE_FILE).unlink(missing_ok=True)

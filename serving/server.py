@@ -34,7 +34,7 @@ from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.auth import TokenInterceptor
 from serving.backend import Backend, make_backend
 from serving.batching import BatchConfig, ComputeThreads, DynamicBatcher
-from serving.config import ServerConfig
+from serving.config import ServerConfig, join_host_port
 from serving.engine import InferenceEngine
 from serving.errors import ServingError
 from serving.folding import FoldedCache
@@ -141,6 +141,13 @@ class ServerHandle:
     state: ServerState
     metrics_port: int | None = None
     metrics_server: object | None = None
+    admin_server: grpc.Server | None = None  # AdminService on a port of its own (--admin-port)
+    admin_port: int | None = None
+
+    def start(self) -> None:
+        self.server.start()
+        if self.admin_server is not None:
+            self.admin_server.start()
 
     def shutdown(self, grace: float | None = None) -> bool:
         """Graceful stop (see the module docstring); True if in-flight work finished within grace."""
@@ -151,7 +158,10 @@ class ServerHandle:
         if state.batcher is not None:
             state.batcher.drain()
         # stop() cancels RPCs still running after `grace`; the event is set once they are gone
-        finished = self.server.stop(grace=grace).wait(grace + 5.0)
+        stopping = [self.server.stop(grace=grace)]
+        if self.admin_server is not None:
+            stopping.append(self.admin_server.stop(grace=grace))
+        finished = all([event.wait(grace + 5.0) for event in stopping])
         if state.batcher is not None:
             state.batcher.close(timeout=1.0)  # a forward pass still running after grace is abandoned
         if self.metrics_server is not None:
@@ -162,9 +172,7 @@ class ServerHandle:
 
     @property
     def address(self) -> str:
-        host = self.state.cfg.host
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
-        return f"{host}:{self.port}"
+        return join_host_port(self.state.cfg.host, self.port)
 
 
 class LeadFirstExecutor(futures.ThreadPoolExecutor):
@@ -192,45 +200,76 @@ class LeadFirstExecutor(futures.ThreadPoolExecutor):
         return self._fallback.submit(fn, *args, **kwargs)
 
 
-def build_server(cfg: ServerConfig) -> ServerHandle:
-    """Bind (not start) a server for `cfg`; see the module docstring for loading."""
+def _grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_message_bytes: int,
+                 max_rpcs: int) -> grpc.Server:
+    # gRPC checks a message's length against the receive limit before it buffers it, so the limit
+    # bounds the memory a client can make the server hold; it is per server, hence two servers
+    # when admin has its own port (a 64 MB adapter must not open the inference port to 64 MB images)
     options = [
-        ("grpc.max_receive_message_length", cfg.max_message_bytes),
-        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
     interceptors = []
     if cfg.admin_token is not None or cfg.inference_token is not None:
         interceptors.append(TokenInterceptor(cfg.admin_token, cfg.inference_token))
+    return grpc.server(pool, options=options, interceptors=interceptors, maximum_concurrent_rpcs=max_rpcs)
+
+
+def _listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
+    address = join_host_port(cfg.host, port)
+    try:
+        if cfg.tls:
+            bound = server.add_secure_port(address, _server_credentials(cfg))
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"cannot listen on {address} (port in use?)")
+    return bound
+
+
+def _add_health_and_reflection(server: grpc.Server, health_servicer, services: list[str]) -> None:
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(services + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+
+def build_server(cfg: ServerConfig) -> ServerHandle:
+    """Bind (not start) a server for `cfg`; see the module docstring for loading."""
     handlers = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks",
                                           initializer=handler_thread, initargs=(cfg.handler_nice,))
-    server = grpc.server(handlers, options=options, interceptors=interceptors,
-                         # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
-                         maximum_concurrent_rpcs=cfg.max_workers + cfg.max_queue)
+    # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
+    server = _grpc_server(cfg, handlers, cfg.max_message_bytes, cfg.max_workers + cfg.max_queue)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     state = ServerState(cfg, health_servicer)
     state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     detect_pool = LeadFirstExecutor(handlers, state) if cfg.lone_on_lead else None
     pb_grpc.add_LandmarkServiceServicer_to_server(LandmarkServicer(state, detect_pool), server)
-    if cfg.enable_admin:
+    admin_server = None
+    if cfg.enable_admin and cfg.admin_port is None:
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(state), server)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [SERVICE_NAMES[0]] + ([SERVICE_NAMES[1]] if cfg.enable_admin else [])
-    reflection.enable_server_reflection(names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        _add_health_and_reflection(server, health_servicer, list(SERVICE_NAMES))
+    else:
+        _add_health_and_reflection(server, health_servicer, [SERVICE_NAMES[0]])
+        if cfg.enable_admin:
+            admin_pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="landmarks-admin",
+                                                    initializer=handler_thread)
+            admin_server = _grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
+            pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(state), admin_server)
+            _add_health_and_reflection(admin_server, health_servicer, [SERVICE_NAMES[1]])
     if cfg.load_in_background:
         threading.Thread(target=_load_quietly, args=(state,), name="landmarks-load", daemon=True).start()
     else:
         state.load()
-    try:
-        if cfg.tls:
-            port = server.add_secure_port(cfg.address, _server_credentials(cfg))
-        else:
-            port = server.add_insecure_port(cfg.address)
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {cfg.address}: {exc}") from None
-    if port == 0:
-        raise OSError(f"cannot listen on {cfg.address} (port in use?)")
-    handle = ServerHandle(server, port, state)
+    port = _listen(server, cfg, cfg.port)
+    handle = ServerHandle(server, port, state, admin_server=admin_server)
+    if admin_server is not None:
+        try:
+            handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
+        except OSError:
+            server.stop(None)
+            raise
     if cfg.metrics_port is not None:
         try:
             handle.metrics_server, handle.metrics_port = start_metrics_server(state.metrics, cfg.host,
@@ -267,12 +306,13 @@ def serve(cfg: ServerConfig) -> int:
     import signal
 
     handle = build_server(cfg)
-    handle.server.start()
+    handle.start()
     log.info("listening on %s", handle.address)
     if cfg.admin_token is None and cfg.enable_admin and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the admin service is open to the network (no --admin-token-file, not --no-admin)")
     core = handle.state.core.sha256[:12] if handle.state.core else "?"
-    extra = f", metrics on {cfg.host}:{handle.metrics_port}" if handle.metrics_port is not None else ""
+    extra = f", admin on {join_host_port(cfg.host, handle.admin_port)}" if handle.admin_port is not None else ""
+    extra += f", metrics on {cfg.host}:{handle.metrics_port}" if handle.metrics_port is not None else ""
     print(f"landmarks server listening on {handle.address} ({'TLS' if cfg.tls else 'plaintext'}, core {core}, "
           f"device {cfg.device}{extra})", flush=True)
     stop = threading.Event()

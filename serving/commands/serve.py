@@ -32,11 +32,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "yields to forward passes (default %(default)s: off)")
     parser.add_argument("--cache-mb", type=int, default=1024,
                         help="folded-weights cache budget in MiB (default %(default)s)")
-    parser.add_argument("--max-adapter-mb", type=int, default=256, help="adapter size cap (default %(default)s)")
+    parser.add_argument("--max-adapter-mb", type=int, default=64, help="adapter size cap (default %(default)s)")
+    parser.add_argument("--admin-port", type=int, default=None,
+                        help="serve the admin service (register, activate, unregister, list) on this port "
+                             "only, with a receive limit of --max-adapter-mb + 1, instead of on --port "
+                             "(default: on --port, where --max-message-mb limits registration by bytes too)")
     parser.add_argument("--allow-path", type=Path, action="append", default=[],
                         help="directory RegisterAdapter(path=...) may read from (repeatable; default: none)")
     parser.add_argument("--no-admin", action="store_true", help="do not serve the AdminService")
-    parser.add_argument("--max-message-mb", type=int, default=64, help="gRPC message size limit (default %(default)s)")
+    parser.add_argument("--max-message-mb", type=int, default=64,
+                        help="largest request on --port, e.g. an image (default %(default)s); gRPC refuses "
+                             "larger ones with RESOURCE_EXHAUSTED before reading them")
     g = parser.add_argument_group("batching and load")
     g.add_argument("--max-batch", type=int, default=16, help="most requests per forward pass (default %(default)s)")
     g.add_argument("--max-queue-delay-ms", type=float, default=2.0,
@@ -85,6 +91,7 @@ def main(args: argparse.Namespace) -> int:
             cache_bytes=args.cache_mb << 20,
             max_adapter_bytes=args.max_adapter_mb << 20, max_message_bytes=args.max_message_mb << 20,
             allowed_register_dirs=tuple(args.allow_path), enable_admin=not args.no_admin,
+            admin_port=args.admin_port,
             max_batch_size=args.max_batch, max_queue_delay_ms=args.max_queue_delay_ms, max_queue=args.max_queue,
             batch_workers=args.batch_workers, lone_on_lead=args.lone_on_lead, grace_s=args.grace, metrics_port=args.metrics_port,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,

@@ -101,7 +101,7 @@ def start_server(adapters_dir: Path, **overrides):
 
     cfg = ServerConfig(host="127.0.0.1", port=0, adapters_dir=adapters_dir, max_workers=16, torch_threads=1, **overrides)
     handle = build_server(cfg)
-    handle.server.start()
+    handle.start()
     return handle
 
 
