@@ -161,7 +161,7 @@ class ServerHandle:
         stopping = [self.server.stop(grace=grace)]
         if self.admin_server is not None:
             stopping.append(self.admin_server.stop(grace=grace))
-        finished = all([event.wait(grace + 5.0) for event in stopping])
+        finished = all([event.wait(grace + 5.0) for event in stopping])  # noqa: C419  wait for each
         if state.batcher is not None:
             state.batcher.close(timeout=1.0)  # a forward pass still running after grace is abandoned
         if self.metrics_server is not None:

@@ -95,7 +95,7 @@ def test_inference_limit_holds_whatever_the_adapter_cap(store):
     try:
         assert handle.state.cfg.max_message_bytes == 1 << 20
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
-            code, details = call(c.detect, b"\x89PNG" + bytes(2 << 20), "cats")
+            code, _ = call(c.detect, b"\x89PNG" + bytes(2 << 20), "cats")
             assert code == Code.RESOURCE_EXHAUSTED
             assert_healthy(c)
     finally:
