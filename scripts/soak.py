@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import math
 import os
@@ -529,22 +530,29 @@ def plot(path: Path, result: dict) -> None:
                    label=f"±{tol:.0%} of first post-warm-up sample")
     ax.set_ylabel("RSS (MB)")
     ax.legend(loc="lower right")
+    ax2 = ax.twinx()  # a thread or descriptor leak shows here before it shows in RSS
+    ax2.plot(t, [s.get("threads") for s in samples], color="tab:purple", lw=1, alpha=0.7, label="threads")
+    ax2.plot(t, [s.get("fds") for s in samples], color="tab:brown", lw=1, alpha=0.7, label="open fds")
+    ax2.set_ylabel("threads, open fds")
+    ax2.set_ylim(bottom=0)
+    ax2.legend(loc="lower center", fontsize="small")
     ax = axes[1]
     for key, style in (("p50", "-"), ("p95", "--"), ("p99", "-")):
         ax.plot(t, [s["good_latency"][key] for s in samples], style, marker="o", ms=3, label=f"good Detect {key}")
     ax.set_ylabel("latency per window (ms)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize="small")
     ax2 = ax.twinx()
     ax2.plot(t, [s["rps"] for s in samples], color="grey", alpha=0.6, lw=1)
     ax2.set_ylabel("requests/s (grey)")
     ax = axes[2]
     codes = sorted({c for s in samples for k in s["counts"].values() for c in k})
+    palette = [f"tab:{c}" for c in ("blue", "orange", "purple", "brown", "pink", "gray", "olive", "cyan")]
+    colors = itertools.cycle([*palette, "navy", "teal", "darkkhaki"])  # no red: red marks the failures
     for code in codes:
         ax.plot(t, [sum(k.get(code, 0) for k in s["counts"].values()) for s in samples], marker="o", ms=3,
-                label=code, **({"color": "black", "lw": 2.5} if code in ("INTERNAL", "UNKNOWN") else {}))
+                label=code, **({"color": "black", "lw": 2.5} if code in ("INTERNAL", "UNKNOWN") else
+                               {"color": "tab:green" if code == "OK" else next(colors)}))
     ax.plot(t, [s["unexpected"] for s in samples], "x-", color="red", lw=2, label="unexpected / failed")
     ax.set_ylabel("calls per window (all kinds)")
     ax.set_yscale("symlog", linthresh=1)
@@ -553,7 +561,7 @@ def plot(path: Path, result: dict) -> None:
     for ax in axes:
         ax.axvspan(min(t, default=0), warm, color="grey", alpha=0.15)
         ax.grid(alpha=0.3)
-    axes[0].text(warm / 2, 0.95, "warm-up", transform=axes[0].get_xaxis_transform(), ha="center", va="top")
+    axes[0].text(warm / 2, 0.03, "warm-up", transform=axes[0].get_xaxis_transform(), ha="center", va="bottom")
     v = result["verdict"]
     failing = [name for name, c in v["checks"].items() if not c["pass"]]
     fig.suptitle(f"landmarks serve soak: {result['config']['minutes']:g} min, {result['config']['clients']} clients, "
