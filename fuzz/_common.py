@@ -11,6 +11,11 @@ FUZZ = ROOT / "fuzz"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# fuzz_image.py's input layout (fuzz/make_seeds.py writes its seeds in it): 1 mode byte,
+# IMAGE_PARAM_LEN parameter bytes, then the payload.
+IMAGE_PARAM_LEN = 24
+MODE_ENCODED, MODE_RAW, MODE_BOX, MODE_NAMES = 0, 1, 2, 3
+
 
 def argv_with_defaults(argv: list[str], **defaults: object) -> list[str]:
     """`argv` plus `-name=value` for every default the caller did not set (e.g. max_len)."""
@@ -29,4 +34,6 @@ def known_bugs() -> set[str]:
 def check_known_names(names: set[str], understood: tuple[str, ...]) -> None:
     unknown = names - set(understood)
     if unknown:
-        sys.exit(f"FUZZ_KNOWN_BUGS: {sorted(unknown)} not understood here; this harness knows {list(understood)}")
+        sys.exit(
+            f"FUZZ_KNOWN_BUGS: {sorted(unknown)} not understood here; this harness knows {list(understood)}"
+        )

@@ -55,22 +55,135 @@ MAX_INPUT_SIZE = 1024  # a file may not make the server's trial forward allocate
 KNOWN_BUG_NAMES = ("names", "metadata_ints", "input_size")
 KNOWN = _common.known_bugs()
 
-META_KEYS = ("format_version", "kind", "config", "num_landmarks", "input_size", "normalization",
-             "landmark_names", "core_sha256", "category", "targets", "created", "command", "metrics",
-             "training_seconds", "license")
-CONFIG_FIELDS = ("num_landmarks", "stem_channels", "mid_channels", "features", "depth", "input_size",
-                 "mean", "std")
-DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "BOOL": 1,
-          "F8_E4M3": 1, "U32": 4}
-NAN_BYTES = {"F16": b"\x00\x7e", "BF16": b"\xc0\x7f", "F32": struct.pack("<f", math.nan),
-             "F64": struct.pack("<d", math.inf)}
-INTERESTING_TEXT = ("", "0", "1", "-1", "2", "3", "4", "5", "8", "16", "32", "64", "128", "1024", "1e309",
-                    "NaN", "Infinity", "-0", "null", "true", "[]", "{}", '[""]', '["a"]', "[1, 2, 3]",
-                    '{"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}', "9" * 5000, "[" * 3000 + "]" * 3000,
-                    "\x00", "\u2603", "\ud800", "all", "3x3", "core", "adapter", "network", "x" * 70_000)
-INTERESTING_JSON = (None, True, False, 0, -1, 1, 2, 3, 4, 5, 7, 8, 16, 32, 48, 64, 96, 128, 1024, 1025, 4096,
-                    2**31, 2**63, 10**30, 0.5, -0.0, 1e308, math.nan, math.inf, -math.inf, "", "8", "x" * 100,
-                    [], [0.5], [0.5, 0.5, 0.5], [0, 0, 0], [1e-45, 1, 1], [math.nan] * 3, {}, {"a": 1})
+META_KEYS = (
+    "format_version",
+    "kind",
+    "config",
+    "num_landmarks",
+    "input_size",
+    "normalization",
+    "landmark_names",
+    "core_sha256",
+    "category",
+    "targets",
+    "created",
+    "command",
+    "metrics",
+    "training_seconds",
+    "license",
+)
+CONFIG_FIELDS = (
+    "num_landmarks",
+    "stem_channels",
+    "mid_channels",
+    "features",
+    "depth",
+    "input_size",
+    "mean",
+    "std",
+)
+DTYPES = {
+    "F16": 2,
+    "BF16": 2,
+    "F32": 4,
+    "F64": 8,
+    "I8": 1,
+    "U8": 1,
+    "I16": 2,
+    "I32": 4,
+    "I64": 8,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "U32": 4,
+}
+NAN_BYTES = {
+    "F16": b"\x00\x7e",
+    "BF16": b"\xc0\x7f",
+    "F32": struct.pack("<f", math.nan),
+    "F64": struct.pack("<d", math.inf),
+}
+INTERESTING_TEXT = (
+    "",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "8",
+    "16",
+    "32",
+    "64",
+    "128",
+    "1024",
+    "1e309",
+    "NaN",
+    "Infinity",
+    "-0",
+    "null",
+    "true",
+    "[]",
+    "{}",
+    '[""]',
+    '["a"]',
+    "[1, 2, 3]",
+    '{"mean": [0.5, 0.5, 0.5], "std": [0, 0, 0]}',
+    "9" * 5000,
+    "[" * 3000 + "]" * 3000,
+    "\x00",
+    "\u2603",
+    "\ud800",
+    "all",
+    "3x3",
+    "core",
+    "adapter",
+    "network",
+    "x" * 70_000,
+)
+INTERESTING_JSON = (
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    16,
+    32,
+    48,
+    64,
+    96,
+    128,
+    1024,
+    1025,
+    4096,
+    2**31,
+    2**63,
+    10**30,
+    0.5,
+    -0.0,
+    1e308,
+    math.nan,
+    math.inf,
+    -math.inf,
+    "",
+    "8",
+    "x" * 100,
+    [],
+    [0.5],
+    [0.5, 0.5, 0.5],
+    [0, 0, 0],
+    [1e-45, 1, 1],
+    [math.nan] * 3,
+    {},
+    {"a": 1},
+)
 
 
 # --------------------------------------------------------------------------------------- the contract
@@ -89,8 +202,11 @@ def check_config(config: object) -> None:
         if type(value) is not int or value < 1:
             _finding(f"config.{field} = {value!r} is not a positive int")
     if config.input_size > MAX_INPUT_SIZE:
-        _finding(f"config.input_size = {config.input_size} > {MAX_INPUT_SIZE}: the server's trial forward "
-                 "would allocate a huge image", "input_size")
+        _finding(
+            f"config.input_size = {config.input_size} > {MAX_INPUT_SIZE}: the server's trial forward "
+            "would allocate a huge image",
+            "input_size",
+        )
     for field in ("mean", "std"):
         values = getattr(config, field)
         if len(values) != 3 or not all(type(v) is float and math.isfinite(v) for v in values):
@@ -107,15 +223,16 @@ def check_artifact(art: adapter_io._Artifact) -> None:
     meta = art.metadata
     for key in ("num_landmarks", "input_size"):
         if key in meta and meta[key] != str(getattr(art.config, key)):
-            _finding(f"metadata {key}={meta[key][:80]!r} disagrees with the config's {getattr(art.config, key)}",
-                     "metadata_ints")
+            _finding(
+                f"metadata {key}={meta[key][:80]!r} disagrees with the config's {getattr(art.config, key)}",
+                "metadata_ints",
+            )
     try:
         names = art.landmark_names
     except Exception as exc:  # noqa: BLE001  any exception here is the finding
         _finding(f"landmark_names raised {type(exc).__name__}: {str(exc)[:200]}", "names")
     else:
-        if (not isinstance(names, list) or len(names) != k
-                or not all(isinstance(n, str) and n for n in names)):
+        if not isinstance(names, list) or len(names) != k or not all(isinstance(n, str) and n for n in names):
             _finding(f"landmark_names is not a list of {k} non-empty strings: {str(names)[:200]!r}", "names")
     for key, tensor in art.tensors.items():
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
@@ -212,7 +329,9 @@ def fuzz_text(rng: random.Random, old: str | None) -> str:
     if old is not None and roll < 0.9:
         raw = atheris.Mutate(old.encode("utf-8", "surrogatepass"), len(old) + 64)
         return raw.decode("utf-8", "replace")
-    return "".join(chr(rng.choice((rng.randrange(32, 127), rng.randrange(0x10FFFF)))) for _ in range(rng.randrange(20)))
+    return "".join(
+        chr(rng.choice((rng.randrange(32, 127), rng.randrange(0x10FFFF)))) for _ in range(rng.randrange(20))
+    )
 
 
 def fuzz_json(rng: random.Random, depth: int) -> object:
@@ -259,8 +378,17 @@ def mutate_config(rng: random.Random, header: dict, blobs: dict[str, bytes]) -> 
         config.pop(field, None)
     elif roll < 0.6 and isinstance(config.get(field), int) and field != "bogus":
         # a plausible change, mirrored into the metadata copies so their check passes
-        config[field] = rng.choice((config[field] * 2, config[field] // 2, config[field] + 1, config[field] - 1,
-                                    config[field] * 64, 0, -config[field]))
+        config[field] = rng.choice(
+            (
+                config[field] * 2,
+                config[field] // 2,
+                config[field] + 1,
+                config[field] - 1,
+                config[field] * 64,
+                0,
+                -config[field],
+            )
+        )
         if field in ("num_landmarks", "input_size"):
             meta[field] = str(config[field])
     else:
@@ -288,7 +416,9 @@ def mutate_tensor(rng: random.Random, header: dict, blobs: dict[str, bytes]) -> 
     elif roll < 0.6:  # same numel, other shape
         shape = entry.get("shape") or [1]
         numel = math.prod(shape) if all(isinstance(s, int) for s in shape) else 1
-        entry["shape"] = rng.choice(([numel], [1, numel], shape[::-1], [*shape, 1], [0], [], [numel + 1], [-1]))
+        entry["shape"] = rng.choice(
+            ([numel], [1, numel], shape[::-1], [*shape, 1], [0], [], [numel + 1], [-1])
+        )
     elif roll < 0.8:  # one NaN or Inf in the payload
         blob = bytearray(blobs.get(name, b""))
         bad = NAN_BYTES.get(entry.get("dtype"), b"\xff\xff\xff\xff")
@@ -334,8 +464,9 @@ def CustomMutator(data: bytes, max_size: int, seed: int) -> bytes:
 def main() -> None:
     _common.check_known_names(KNOWN, KNOWN_BUG_NAMES)
     # The seeds are 20-45 KB; leave room for mutations that grow them.
-    atheris.Setup(_common.argv_with_defaults(sys.argv, max_len=131072), TestOneInput,
-                  custom_mutator=CustomMutator)
+    atheris.Setup(
+        _common.argv_with_defaults(sys.argv, max_len=131072), TestOneInput, custom_mutator=CustomMutator
+    )
     atheris.Fuzz()
 
 

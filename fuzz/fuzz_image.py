@@ -33,7 +33,7 @@ import math
 import struct
 import sys
 
-import _common  # noqa: F401  puts the repository root on sys.path
+import _common
 import atheris
 
 # Not instrumented: large, native, and not what is under test.
@@ -52,15 +52,17 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
 torch.set_num_threads(1)
 
 MAX_PIXELS = 4_000_000  # small, to stay fast; the server's default is larger
-PARAM_LEN = 24
-MODE_ENCODED, MODE_RAW, MODE_BOX, MODE_NAMES = 0, 1, 2, 3
+PARAM_LEN = _common.IMAGE_PARAM_LEN
+MODE_ENCODED, MODE_RAW, MODE_BOX = _common.MODE_ENCODED, _common.MODE_RAW, _common.MODE_BOX
 MAX_CROP = 160  # crop sizes 1..MAX_CROP; the model inputs are 32..128
 SPECIAL = (math.nan, math.inf, -math.inf, 1e308, -1e308, 3.4e38, 0.0, -0.0, 5e-324, 2.0**53, -1.0, 1e-7)
 
 
 def allowed(exc: ServingError) -> None:
     if exc.code != grpc.StatusCode.INVALID_ARGUMENT:
-        raise AssertionError(f"ServingError with code {exc.code}, not INVALID_ARGUMENT: {exc.message}") from exc
+        raise AssertionError(
+            f"ServingError with code {exc.code}, not INVALID_ARGUMENT: {exc.message}"
+        ) from exc
 
 
 def coordinate(fdp: atheris.FuzzedDataProvider, extent: int) -> float:
@@ -78,8 +80,11 @@ def box_from(fdp: atheris.FuzzedDataProvider, width: int, height: int) -> tuple[
 
 
 def check_square(square: object, width: int, height: int) -> None:
-    ok = isinstance(square, tuple) and len(square) == 4 and all(isinstance(v, float) and math.isfinite(v)
-                                                               for v in square)
+    ok = (
+        isinstance(square, tuple)
+        and len(square) == 4
+        and all(isinstance(v, float) and math.isfinite(v) for v in square)
+    )
     if not ok:
         raise AssertionError(f"resolve_box returned {square!r}")
     x0, y0, x1, y1 = square
@@ -99,15 +104,23 @@ def crop_and_check(image: Image.Image, box: tuple[float, ...] | None, size: int)
         return
     check_square(square, width, height)
     pixels = crop_square(image, square, size)
-    if not (isinstance(pixels, torch.Tensor) and pixels.dtype == torch.uint8 and tuple(pixels.shape) == (size, size, 3)):
-        raise AssertionError(f"crop_square gave {type(pixels).__name__} {getattr(pixels, 'shape', '')} "
-                             f"{getattr(pixels, 'dtype', '')} for size {size}")
+    if not (
+        isinstance(pixels, torch.Tensor)
+        and pixels.dtype == torch.uint8
+        and tuple(pixels.shape) == (size, size, 3)
+    ):
+        raise AssertionError(
+            f"crop_square gave {type(pixels).__name__} {getattr(pixels, 'shape', '')} "
+            f"{getattr(pixels, 'dtype', '')} for size {size}"
+        )
     if square[2] - square[0] <= 2 * size:
         reference = np.asarray(crop_resized(image, square, size))
         if not np.array_equal(pixels.numpy(), reference):
             diff = np.abs(pixels.numpy().astype(int) - reference.astype(int)).max()
-            raise AssertionError(f"crop_square differs from crop_resized by up to {diff} for box {square} "
-                                 f"on a {width}x{height} image at size {size}")
+            raise AssertionError(
+                f"crop_square differs from crop_resized by up to {diff} for box {square} "
+                f"on a {width}x{height} image at size {size}"
+            )
 
 
 def check_decoded(image: object, min_side: int) -> None:
@@ -134,7 +147,11 @@ def fuzz_decode(mode: int, params: bytes, payload: bytes) -> None:
         else:
             expected = height * width * channels
             if fdp.ConsumeBool() and 0 < expected <= 1 << 16:
-                payload = (payload * (expected // max(1, len(payload)) + 1))[:expected] if payload else bytes(expected)
+                payload = (
+                    (payload * (expected // max(1, len(payload)) + 1))[:expected]
+                    if payload
+                    else bytes(expected)
+                )
             image = decode_raw(payload, height, width, channels, MAX_PIXELS, min_side)
     except ServingError as exc:
         allowed(exc)
@@ -166,16 +183,25 @@ def fuzz_box(params: bytes, payload: bytes) -> None:
 def fuzz_names(params: bytes, payload: bytes) -> None:
     codec = ("utf-8", "latin-1", "utf-16-le")[params[0] % 3] if params else "utf-8"
     text = payload.decode(codec, "surrogateescape" if codec == "utf-8" else "replace")
-    calls = ((validate_category, CATEGORY_RE, {}), (validate_version, VERSION_RE, {}),
-             (validate_version, VERSION_RE, {"allow_shipped": False}))
+    calls = (
+        (validate_category, CATEGORY_RE, {}),
+        (validate_version, VERSION_RE, {}),
+        (validate_version, VERSION_RE, {"allow_shipped": False}),
+    )
     for validate, pattern, kwargs in calls:
         try:
             out = validate(text, **kwargs)
         except ServingError as exc:
             allowed(exc)
             continue
-        unsafe = ("/" in out or "\\" in out or "\x00" in out or out.startswith(".") or len(out) > 64
-                  or out.endswith(".safetensors"))
+        unsafe = (
+            "/" in out
+            or "\\" in out
+            or "\x00" in out
+            or out.startswith(".")
+            or len(out) > 64
+            or out.endswith(".safetensors")
+        )
         if out != text or not pattern.fullmatch(out) or unsafe:
             raise AssertionError(f"{validate.__name__}{kwargs or ''} accepted {text!r} (returned {out!r})")
         if validate is validate_category and out == "core":
@@ -187,7 +213,11 @@ def fuzz_names(params: bytes, payload: bytes) -> None:
 def TestOneInput(data: bytes) -> None:
     if not data:
         return
-    mode, params, payload = data[0] % 4, data[1 : 1 + PARAM_LEN].ljust(PARAM_LEN, b"\0"), data[1 + PARAM_LEN :]
+    mode, params, payload = (
+        data[0] % 4,
+        data[1 : 1 + PARAM_LEN].ljust(PARAM_LEN, b"\0"),
+        data[1 + PARAM_LEN :],
+    )
     if mode in (MODE_ENCODED, MODE_RAW):
         fuzz_decode(mode, params, payload)
     elif mode == MODE_BOX:
@@ -197,7 +227,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Setup(_common.argv_with_defaults(sys.argv, max_len=8192), TestOneInput)
     atheris.Fuzz()
 
 

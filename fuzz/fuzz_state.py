@@ -1,7 +1,8 @@
 """Fuzz the adapter store's per-category state file parser, `serving.registry.parse_state(bytes)`.
 
     .venv/bin/python fuzz/fuzz_state.py fuzz/corpus/fuzz_state -runs=20000
-    .venv/bin/python fuzz/fuzz_state.py NEW_DIR fuzz/corpus/fuzz_state -max_total_time=300 -dict=fuzz/state.dict
+    .venv/bin/python fuzz/fuzz_state.py NEW_DIR fuzz/corpus/fuzz_state -dict=fuzz/state.dict \
+        -max_total_time=300
 
 Contract (anything else is a finding): parse_state raises nothing but ValueError, and what it
 returns is a dict with exactly the keys "active" (None or a str that `VERSION_RE` fully matches)

@@ -13,13 +13,9 @@ from __future__ import annotations
 import io
 import json
 import struct
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch
+from _common import IMAGE_PARAM_LEN, MODE_BOX, MODE_ENCODED, MODE_NAMES, MODE_RAW, ROOT
 from PIL import Image
 
 from landmarks.adapter_io import load_core, save_adapter, save_core, save_network
@@ -31,10 +27,7 @@ DATA = FUZZ / "data"
 CORPUS = FUZZ / "corpus"
 CREATED = "2026-01-01T00:00:00+00:00"  # fixed, so regenerating does not churn the files
 
-# fuzz_image.py input layout: 1 mode byte, PARAM_LEN parameter bytes, then the payload.
-# Kept in sync with fuzz_image.py (imported there would instrument this module; a test checks).
-PARAM_LEN = 24
-MODE_ENCODED, MODE_RAW, MODE_BOX, MODE_NAMES = 0, 1, 2, 3
+PARAM_LEN = IMAGE_PARAM_LEN
 
 
 def _params(seed: int) -> bytes:
@@ -77,8 +70,16 @@ def artifact_seeds() -> dict[str, bytes]:
         ]:
             adapted = build_adapted(core.build(), k, targets)
             randomize_adapter(adapted, seed=k)
-            save_adapter(tmp, adapter_state_dict(adapted), adapted.config, category="mugs",
-                         core_sha256=core.sha256, targets=targets, landmark_names=names, created=CREATED)
+            save_adapter(
+                tmp,
+                adapter_state_dict(adapted),
+                adapted.config,
+                category="mugs",
+                core_sha256=core.sha256,
+                targets=targets,
+                landmark_names=names,
+                created=CREATED,
+            )
             out[f"{name}.safetensors"] = canonical(tmp.read_bytes())
         save_network(tmp, make_tiny_core(num_landmarks=3, seed=7), category="shoes", created=CREATED)
         out["network_k3.safetensors"] = canonical(tmp.read_bytes())
@@ -133,8 +134,8 @@ def state_seeds() -> dict[str, bytes]:
         "extra_key": {"active": "shipped", "note": [1, 2, {"x": None}]},
     }
     out = {name: json.dumps(value).encode() for name, value in states.items()}
-    out["not_object"] = b"[\"v1\"]"
-    out["bad_utf8"] = b"{\"active\": \"\xff\"}"
+    out["not_object"] = b'["v1"]'
+    out["bad_utf8"] = b'{"active": "\xff"}'
     return out
 
 
