@@ -396,6 +396,8 @@ def start_server(store: Path, core: str | None, log_path: Path, extra: list[str]
         cmd += ["--core", core]
     cmd += extra
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    for name in ("LANDMARKS_TOKEN", "LANDMARKS_ADMIN_TOKEN"):  # the soak's clients send no tokens
+        env.pop(name, None)
     log = open(log_path, "w")  # noqa: SIM115  a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     log.close()
