@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from serving.client import LandmarkClient
+from landmarks.client import LandmarkClient
 
 
 def main() -> int:

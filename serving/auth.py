@@ -15,27 +15,15 @@ Health and reflection are never protected (load balancers, grpcurl).
 from __future__ import annotations
 
 import hmac
-import os
-from pathlib import Path
 
 import grpc
+
+from landmarks.tokens import read_token  # re-exported: the server reads its tokens too
 
 __all__ = ["TokenInterceptor", "read_token"]
 
 ADMIN_PREFIX = "/landmarks.v1.AdminService/"
 INFERENCE_PREFIX = "/landmarks.v1.LandmarkService/"
-
-
-def read_token(path: Path | str | None, env: str | None = None) -> str | None:
-    """A token from a file (first line, stripped) or, failing that, an environment variable."""
-    if path:
-        token = Path(path).read_text().strip()
-        if not token:
-            raise ValueError(f"token file {path} is empty")
-        return token
-    if env and os.environ.get(env):
-        return os.environ[env].strip()
-    return None
 
 
 def _same(a: str | None, b: str | None) -> bool:

@@ -45,9 +45,9 @@ import torch
 from grpc_health.v1 import health_pb2
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
+from landmarks.client import LandmarkClient
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
 from serving.backend import BACKENDS, make_backend
-from serving.client import LandmarkClient
 
 __all__ = ["run"]
 
@@ -261,7 +261,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
 
 
 def run(args) -> int:
-    from serving.auth import read_token
+    from landmarks.tokens import read_token
 
     client_kwargs = {"tls": args.tls, "tls_ca": args.tls_ca,
                      "token": read_token(args.token_file, "LANDMARKS_TOKEN"),

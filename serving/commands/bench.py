@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.commands import add_server_argument, rpc_error
+from landmarks.commands import add_server_argument, rpc_error
 from serving.config import REPO_ADAPTERS
 
 

@@ -114,7 +114,7 @@ def server(store):
 
 @pytest.fixture
 def client(server):
-    from serving.client import LandmarkClient
+    from landmarks.client import LandmarkClient
 
     with LandmarkClient(f"127.0.0.1:{server.port}", timeout=20) as c:
         yield c

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from landmarks.client import LandmarkClient
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.client import LandmarkClient
 from serving.errors import ServingError
 from tests.serving.conftest import metric_value, png_bytes, scrape, start_server
 

@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from serving.client import LandmarkClient
+from landmarks.client import LandmarkClient
 from tests.serving.conftest import png_bytes
 
 STABLE = ("cats", "faces")

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from serving.client import LandmarkClient
+from landmarks.client import LandmarkClient
 from tests.serving.conftest import metric_value, png_bytes, scrape, spawn_server, start_server
 from tests.serving.test_batching import Gate, wait_for
 

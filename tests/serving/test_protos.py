@@ -29,7 +29,7 @@ def test_services_and_import_path():
 
 
 def test_serving_never_imports_training():
-    code = ("import sys, serving.server, serving.client, serving.commands.serve, serving.commands.detect; "
+    code = ("import sys, serving.server, landmarks.client, serving.commands.serve, landmarks.commands.detect; "
             "bad = [m for m in sys.modules if m == 'training' or m.startswith('training.')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -16,8 +16,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from landmarks.adapter_io import MetadataError, load_adapter, load_core
+from landmarks.client import LandmarkClient
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.client import LandmarkClient
 from tests.serving.conftest import png_bytes, start_server
 
 Code = grpc.StatusCode

@@ -8,7 +8,7 @@ import subprocess
 import grpc
 import pytest
 
-from serving.client import LandmarkClient
+from landmarks.client import LandmarkClient
 from tests.serving.conftest import png_bytes, start_server
 
 Code = grpc.StatusCode

@@ -15,12 +15,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from landmarks.adapter_io import load_adapter, load_core
+from landmarks.client import LandmarkClient
 from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from landmarks.heatmaps import heatmap_to_input, soft_argmax
 from landmarks.projection import build_adapted, load_adapter_state
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.backend import pixels_to_images
-from serving.client import LandmarkClient
 from serving.preprocess import crop_square, stack_pixels
 from tests.serving.conftest import jpeg_bytes, make_adapter, make_core, png_bytes, start_server
 from tests.serving.test_units import png_header

@@ -6,7 +6,7 @@ import argparse
 
 import grpc
 
-from serving.commands import add_server_argument, client_for, print_json, rpc_error
+from landmarks.commands import add_server_argument, client_for, print_json, rpc_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from serving.commands import add_server_argument, client_for, print_json, rpc_error
+from landmarks.commands import add_server_argument, client_for, print_json, rpc_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

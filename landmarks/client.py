@@ -1,6 +1,6 @@
 """A small Python client for the landmarks server.
 
-    from serving.client import LandmarkClient
+    from landmarks.client import LandmarkClient
     with LandmarkClient("localhost:50051") as client:
         result = client.detect("photo.jpg", category="faces")       # path, bytes, PIL image or HxWxC uint8 array
         for x, y, conf in result.points: ...
@@ -11,7 +11,8 @@
 Errors arrive as `grpc.RpcError` (`.code()`, `.details()`).
 
 TLS and tokens: `LandmarkClient(target, tls_ca="ca.pem", token=..., admin_token=...)`; the
-inference token goes with Detect calls, the admin token with admin calls (see serving.auth).
+inference token goes with Detect calls, the admin token with admin calls (the server checks them:
+serving/auth.py; `landmarks.tokens.read_token` reads one from a file or the environment).
 """
 
 from __future__ import annotations

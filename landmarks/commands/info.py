@@ -1,0 +1,91 @@
+"""landmarks info: what a core, adapter or network file holds (metadata, parameter counts, size), or the
+counts of a built-in architecture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from landmarks.adapter_io import ArtifactError, read_artifact
+from landmarks.hourglass import ARCHITECTURES, LandmarkHourglass
+from landmarks.projection import expected_adapter_shapes
+
+__all__ = ["add_arguments", "architecture_counts", "main"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, nargs="?", help="a .safetensors core, adapter or network file")
+    parser.add_argument("--arch", choices=["paper", "cpu", "tiny"],
+                        help="instead of a file: parameter counts of a built-in architecture")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+
+
+def architecture_counts(config) -> dict[str, int]:
+    with torch.device("meta"):
+        core = LandmarkHourglass(config)
+    convs3 = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m is not core.head]
+    adapter = expected_adapter_shapes(config, 10, "all")
+    return {
+        "core_parameters": sum(p.numel() for p in core.parameters()),
+        "conv3x3_layers": len(convs3),
+        "sum_cout2_conv3x3": sum(m.out_channels**2 for m in convs3),
+        "sum_cout2_all_core_convs": sum(m.out_channels**2 for m in convs),
+        "adapter_parameters_k10": sum(
+            int(torch.Size(s).numel()) for k, s in adapter.items() if not k.endswith(("running_mean", "running_var"))
+        ),
+    }
+
+
+def print_architecture(arch: dict[str, int]) -> None:
+    print(f"  architecture: core {arch['core_parameters']:,} parameters; {arch['conv3x3_layers']} 3x3 convs, "
+          f"sum C_out^2 = {arch['sum_cout2_conv3x3']:,} (all core convs: {arch['sum_cout2_all_core_convs']:,}); "
+          f"a K=10 adapter learns {arch['adapter_parameters_k10']:,}")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.file is None:
+        if not args.arch:
+            print("error: give a FILE or --arch NAME", file=sys.stderr)
+            return 2
+        config = ARCHITECTURES[args.arch]()
+        arch = architecture_counts(config)
+        if args.json:
+            print(json.dumps({"arch": args.arch, "config": json.loads(config.to_json()), "architecture": arch}))
+        else:
+            print(f"architecture {args.arch!r}: {config.to_json()}")
+            print_architecture(arch)
+        return 0
+    try:
+        art = read_artifact(args.file)
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    meta = dict(art.metadata)
+    kind = meta["kind"]
+    info: dict[str, object] = {
+        "file": str(args.file),
+        "kind": kind,
+        "file_bytes": args.file.stat().st_size,
+        "tensor_sha256": art.sha256,
+        "parameters": art.num_parameters(),
+        "num_landmarks": art.num_landmarks,
+        "input_size": art.config.input_size,
+    }
+    info["architecture"] = architecture_counts(art.config)
+    info["metadata"] = {k: v for k, v in meta.items() if k != "config"}
+    info["config"] = json.loads(meta["config"])
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.file}: {kind}, {info['file_bytes'] / 1e6:.2f} MB, {info['parameters']:,} parameters")
+    print(f"  K={art.num_landmarks}  input {art.config.input_size}x{art.config.input_size}  "
+          f"tensors sha256 {art.sha256[:16]}")
+    print_architecture(info["architecture"])
+    for key in sorted(info["metadata"]):
+        print(f"  {key}: {info['metadata'][key]}")
+    return 0
