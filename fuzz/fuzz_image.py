@@ -21,8 +21,8 @@ Contract (anything else is a finding):
 - the only exception is `serving.errors.ServingError` with code INVALID_ARGUMENT;
 - a decode returns an RGB PIL image within MAX_PIXELS and min_side whose pixels can be read;
 - resolve_box returns 4 finite floats forming a square of side >= 1 that overlaps the image;
-- crop_square returns a (size, size, 3) uint8 tensor, equal to `crop_resized` (what training
-  uses) when the box is at most 2x size, as its docstring promises;
+- crop_square returns a (size, size, 3) uint8 tensor, within one 8-bit level of `crop_resized`
+  (what training uses) when the box is at most 2x size;
 - an accepted category / version is exactly the input, matches CATEGORY_RE / VERSION_RE and is
   safe as a file name (no '/', '\\', NUL, no leading '.', at most 64 characters).
 """
@@ -47,7 +47,7 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
     from landmarks.geometry import crop_resized
     from serving.errors import ServingError
     from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
-    from serving.registry import CATEGORY_RE, VERSION_RE, validate_category, validate_version
+    from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
 
 torch.set_num_threads(1)
 
@@ -114,9 +114,11 @@ def crop_and_check(image: Image.Image, box: tuple[float, ...] | None, size: int)
             f"{getattr(pixels, 'dtype', '')} for size {size}"
         )
     if square[2] - square[0] <= 2 * size:
-        reference = np.asarray(crop_resized(image, square, size))
-        if not np.array_equal(pixels.numpy(), reference):
-            diff = np.abs(pixels.numpy().astype(int) - reference.astype(int)).max()
+        # within one 8-bit level: PIL's fixed-point resampling of a sub-image differs from that of
+        # the whole by 1 now and then (fuzz/regressions/fuzz_image/README.md), never by more
+        reference = np.asarray(crop_resized(image, square, size)).astype(int)
+        diff = np.abs(pixels.numpy().astype(int) - reference).max()
+        if diff > 1:
             raise AssertionError(
                 f"crop_square differs from crop_resized by up to {diff} for box {square} "
                 f"on a {width}x{height} image at size {size}"

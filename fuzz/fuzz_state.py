@@ -1,4 +1,6 @@
-"""Fuzz the adapter store's per-category state file parser, `serving.registry.parse_state(bytes)`.
+"""Fuzz the adapter store's per-category state file parser, `parse_state(bytes)`.
+
+(`serving.store.parse_state`.)
 
     .venv/bin/python fuzz/fuzz_state.py fuzz/corpus/fuzz_state -runs=20000
     .venv/bin/python fuzz/fuzz_state.py NEW_DIR fuzz/corpus/fuzz_state -dict=fuzz/state.dict \
@@ -18,8 +20,9 @@ import _common  # noqa: F401  puts the repository root on sys.path
 import atheris
 import grpc  # noqa: F401  not instrumented: native, not under test
 
-with atheris.instrument_imports(include=["serving.registry"]):
-    from serving.registry import VERSION_RE, parse_state
+with atheris.instrument_imports(include=["serving.store", "serving.names"]):
+    from serving.names import VERSION_RE
+    from serving.store import parse_state
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
