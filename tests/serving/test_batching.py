@@ -9,8 +9,8 @@ deterministic. No assertion depends on wall-clock time.
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -20,46 +20,9 @@ import torch
 from landmarks.client import LandmarkClient
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.errors import ServingError
-from tests.serving.conftest import metric_value, png_bytes, scrape, start_server
+from tests.serving.helpers import Gate, metric_value, png_bytes, scrape, start_server, wait_for
 
 Code = grpc.StatusCode
-
-
-def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-class Gate:
-    """Wraps the engine's run_group: records every call; the first call waits for `open()`."""
-
-    def __init__(self, handle) -> None:
-        self.engine = handle.state.engine
-        self.batcher = handle.state.batcher
-        self.calls: list[tuple[str, list[str]]] = []
-        self._event = threading.Event()
-        self._inside = threading.Event()
-        real = self.engine.run_group
-
-        def run_group(category, version, items):
-            self.calls.append((category, [it.category for it in items]))
-            if len(self.calls) == 1:
-                self._inside.set()
-                self._event.wait(60)
-            return real(category, version, items)
-
-        self.engine.run_group = run_group
-
-    def plug(self, client: LandmarkClient, pool: ThreadPoolExecutor, category: str = "cats"):
-        fut = pool.submit(client.detect, png_bytes(40, 40, seed=99), category)
-        assert self._inside.wait(30), "plug request never reached the model"
-        return fut
-
-    def open(self) -> None:
-        self._event.set()
 
 
 @pytest.fixture
@@ -88,7 +51,7 @@ def test_groups_by_category_and_equals_unbatched(batching_server):
     with LandmarkClient(target, timeout=60) as client, ThreadPoolExecutor(16) as pool:
         plug = gate.plug(client, pool)
         futures = [pool.submit(client.detect, image, cat, box) for cat, image, box in mix]
-        wait_for(lambda: handle.state.batcher.queued() == len(mix), "all requests queued")
+        wait_for(lambda: handle.services.batcher.queued() == len(mix), "all requests queued")
         gate.open()
         batched = [f.result(60) for f in futures]
         plug.result(60)
@@ -133,7 +96,7 @@ def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_se
         first = pool.submit(client.detect, mix[0][1], "cats")
         assert holding.wait(30)
         others = [pool.submit(client.detect, image, cat) for cat, image, _ in mix[1:]]
-        wait_for(lambda: handle.state.batcher.queued() == 3, "the other requests queued")
+        wait_for(lambda: handle.services.batcher.queued() == 3, "the other requests queued")
         hold.set()
         together = [first.result(60)] + [f.result(60) for f in others]
         assert gate.calls == [("cats", ["cats"] * 4)]  # one forward pass for all four
@@ -163,7 +126,7 @@ def test_without_lone_on_lead_every_request_goes_through_the_queue(store, monkey
             for seed in range(3):
                 client.detect(png_bytes(40, 40, seed=seed), "cats")
         assert len(decoded_on) == 3 and all(not n.startswith("landmarks-batch") for n in decoded_on)
-        assert handle.state.batcher.batches == 3
+        assert handle.services.batcher.batches == 3
     finally:
         handle.shutdown(grace=0)
 
@@ -184,7 +147,7 @@ def test_detect_batch_is_batched_per_category(batching_server):
 def test_failing_request_does_not_fail_batch_mates(batching_server):
     handle = batching_server
     gate = Gate(handle)
-    backend = handle.state.backend
+    backend = handle.services.backend
     real_locate = backend.locate
 
     def locate(model, images, boxes):
@@ -198,7 +161,7 @@ def test_failing_request_does_not_fail_batch_mates(batching_server):
         plug = gate.plug(client, pool)
         good = [pool.submit(client.detect, png_bytes(40, 40, seed=i), "cats") for i in range(3)]
         bad = pool.submit(client.detect, black, "cats")
-        wait_for(lambda: handle.state.batcher.queued() == 4, "requests queued")
+        wait_for(lambda: handle.services.batcher.queued() == 4, "requests queued")
         gate.open()
         plug.result(60)
         assert all(len(f.result(60).points) == 4 for f in good)
@@ -212,7 +175,7 @@ def test_queue_full_expired_and_cancelled_are_not_computed(store):
     handle = start_server(store, max_batch_size=4, max_queue=3, metrics_port=0, batch_workers=1)
     try:
         gate = Gate(handle)
-        batcher = handle.state.batcher
+        batcher = handle.services.batcher
         target = f"127.0.0.1:{handle.port}"
         with LandmarkClient(target, timeout=60) as client, ThreadPoolExecutor(8) as pool:
             plug = gate.plug(client, pool)
@@ -288,19 +251,18 @@ def test_label_cardinality_is_bounded(store):
         def known(self, name):
             return not name.startswith("x")
 
-    class State:
-        registry, cache = Reg(), None
-
-    m = Metrics(State(), max_category_labels=3)
+    services = SimpleNamespace(registry=Reg())
+    m = Metrics(lambda: services, max_category_labels=3)
     labels = {m.category_label(f"c{i}") for i in range(10)} | {m.category_label("xyz")}
     assert labels == {"c0", "c1", "c2", "_other", "_unknown"}
 
 
 def test_pending_wait_errors():
-    from serving.batching import Pending
     from serving.engine import DetectInput
+    from serving.work import Pending
 
-    p = Pending(DetectInput("cats", "", torch.zeros(8, 8, 3, dtype=torch.uint8), (0, 0, 8, 8)), None)
+    entry = SimpleNamespace(category="cats", cache_key=("cats", "v1", ""))
+    p = Pending(DetectInput(entry, torch.zeros(8, 8, 3, dtype=torch.uint8), (0, 0, 8, 8)), None)
     with pytest.raises(ServingError) as exc:
         p.wait(0.01)
     assert exc.value.code == Code.DEADLINE_EXCEEDED
@@ -327,7 +289,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     assert lines[-1].startswith("speedup_vs_official: ") and float(lines[-1].split()[1]) > 0
     assert sum(line.startswith(("overhead: ", "speedup_vs_official: ")) for line in lines) == 2  # only the last two
     assert "register -> first served" in out
-    assert {c.name for c in server.state.registry.list()} == {"cats", "faces"}  # bench categories removed
+    assert {c.name for c in server.services.registry.list()} == {"cats", "faces"}  # bench categories removed
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["adapter_size"] == (16 if extra else 32)
     assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from landmarks.client import LandmarkClient
-from tests.serving.conftest import png_bytes
+from tests.serving.helpers import png_bytes
 
 STABLE = ("cats", "faces")
 CHANGING = "birds"
@@ -101,10 +101,10 @@ def check(server, artifacts, duration: float) -> None:
             assert exc.code() == grpc.StatusCode.NOT_FOUND
         assert client.health_status() == "SERVING"
         assert {c.name for c in client.categories()} == set(STABLE)
-    state = server.state
+    state = server.services
     assert not state.registry._retired
-    assert all(key[0] in STABLE for key in state.cache._entries)
-    assert state.cache.stats().in_use == 0
+    assert all(key[0] in STABLE for key in state.models.cache._entries)
+    assert state.models.stats().in_use == 0
 
 
 def test_admin_under_traffic_short(server, artifacts):

@@ -15,8 +15,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from landmarks.client import LandmarkClient
-from tests.serving.conftest import metric_value, png_bytes, scrape, spawn_server, start_server
-from tests.serving.test_batching import Gate, wait_for
+from tests.serving.helpers import (
+    Gate,
+    metric_value,
+    png_bytes,
+    scrape,
+    spawn_server,
+    start_server,
+    wait_for,
+)
 
 Code = grpc.StatusCode
 
@@ -72,8 +79,8 @@ def test_draining_refuses_new_work_and_stuck_request_cannot_hold_shutdown(store)
             done = {}
             stopper = threading.Thread(target=lambda: done.setdefault("finished", handle.shutdown(grace=0.5)))
             stopper.start()
-            wait_for(lambda: handle.state.draining, "draining")
-            assert handle.state.health._server_status[""] == 2  # NOT_SERVING
+            wait_for(lambda: handle.lifecycle.draining, "draining")
+            assert handle.lifecycle.health._server_status[""] == 2  # NOT_SERVING
             stopper.join(60)
             assert not stopper.is_alive() and done["finished"] in (True, False)
             with pytest.raises(grpc.RpcError) as exc:  # the stuck client got an answer, it is not hanging

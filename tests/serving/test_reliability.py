@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 from landmarks.adapter_io import MetadataError, load_adapter, load_core
 from landmarks.client import LandmarkClient
 from landmarks.v1 import landmarks_pb2 as pb
-from tests.serving.conftest import png_bytes, start_server
+from tests.serving.helpers import png_bytes, start_server
 
 Code = grpc.StatusCode
 BAD_CODES = (Code.INTERNAL, Code.UNKNOWN)
@@ -66,7 +66,7 @@ def test_bad_landmark_names_fail_registration_and_store_nothing(client, artifact
     code, details = call(client.register, "birds", "v1", data)
     assert code == Code.INVALID_ARGUMENT and "landmark_names" in details
     assert "birds" not in {c.name for c in client.categories()}
-    assert not (server.state.cfg.adapters_dir / "birds").exists()
+    assert not (server.config.adapters_dir / "birds").exists()
     assert_healthy(client)
 
 
@@ -93,7 +93,7 @@ def test_default_landmark_names(artifacts):
 def test_inference_limit_holds_whatever_the_adapter_cap(store):
     handle = start_server(store, max_message_bytes=1 << 20, max_adapter_bytes=8 << 20)
     try:
-        assert handle.state.cfg.max_message_bytes == 1 << 20
+        assert handle.config.max_message_bytes == 1 << 20
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
             code, _ = call(c.detect, b"\x89PNG" + bytes(2 << 20), "cats")
             assert code == Code.RESOURCE_EXHAUSTED
@@ -160,15 +160,15 @@ def test_metadata_disagreeing_with_config(artifacts):
 @pytest.mark.parametrize(("err", "expected"), [(errno.ENOSPC, Code.RESOURCE_EXHAUSTED),
                                                (errno.EACCES, Code.UNAVAILABLE)])
 def test_disk_errors_store_nothing_and_leave_no_temp_files(client, artifacts, server, monkeypatch, err, expected):
-    import serving.registry as registry_module
+    import serving.store as store_module
 
     def fail(fd):
         raise OSError(err, "simulated")
 
-    monkeypatch.setattr(registry_module.os, "fsync", fail)
+    monkeypatch.setattr(store_module.os, "fsync", fail)
     code, details = call(client.register, "birds", "v1", artifacts.extra["birds-v1"])
     assert code == expected and "nothing was stored" in details
-    store = server.state.cfg.adapters_dir
+    store = server.config.adapters_dir
     assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
     assert not list(store.rglob("v1.safetensors"))
     assert "birds" not in {c.name for c in client.categories()}
@@ -180,21 +180,21 @@ def test_disk_errors_store_nothing_and_leave_no_temp_files(client, artifacts, se
 
 
 def test_activation_failure_keeps_the_previous_version(client, artifacts, server, monkeypatch):
-    import serving.registry as registry_module
+    import serving.store as store_module
 
     client.register("birds", "v1", artifacts.extra["birds-v1"])
-    real_write = registry_module._atomic_write
+    real_write = store_module._atomic_write
 
     def fail_state(path, data):
         if path.name == "_state.json":
             raise OSError(errno.ENOSPC, "simulated")
         real_write(path, data)
 
-    monkeypatch.setattr(registry_module, "_atomic_write", fail_state)
+    monkeypatch.setattr(store_module, "_atomic_write", fail_state)
     assert call(client.register, "birds", "v2", artifacts.extra["birds-v2"])[0] == Code.RESOURCE_EXHAUSTED
     birds = {c.name: c for c in client.categories()}["birds"]
     assert birds.active_version == "v1" and [v.version for v in birds.versions] == ["v1"]
-    assert not (server.state.cfg.adapters_dir / "birds" / "v2.safetensors").exists()
+    assert not (server.config.adapters_dir / "birds" / "v2.safetensors").exists()
     assert_healthy(client)
 
 
@@ -244,7 +244,7 @@ def test_bad_state_file_does_not_stop_start_up(store, artifacts, text):
 # ------------------------------------------------------------------ 8: a NUL byte in a path
 @pytest.mark.parametrize("path", ["allowed/a\x00b.safetensors", "\x00", "x" * 5000])
 def test_unusable_register_paths(client, server, path):
-    full = str(server.state.cfg.adapters_dir.parent / path)
+    full = str(server.config.adapters_dir.parent / path)
     code, details = call(client.register, "birds", "v1", full, server_path=True)
     assert code == Code.INVALID_ARGUMENT and len(details) < 400
     assert_healthy(client)

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from landmarks.client import LandmarkClient
-from tests.serving.conftest import png_bytes, start_server
+from tests.serving.helpers import png_bytes, start_server
 
 Code = grpc.StatusCode
 ADMIN, INFER = "admin-secret-1", "inference-secret-2"

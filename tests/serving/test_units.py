@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import threading
-import zlib
 
 import grpc
 import pytest
@@ -15,23 +13,12 @@ from PIL import Image
 from landmarks.geometry import crop_to_tensor, input_to_original, original_to_input
 from serving.backend import pixels_to_images
 from serving.errors import ServingError
-from serving.folding import CacheFullError, FoldedCache
-from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box, stack_pixels
-from serving.registry import validate_category, validate_version
-from tests.serving.conftest import jpeg_bytes, png_bytes
+from serving.model_cache import CacheFullError, ModelCache
+from serving.names import validate_category, validate_version
+from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
+from tests.serving.helpers import jpeg_bytes, png_bytes, png_header
 
 MAXPIX, MINSIDE = 50_000_000, 4
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A few hundred bytes of PNG whose IHDR claims width x height (a decompression bomb)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(bytes(10000), 9))
-            + _chunk(b"IEND", b""))
 
 
 def _code(exc_info) -> grpc.StatusCode:
@@ -105,17 +92,13 @@ def test_crop_square_matches_geometry_and_bounds_memory():
 def test_crops_batch_as_pixels_and_scale_to_channels_last_images():
     gen = torch.Generator().manual_seed(0)
     crops = [torch.randint(0, 256, (16, 16, 3), dtype=torch.uint8, generator=gen) for _ in range(3)]
-    pixels = stack_pixels(crops, 16)
+    pixels = torch.stack(crops)
     assert pixels.shape == (3, 16, 16, 3) and pixels.dtype == torch.uint8
     images = pixels_to_images(pixels)
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.float32
     assert images.is_contiguous(memory_format=torch.channels_last)
     for crop, image in zip(crops, images):
         assert torch.equal(image, crop.permute(2, 0, 1).float() / 255)
-    # a crop of another size is resampled (antialiased bilinear) and rounded back to 8 bits
-    grey = torch.full((32, 32, 3), 77, dtype=torch.uint8)
-    mixed = stack_pixels([crops[0], grey], 16)
-    assert mixed.shape == (2, 16, 16, 3) and torch.equal(mixed[0], crops[0]) and (mixed[1] == 77).all()
 
 
 def test_point_round_trip():
@@ -141,7 +124,7 @@ def test_names():
 
 # --------------------------------------------------------------------------------- cache
 def test_cache_lru_in_bytes_and_counters():
-    cache = FoldedCache(100)
+    cache = ModelCache(100)
     builds = []
 
     def builder(key, nbytes=40):
@@ -160,7 +143,7 @@ def test_cache_lru_in_bytes_and_counters():
 
 
 def test_cache_never_evicts_leased_entries():
-    cache = FoldedCache(100)
+    cache = ModelCache(100)
     with cache.lease("a", lambda: ("A", 60)):
         with pytest.raises(CacheFullError), cache.lease("b", lambda: ("B", 60)):
             pass
@@ -171,7 +154,7 @@ def test_cache_never_evicts_leased_entries():
 
 
 def test_cache_discard_waits_for_last_lease():
-    cache = FoldedCache(100)
+    cache = ModelCache(100)
     with cache.lease("a", lambda: ("A", 10)) as value:
         cache.discard("a")
         assert value == "A" and cache.stats().resident_bytes == 10
@@ -179,7 +162,7 @@ def test_cache_discard_waits_for_last_lease():
 
 
 def test_cache_concurrent_misses_build_once():
-    cache = FoldedCache(100)
+    cache = ModelCache(100)
     calls = []
     gate = threading.Event()
 
