@@ -4,8 +4,8 @@
     .venv/bin/python fuzz/fuzz_image.py NEW_DIR fuzz/corpus/fuzz_image -max_total_time=300
 
 Input layout (fuzz/make_seeds.py writes seeds in it): byte 0 picks the mode (mod 4), the next
-PARAM_LEN bytes are parameters (read with atheris.FuzzedDataProvider, except raw mode's first
-12, three little-endian int32: height, width, channels), the rest is the payload:
+PARAM_LEN bytes are parameters (read with atheris.FuzzedDataProvider; in raw mode the first 12 are
+three little-endian int32: height, width, channels), the rest is the payload:
 
   0 encoded  payload -> `decode_encoded(payload, MAX_PIXELS, min_side)`, then box and crop below
   1 raw      payload -> `decode_raw(payload, height, width, channels, MAX_PIXELS, min_side)`; a
@@ -140,11 +140,9 @@ def check_decoded(image: object, min_side: int) -> None:
 
 
 def fuzz_decode(mode: int, params: bytes, payload: bytes) -> None:
-    if mode == MODE_RAW:
-        height, width, channels = struct.unpack("<iii", params[:12])
-        fdp = atheris.FuzzedDataProvider(params[12:])
-    else:
-        fdp = atheris.FuzzedDataProvider(params)
+    fdp = atheris.FuzzedDataProvider(params)
+    if mode == MODE_RAW:  # any int32, as the wire's uint32 fields can carry and more
+        height, width, channels = fdp.ConsumeInt(4), fdp.ConsumeInt(4), fdp.ConsumeInt(4)
     min_side = fdp.ConsumeIntInRange(1, 16)
     size = fdp.ConsumeIntInRange(1, MAX_CROP)
     try:

@@ -1,6 +1,6 @@
 """Fuzz the adapter store's per-category state file parser, `parse_state(bytes)`.
 
-(`serving.store.parse_state`.)
+(`serving.store.parse_state`; `serving.registry.parse_state` before the store had its own module.)
 
     .venv/bin/python fuzz/fuzz_state.py fuzz/corpus/fuzz_state -runs=20000
     .venv/bin/python fuzz/fuzz_state.py NEW_DIR fuzz/corpus/fuzz_state -dict=fuzz/state.dict \
