@@ -19,6 +19,7 @@ __all__ = [
     "crop_resized",
     "crop_to_tensor",
     "input_to_original",
+    "invert_affine",
     "original_to_input",
     "similarity_matrix",
     "square_box",
@@ -96,7 +97,8 @@ def apply_affine(points: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
     return points @ matrices[:, :, :2].transpose(1, 2) + matrices[:, :, 2].unsqueeze(1)
 
 
-def _invert(matrices: torch.Tensor) -> torch.Tensor:
+def invert_affine(matrices: torch.Tensor) -> torch.Tensor:
+    """(B, 2, 3) affine maps -> their inverses."""
     linear_inv = torch.linalg.inv(matrices[:, :, :2])
     return torch.cat((linear_inv, -(linear_inv @ matrices[:, :, 2:])), dim=-1)
 
@@ -108,7 +110,7 @@ def warp_images(images: torch.Tensor, matrices: torch.Tensor, size: int | None =
     """
     b, _, h, w = images.shape
     out = size or h
-    inverse = _invert(matrices.to(images.dtype))
+    inverse = invert_affine(matrices.to(images.dtype))
     ys, xs = torch.meshgrid(
         torch.arange(out, dtype=images.dtype, device=images.device),
         torch.arange(out, dtype=images.dtype, device=images.device),

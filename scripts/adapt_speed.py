@@ -13,7 +13,7 @@ import torch
 
 from landmarks.adapter_io import load_core
 from landmarks.heatmaps import render_gaussians
-from training.adapt import build_detector, detect_points
+from training.detectors import build_detector, detect_points
 from training.generator import ConditionalGenerator, GeneratorConfig
 from training.pairs import PairConfig, make_pairs
 from training.perceptual import PerceptualLoss, load_perceptual

@@ -69,7 +69,7 @@ def loader_rate(spec: str, samples: int) -> float:
     from training.core_data import PoseCrops
     from training.datasets import open_dataset
 
-    crops = PoseCrops(open_dataset(spec), 128, 1.5, AugmentConfig())
+    crops = PoseCrops(open_dataset(spec), 128, AugmentConfig())
     crops[0]
     start = time.perf_counter()
     for i in range(samples):

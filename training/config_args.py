@@ -18,13 +18,15 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = (),
-                         choices: Mapping[str, Sequence[str]] | None = None) -> None:
-    choices = choices or {}
+                         choices: Mapping[str, Sequence[str]] | None = None,
+                         help: Mapping[str, str] | None = None) -> None:
+    choices, help = choices or {}, help or {}
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"(default from preset or {f.default!r})"
+        help_text = f"{help[f.name]} " if f.name in help else ""
+        help_text += f"(default from preset or {f.default!r})"
         if f.type in ("bool", bool):
             parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
         else:

@@ -1,4 +1,5 @@
-"""Torch datasets for supervised core training: person crops, augmentation, heatmap targets."""
+"""Torch datasets for supervised core training: person crops and augmentation (in loader worker
+processes), and the heatmap targets (`pose_heatmaps`, rendered on the training device)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from training.augment import (
 )
 from training.datasets.base import Dataset, Sample, flip_permutation
 
-__all__ = ["PoseCrops", "sample_box"]
+__all__ = ["PoseCrops", "pose_heatmaps", "sample_box"]
 
 PERSON_MARGIN = 0.3  # square box around the joints, 30% larger (LSP people fill the crop)
 
@@ -29,16 +30,22 @@ def sample_box(sample: Sample) -> tuple[float, float, float, float]:
     return square_box(points_box(sample.points, sample.visible), margin=PERSON_MARGIN)
 
 
-class PoseCrops(torch.utils.data.Dataset):
-    """(image (3,S,S) in [0,1], heatmaps (K,S/4,S/4), weights (K,), points (K,2) in input px).
+def pose_heatmaps(points: torch.Tensor, weights: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """Targets (B, K, S/4, S/4): a Gaussian at each joint, zero where the joint does not count."""
+    heat = render_gaussians(input_to_heatmap(points, 4.0), size // 4, sigma)
+    return heat * weights[..., None, None]
 
-    With `augment` None the crop is deterministic (validation / evaluation).
+
+class PoseCrops(torch.utils.data.Dataset):
+    """key -> (image (3,S,S) in [0,1], weights (K,), points (K,2) in input px).
+
+    With `augment` None the crop is deterministic (validation / evaluation). A key past the end is
+    `epoch * len + index` (training.sampling.EpochSampler): the augmentation of that epoch.
     """
 
-    def __init__(self, dataset: Dataset, size: int = 128, sigma: float = 1.5,
-                 augment: AugmentConfig | None = None, seed: int = 0) -> None:
-        self.dataset, self.size, self.sigma, self.augment, self.seed = dataset, size, sigma, augment, seed
-        self.epoch = 0
+    def __init__(self, dataset: Dataset, size: int = 128, augment: AugmentConfig | None = None,
+                 seed: int = 0) -> None:
+        self.dataset, self.size, self.augment, self.seed = dataset, size, augment, seed
         self.failures = 0
         num_points = len(dataset.landmark_names) or len(dataset.samples[0].points)
         self.flip_index = np.array(flip_permutation(num_points, dataset.flip_pairs))
@@ -46,7 +53,8 @@ class PoseCrops(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int):
+        epoch, index = divmod(key, len(self))
         for attempt in range(len(self)):
             sample = self.dataset.samples[(index + attempt) % len(self)]
             try:
@@ -60,7 +68,7 @@ class PoseCrops(torch.utils.data.Dataset):
         matrix = crop_matrix(sample_box(sample), self.size)
         points, visible = sample.points.astype(np.float64), sample.visible.copy()
         if self.augment is not None:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
+            rng = np.random.default_rng((self.seed, epoch, index))
             sim, flipped = random_similarity(rng, self.size, self.augment)
             matrix = sim @ matrix
             if flipped:
@@ -70,7 +78,4 @@ class PoseCrops(torch.utils.data.Dataset):
         inside = (pts >= -0.5).all(1) & (pts <= self.size - 0.5).all(1)
         weights = (visible & inside).astype(np.float32)
         tensor = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
-        pts_t = torch.from_numpy(pts.astype(np.float32))
-        heat = render_gaussians(input_to_heatmap(pts_t, 4.0), self.size // 4, self.sigma)
-        heat = heat * torch.from_numpy(weights)[:, None, None]
-        return tensor, heat, torch.from_numpy(weights), pts_t
+        return tensor, torch.from_numpy(weights), torch.from_numpy(pts.astype(np.float32))

@@ -34,6 +34,7 @@ from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
 from landmarks.hourglass import LandmarkHourglass
 from landmarks.projection import fold
 from training.datasets import Dataset, DatasetError, open_dataset
+from training.devices import resolve_device
 from training.image_data import ObjectCrops
 
 __all__ = [
@@ -82,17 +83,23 @@ class Detections:
     tensors: torch.Tensor  # all crops (N, 3, S, S) for consistency (kept small by the caller)
 
 
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters(), torch.zeros(())).device
+
+
 @torch.no_grad()
 def _detect(model: LandmarkHourglass, images: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tensor:
-    heat = model(images).float()
+    """Points in input pixels, on the CPU (the images go to the model's device)."""
+    heat = model(images.to(_device_of(model), non_blocking=True)).float()
     stride = model.config.input_size / model.config.heatmap_size
-    return heatmap_to_input(soft_argmax(heat, beta), stride)
+    return heatmap_to_input(soft_argmax(heat, beta), stride).cpu()
 
 
 def detect_dataset(model: LandmarkHourglass, data: Dataset, points_margin: float | None,
                    keep_tensors: int = 0, batch_size: int = 64) -> Detections:
     loader = torch.utils.data.DataLoader(ObjectCrops(data, model.config.input_size, points_margin),
-                                         batch_size=batch_size, num_workers=1)
+                                         batch_size=batch_size, num_workers=1,
+                                         pin_memory=_device_of(model).type == "cuda")
     points, truth, kept = [], [], []
     try:
         from tqdm import tqdm
@@ -194,8 +201,10 @@ def _pictures(out: Path, det: Detections, per_landmark: np.ndarray, title: str) 
 
 def evaluate(detector_path: Path, train: str | None, test: str | None, images: str | None,
              out: Path | None, core_path: Path | None = None, consistency_images: int = 1000,
-             seed: int = 0, train_split: str | None = None, test_split: str | None = None) -> dict:
+             seed: int = 0, train_split: str | None = None, test_split: str | None = None,
+             device: str = "auto") -> dict:
     model, meta = load_detector(detector_path, core_path)
+    model = model.to(resolve_device(device))
     size = model.config.input_size
     result: dict = {"detector": str(detector_path), "kind": meta["kind"], "mode": meta.get("mode", "proposed"),
                     "category": meta.get("category", ""), "num_landmarks": model.config.num_landmarks}
@@ -256,14 +265,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consistency-images", type=int, default=1000, help="how many images for consistency")
     parser.add_argument("--out", type=Path, default=None, help="folder for evaluation.json/.md and pictures")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N; "
+                                                         "fp32 everywhere, so numbers compare across machines")
 
 
 def main(args: argparse.Namespace) -> int:
     path = args.adapter or args.network
     try:
         result = evaluate(path, args.train, args.test, args.images, args.out, args.core,
-                          args.consistency_images, args.seed, args.train_split, args.test_split)
-    except (ArtifactError, DatasetError) as exc:
+                          args.consistency_images, args.seed, args.train_split, args.test_split, args.device)
+    except (ArtifactError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown(result), end="")

@@ -5,16 +5,20 @@ landmarks come from y; the generator must move the parts of y' to where y's land
 If the two warps are nearly the same the generator copies y' and ignores the landmarks, which
 is why the official code rotates y by N(0, 30 deg) and y' by N(0, 15 deg). A thin-plate-spline
 warp of y' (as in IMM) adds non-rigid deformation the generator cannot undo without landmarks.
+
+Random numbers come from a CPU generator (a few per image) and the warps run where the images are,
+so a seed gives the same pairs on a CPU and on a GPU.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from landmarks.geometry import similarity_matrix, warp_images
+from landmarks.geometry import invert_affine, similarity_matrix, warp_images
 
 __all__ = ["PairConfig", "Pairs", "compose", "make_pairs", "random_similarities", "tps_warp"]
 
@@ -35,17 +39,35 @@ class PairConfig:
 
 
 def random_similarities(batch: int, size: int, rotation_sd: float, cfg: PairConfig,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, 2, 3) random similarities about the image centre (pixels)."""
+                        generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, 2, 3) random similarities about the image centre (pixels), on `device`."""
     angle = (torch.randn(batch, generator=generator) * rotation_sd).clamp(-cfg.max_rotation, cfg.max_rotation)
     lo, hi = cfg.scale_range
     scale = lo + (hi - lo) * torch.rand(batch, generator=generator)
     shift = (torch.randn(batch, 2, generator=generator) * cfg.shift_sd).clamp(-2 * cfg.shift_sd, 2 * cfg.shift_sd)
-    return similarity_matrix(angle, scale, shift * size, center=(size - 1) / 2)
+    return similarity_matrix(angle, scale, shift * size, center=(size - 1) / 2).to(device)
 
 
 def _tps_kernel(d2: torch.Tensor) -> torch.Tensor:
     return d2 * torch.log(d2.clamp(min=1e-12))  # U(r) = r^2 log r^2 (up to a constant factor)
+
+
+@functools.lru_cache(maxsize=8)
+def _tps_plan(h: int, w: int, grid_points: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every TPS warp of an h x w image shares: the control points, and the spline basis at each
+    output pixel times the inverse of the spline's system (computed once per size, on the device)."""
+    f64 = dict(dtype=torch.float64, device=device)
+    lin = torch.linspace(-1, 1, grid_points, **f64)
+    ctrl = torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1).reshape(-1, 2)  # (n, 2)
+    n = ctrl.shape[0]
+    p = torch.cat((torch.ones(n, 1, **f64), ctrl), 1)
+    system = torch.zeros(n + 3, n + 3, **f64)
+    system[:n, :n], system[:n, n:], system[n:, :n] = _tps_kernel(torch.cdist(ctrl, ctrl) ** 2), p, p.T
+    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h, **f64),
+                            torch.linspace(-1 + 1 / w, 1 - 1 / w, w, **f64), indexing="ij")
+    pts = torch.stack((xs, ys), -1).reshape(-1, 2)  # (HW, 2), pixel centres in normalised coords
+    basis = torch.cat((_tps_kernel(torch.cdist(pts, ctrl) ** 2), torch.ones(len(pts), 1, **f64), pts), 1)
+    return ctrl.float(), (basis @ torch.linalg.inv(system)).float()  # grid = that @ (sample points; 0)
 
 
 def tps_warp(images: torch.Tensor, sd: float, grid_points: int = 5,
@@ -53,22 +75,11 @@ def tps_warp(images: torch.Tensor, sd: float, grid_points: int = 5,
     """Warp each image by a random thin-plate spline: a grid_points^2 lattice of control points,
     each moved by N(0, sd) (in units of the normalised [-1, 1] image), interpolated smoothly."""
     b, _, h, w = images.shape
-    lin = torch.linspace(-1, 1, grid_points)
-    ctrl = torch.stack(torch.meshgrid(lin, lin, indexing="xy"), -1).reshape(-1, 2)  # (n, 2)
-    n = ctrl.shape[0]
-    moved = ctrl + torch.randn(b, n, 2, generator=generator) * (2 * sd)
-    # Solve for the spline that maps output control points (ctrl) to input sample points (moved).
-    k = _tps_kernel(torch.cdist(ctrl, ctrl) ** 2)
-    p = torch.cat((torch.ones(n, 1), ctrl), 1)
-    system = torch.zeros(n + 3, n + 3)
-    system[:n, :n], system[:n, n:], system[n:, :n] = k, p, p.T
-    rhs = torch.cat((moved, torch.zeros(b, 3, 2)), 1)  # (B, n+3, 2)
-    coef = torch.linalg.solve(system, rhs)  # (B, n+3, 2)
-    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
-                            indexing="ij")
-    pts = torch.stack((xs, ys), -1).reshape(-1, 2)  # (HW, 2), pixel centres in normalised coords
-    basis = torch.cat((_tps_kernel(torch.cdist(pts, ctrl) ** 2), torch.ones(len(pts), 1), pts), 1)  # (HW, n+3)
-    grid = (basis @ coef).reshape(b, h, w, 2).to(images.dtype)
+    ctrl, weights = _tps_plan(h, w, grid_points, images.device)
+    jitter = (torch.randn(b, len(ctrl), 2, generator=generator) * (2 * sd)).to(images.device)
+    # the spline maps output control points (ctrl) to input sample points (ctrl + jitter)
+    rhs = torch.cat((ctrl + jitter, ctrl.new_zeros(b, 3, 2)), 1)  # (B, n+3, 2)
+    grid = (weights @ rhs).reshape(b, h, w, 2).to(images.dtype)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -85,17 +96,12 @@ def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return torch.cat((outer[:, :, :2] @ inner[:, :, :2], outer[:, :, :2] @ inner[:, :, 2:] + outer[:, :, 2:]), -1)
 
 
-def _invert(m: torch.Tensor) -> torch.Tensor:
-    linear = torch.linalg.inv(m[:, :, :2])
-    return torch.cat((linear, -(linear @ m[:, :, 2:])), -1)
-
-
 def make_pairs(images: torch.Tensor, cfg: PairConfig, generator: torch.Generator | None = None) -> Pairs:
     """(B,3,S,S) images in [0,1] -> y and y', two independently warped versions, and how they relate."""
     b, _, s, _ = images.shape
-    a_target = random_similarities(b, s, cfg.target_rotation_sd, cfg, generator)
-    a_deformed = random_similarities(b, s, cfg.deformed_rotation_sd, cfg, generator)
+    a_target = random_similarities(b, s, cfg.target_rotation_sd, cfg, generator, images.device)
+    a_deformed = random_similarities(b, s, cfg.deformed_rotation_sd, cfg, generator, images.device)
     target = warp_images(images, a_target)
     rigid = warp_images(images, a_deformed)
     deformed = tps_warp(rigid, cfg.tps_sd, generator=generator) if cfg.tps_sd > 0 else rigid
-    return Pairs(target, deformed, rigid, compose(a_deformed, _invert(a_target)))
+    return Pairs(target, deformed, rigid, compose(a_deformed, invert_affine(a_target)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["overlay_grid", "plot_curves"]
+__all__ = ["overlay_grid", "plot_curves", "save_pair_samples"]
 
 
 def _pyplot():
@@ -71,4 +71,27 @@ def overlay_grid(images: np.ndarray, points: np.ndarray, path: Path | str, truth
         ax.scatter(points[i, :, 0], points[i, :, 1], s=14, c=colours, edgecolors="black", linewidths=0.4)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def save_pair_samples(path: Path | str, target, deformed, recon, points_input: np.ndarray) -> None:
+    """`landmarks adapt`'s picture: rows y, y', the reconstruction of y, and the landmarks on y
+    ((B, 3, S, S) tensors in [0, 1] on any device; points (B, K, 2) in input pixels)."""
+    plt = _pyplot()
+    n = min(6, len(target))
+    fig, axes = plt.subplots(4, n, figsize=(1.8 * n, 7.4), squeeze=False)
+    colours = plt.cm.tab10(np.linspace(0, 1, points_input.shape[1]))
+    rows = [("y (target)", target), ("y' (deformed)", deformed), ("reconstruction", recon), ("landmarks on y", target)]
+    for r, (title, batch) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(batch[i].float().permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+            ax.axis("off")
+            if r == 3:
+                ax.scatter(points_input[i, :, 0], points_input[i, :, 1], s=16, c=colours, edgecolors="black",
+                           linewidths=0.4)
+            if i == 0:
+                ax.set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,39 +1,37 @@
 """`landmarks train-core`: supervised heatmap regression of the core on human pose.
 
-Wiring only: data (training.core_data), network (landmarks.hourglass), metric (training.metrics).
-Outputs in --out: checkpoint.pt (resume), config.json (resolved), history.jsonl, curve.png,
-core.safetensors (fp16, with metadata) and val_overlay.png.
+Wiring only: data (training.core_data), network (landmarks.hourglass), metric (training.metrics),
+loop (training.harness). Outputs in --out: checkpoint.pt (resume), config.json (resolved),
+history.jsonl, curve.png, core.safetensors (fp16, with metadata) and val_overlay.png. The same code
+runs on a CPU, a GPU (`--device cuda`) or several (`torchrun --nproc_per_node N`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
-import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from landmarks.adapter_io import load_core, save_core
-from landmarks.heatmaps import heatmap_to_input, refined_argmax
-from landmarks.hourglass import ARCHITECTURES, HourglassConfig, LandmarkHourglass
+from landmarks.hourglass import ARCHITECTURES, LandmarkHourglass
 from training.augment import AugmentConfig
 from training.config_args import add_config_arguments, invocation, values_from_args
-from training.core_data import PoseCrops
+from training.core_data import PoseCrops, pose_heatmaps
 from training.datasets import open_dataset
-from training.datasets.base import flip_permutation
+from training.devices import BF16_CHOICES, Precision, Processes, choose_precision, start_processes
+from training.evaluate_core import predict_core
+from training.harness import LoopSettings, RunState, TrainingRun
 from training.metrics import pck
-from training.plots import overlay_grid, plot_curves
+from training.optimisers import Optimisers
+from training.plots import overlay_grid
+from training.sampling import EpochSampler
 
-__all__ = ["PRESETS", "CoreTrainConfig", "add_arguments", "main", "predict_core", "train_core"]
+__all__ = ["PRESETS", "CoreTrainConfig", "add_arguments", "main", "train_core"]
 
 
 @dataclass(frozen=True)
@@ -54,20 +52,25 @@ class CoreTrainConfig:
     # leaves the "all zeros" solution (whose loss is ~97% of the initial plateau here) sooner.
     foreground_weight: float = 0.0
     rotation_sd: float = 15.0
-    bf16: bool = False  # autocast to bfloat16: a win on GPUs and AVX-512-BF16 CPUs, 20x slower on AVX2
-    workers: int = 2
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU)
+    bf16: str = "auto"  # auto: where the device runs it natively (GPU, AVX-512-BF16/AMX CPU) | true | false
+    workers: int = 2  # loader processes: decode, crop and augment (the heatmaps are drawn on the device)
     # NHWC activations: oneDNN's convolutions are ~18% faster this way on a 2-core AVX2 CPU
     # (measured with batch 16 at 128 px); results are the same up to float rounding.
     channels_last: bool = True
     val_every: int = 1000
+    checkpoint_every: int = 0  # 0 = at every validation
     val_size: int = 500
     seed: int = 0
     max_minutes: float = 0.0  # stop (checkpoint + export) after this long; 0 = run the schedule
     init_from: str = ""  # start from a core file's weights (e.g. adapters/core.safetensors) instead of random
+    license: str = ""  # the images' terms of use for the file's metadata; "" = the dataset reader's
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
+        if self.bf16 not in BF16_CHOICES:
+            raise ValueError(f"bf16 must be one of {BF16_CHOICES}, got {self.bf16!r}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("steps, batch_size and lr must be positive")
 
@@ -79,7 +82,7 @@ PRESETS: dict[str, dict] = {
                 val_size=300),
     # The paper's setting for a GPU: FAN at full width on MPII, larger batch, longer schedule.
     "paper": dict(arch="paper", data="mpii:data/mpii/mpii_annotations.json", train_split="", val_split="",
-                  steps=150_000, batch_size=24, lr=2.5e-4, bf16=True, workers=8, val_every=5000),
+                  steps=150_000, batch_size=24, lr=2.5e-4, workers=8, val_every=5000),
     # Seconds on synthetic data (tests and smoke runs).
     "smoke": dict(arch="tiny", steps=3, batch_size=2, workers=0, val_every=2, val_size=4, warmup_steps=1),
 }
@@ -92,192 +95,133 @@ def _lr_at(cfg: CoreTrainConfig, step: int) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _autocast(cfg: CoreTrainConfig, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+class CoreStep:
+    """`harness.Task` of train-core: weighted heatmap MSE on augmented person crops, PCK on validation."""
 
+    metric = ("val_pck", "val PCK@0.2 (%)")
 
-@torch.no_grad()
-def predict_core(model: LandmarkHourglass, loader, device: torch.device, bf16: bool = False,
-                 flip_pairs: list[tuple[int, int]] | None = None):
-    """-> (pred, truth, visible, images) with points in input pixels, as numpy.
+    def __init__(self, cfg: CoreTrainConfig, model: LandmarkHourglass, optimisers: Optimisers,
+                 train_data: PoseCrops, val_data: PoseCrops, device: torch.device, precision: Precision,
+                 processes: Processes, out: Path, export) -> None:
+        self.cfg, self.model, self.optimisers, self.device, self.precision = cfg, model, optimisers, device, precision
+        self.out, self.export = out, export
+        self.name = f"core ({cfg.arch}, {cfg.data.split(':')[0]})"
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.sampler = EpochSampler(len(train_data), cfg.seed, processes)
+        cuda = device.type == "cuda"
+        self.loader = torch.utils.data.DataLoader(
+            train_data, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers, drop_last=True,
+            pin_memory=cuda, persistent_workers=cfg.workers > 0)
+        self.val_loader = torch.utils.data.DataLoader(val_data, batch_size=32, num_workers=min(cfg.workers, 1),
+                                                      pin_memory=cuda)
 
-    With `flip_pairs` (left/right joint pairs), the heatmaps are averaged with those of the mirrored
-    image (the usual pose "flip test"): mirrored back and with left and right swapped. Mirroring is
-    exact on the heatmap grid because input pixel centres map to heatmap pixel centres.
-    """
-    model.eval()
-    swap = None if flip_pairs is None else flip_permutation(model.config.num_landmarks, flip_pairs)
-    preds, truths, vis, images = [], [], [], []
-    for image, _, weights, points in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            heat = model(image.to(device)).float()
-            if swap is not None:
-                mirrored = model(image.to(device).flip(-1)).float().flip(-1)[:, swap]
-                heat = (heat + mirrored) / 2
-        pts, _ = refined_argmax(heat)
-        preds.append(heat_to_np(pts, model.config))
-        truths.append(points.numpy())
-        vis.append(weights.numpy() > 0)
-        images.append(image.permute(0, 2, 3, 1).numpy())
-    return np.concatenate(preds), np.concatenate(truths), np.concatenate(vis), np.concatenate(images)
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimisers.state()["model"]}
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimisers.load_state({"model": state["optimizer"]})
 
-def heat_to_np(points: torch.Tensor, config: HourglassConfig) -> np.ndarray:
-    return heatmap_to_input(points, config.input_size / config.heatmap_size).cpu().numpy()
+    def steps_per_epoch(self) -> int:
+        return len(self.sampler) // self.cfg.batch_size
 
+    def batches(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        return self.loader
 
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    return (torch.distributed.get_rank() if world > 1 else 0), world
+    def train_step(self, batch, step: int) -> dict[str, torch.Tensor | float]:
+        images, weights, points = (t.to(self.device, non_blocking=True) for t in batch)
+        images = images.contiguous(memory_format=self.memory_format)
+        lr = _lr_at(self.cfg, step)
+        self.optimisers.set_lr("model", [lr])
+        heat = pose_heatmaps(points, weights, self.model.config.input_size, self.cfg.sigma)
+        with self.precision.autocast(self.device):
+            pred = self.model(images)
+        err = F.mse_loss(pred.float(), heat, reduction="none")
+        if self.cfg.foreground_weight:
+            err = err * (1 + self.cfg.foreground_weight * heat)
+        loss = (err.mean((2, 3)) * weights).sum() / weights.sum().clamp(min=1)
+        self.optimisers.step(loss)
+        return {"loss": loss, "lr": lr}
+
+    def validate(self, step: int) -> dict[str, float]:
+        pred, truth, vis, images = predict_core(self.model, self.val_loader, self.device, self.precision)
+        _, mean = pck(pred, truth, vis)
+        overlay_grid(images[:8], pred[:8], self.out / "val_overlay.png", truth=truth[:8], cols=4)
+        self.model.train()
+        return {"val_pck": mean}
 
 
 def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") -> Path:
     """Train (or resume) a core; returns the path of the exported core.safetensors."""
-    rank, world = _distributed()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    processes, device = start_processes(cfg.device)
+    try:
+        return _train_core(cfg, resume, command, processes, device)
+    finally:
+        processes.close()
 
+
+def _train_core(cfg: CoreTrainConfig, resume: bool, command: str, processes: Processes,
+                device: torch.device) -> Path:
+    out = Path(cfg.out)
+    run = TrainingRun(out, LoopSettings(cfg.steps, cfg.val_every, cfg.checkpoint_every or cfg.val_every,
+                                        cfg.max_minutes, cfg.seed), processes, device, cfg, command, cfg.batch_size)
+    precision = choose_precision(device, cfg.bf16)
+    run.log(f"device {device}, {precision.reason}; {processes.world} process(es)")
     full = open_dataset(cfg.data)
-    print(f"{cfg.data}: {full.report}", file=sys.stderr)
+    run.log(f"{cfg.data}: {full.report}")
     train_set, val_set = full.subset(cfg.train_split), full.subset(cfg.val_split)
     if cfg.val_size and len(val_set) > cfg.val_size:
         val_set = val_set.subset(f":{cfg.val_size}")
     model_cfg = ARCHITECTURES[cfg.arch](len(full.landmark_names))
-    model = LandmarkHourglass(model_cfg).to(device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = LandmarkHourglass(model_cfg).to(device, memory_format=memory_format)
+    optimisers = Optimisers({"model": torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)},
+                            precision, processes, device)
+    license_text = cfg.license or full.license or "Trained on user-supplied pose data; check its licence"
 
-    step, history, elapsed, initialised_from = 0, [], 0.0, ""
-    ckpt_path = out / "checkpoint.pt"
-    if resume and ckpt_path.is_file():
-        # weights_only: our own checkpoint, still never a full unpickle
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, history, elapsed = ckpt["step"], ckpt["history"], ckpt["elapsed"]
-        initialised_from = ckpt.get("init_from_sha256", "")
-        print(f"resumed from {ckpt_path} at step {step}", file=sys.stderr)
-    elif resume:
-        print(f"--resume: no checkpoint in {out}, starting fresh", file=sys.stderr)
-    if cfg.init_from and step == 0:
+    def export(state: RunState) -> Path:
+        last_pck = next((h["val_pck"] for h in reversed(state.history) if "val_pck" in h), None)
+        path = out / "core.safetensors"
+        save_core(path, model, full.landmark_names, command=command, training_seconds=f"{state.elapsed:.0f}",
+                  training_steps=str(state.step), dataset=cfg.data, license=license_text,
+                  metrics={"val_pck@0.2": last_pck, "val_split": cfg.val_split}, device=device.type,
+                  precision=precision.name, processes=str(processes.world), **state.provenance)
+        return path
+
+    size = model_cfg.input_size
+    task = CoreStep(cfg, model, optimisers, PoseCrops(train_set, size, AugmentConfig(rotation_sd=cfg.rotation_sd),
+                                                      cfg.seed),
+                    PoseCrops(val_set, size), device, precision, processes, out, export)
+    resumed = run.restore(task, resume)
+    if cfg.init_from and not resumed:
         init = load_core(cfg.init_from)  # safetensors only, validated
         if init.config != model_cfg:
             raise ValueError(f"--init-from {cfg.init_from} has another architecture: {init.config} vs {model_cfg}")
         model.load_state_dict(init.float_state(), strict=False)  # BN step counters are not stored
         # kept in the exported file: --init-from names a path whose contents may change later
-        initialised_from = f"{init.sha256} ({init.metadata.get('training_steps', '?')} steps, " \
-                   f"{init.metadata.get('training_seconds', '?')} s of training)"
-        print(f"initialised from {cfg.init_from} ({init.sha256[:12]})", file=sys.stderr)
-    if rank == 0:
-        # every invocation (a resumed run may change flags) is kept, in order
-        previous = []
-        if resume and (out / "config.json").is_file():
-            old = json.loads((out / "config.json").read_text())
-            previous = old.get("commands") or [{"command": old.get("command", ""), "from_step": 0}]
-        (out / "config.json").write_text(json.dumps(
-            {**dataclasses.asdict(cfg), "command": command, "commands": [*previous, {"command": command, "from_step": step}]},
-            indent=2))
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    size = model_cfg.input_size
-    train_data = PoseCrops(train_set, size, cfg.sigma, AugmentConfig(rotation_sd=cfg.rotation_sd), cfg.seed)
-    val_loader = torch.utils.data.DataLoader(PoseCrops(val_set, size, cfg.sigma), batch_size=32,
-                                             num_workers=min(cfg.workers, 1))
-
-    def validate() -> float:
-        pred, truth, vis, images = predict_core(model, val_loader, device, cfg.bf16)
-        _, mean = pck(pred, truth, vis)
-        overlay_grid(images[:8], pred[:8], out / "val_overlay.png", truth=truth[:8], cols=4)
-        model.train()
-        return mean
-
-    def save(final: bool = False) -> None:
-        if rank != 0:
-            return
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "history": history, "elapsed": elapsed, "init_from_sha256": initialised_from}, out / "checkpoint.tmp")
-        (out / "checkpoint.tmp").replace(ckpt_path)
-        with open(out / "history.jsonl", "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
-        plot_curves(history, out / "curve.png", f"core ({cfg.arch}, {cfg.data.split(':')[0]})",
-                    metric_key="val_pck", metric_label="val PCK@0.2 (%)")
-        last_pck = next((h["val_pck"] for h in reversed(history) if "val_pck" in h), None)
-        save_core(out / "core.safetensors", model, full.landmark_names, command=command,
-                  training_seconds=f"{elapsed:.0f}", training_steps=str(step),
-                  **({"initialised_from": initialised_from} if initialised_from else {}),
-                  dataset=cfg.data, metrics={"val_pck@0.2": last_pck, "val_split": cfg.val_split},
-                  license="Trained on LSP-extended (research use only; Johnson & Everingham 2011)")
-
+        run.state.provenance["initialised_from"] = (
+            f"{init.sha256} ({init.metadata.get('training_steps', '?')} steps, "
+            f"{init.metadata.get('training_seconds', '?')} s of training)")
+        run.log(f"initialised from {cfg.init_from} ({init.sha256[:12]})")
+    processes.same_start(model)
+    run.write_config(resume)
     model.train()
-    start, epoch = time.time() - elapsed, step * cfg.batch_size // max(1, len(train_data))
-    bar = tqdm(total=cfg.steps, initial=step, desc="train-core", disable=rank != 0, mininterval=10,
-               dynamic_ncols=True)
-    stop = False
-    while step < cfg.steps and not stop:
-        train_data.epoch = epoch
-        sampler = (torch.utils.data.distributed.DistributedSampler(train_data, seed=cfg.seed + epoch)
-                   if world > 1 else None)
-        loader = torch.utils.data.DataLoader(
-            train_data, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-            num_workers=cfg.workers, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        tick, seen = time.time(), 0
-        for images, heat, weights, _ in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            images, heat, weights = images.to(device, memory_format=memory_format), heat.to(device), weights.to(device)
-            with _autocast(cfg, device):
-                pred = net(images)
-            err = F.mse_loss(pred.float(), heat, reduction="none")
-            if cfg.foreground_weight:
-                err = err * (1 + cfg.foreground_weight * heat)
-            loss = (err.mean((2, 3)) * weights).sum() / weights.sum().clamp(min=1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            seen += images.shape[0]
-            elapsed = time.time() - start
-            record = {"step": step, "loss": float(loss.detach()), "lr": _lr_at(cfg, step - 1), "time": round(elapsed, 1)}
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                record["val_pck"] = validate() if rank == 0 else float("nan")
-                record["img_per_s"] = seen * world / max(1e-9, time.time() - tick)
-                bar.write(f"step {step}: loss {loss:.2e}  val PCK@0.2 {record['val_pck']:.1f}%  "
-                          f"{record['img_per_s']:.1f} img/s  {elapsed / 60:.1f} min")
-            history.append(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.2e}", ips=f"{seen * world / max(1e-9, time.time() - tick):.1f}")
-            if step % cfg.val_every == 0:
-                save()
-            if cfg.max_minutes and elapsed > cfg.max_minutes * 60:
-                print(f"stopping at step {step}: --max-minutes {cfg.max_minutes} reached (resume with --resume)",
-                      file=sys.stderr)
-                stop = True
-            if step >= cfg.steps or stop:
-                break
-        epoch += 1
-    bar.close()
-    if history and "val_pck" not in history[-1]:
-        history[-1]["val_pck"] = validate() if rank == 0 else float("nan")
-    save(final=True)
-    if world > 1:
-        torch.distributed.destroy_process_group()
-    return out / "core.safetensors"
+    path = run.train(task)
+    return path or out / "core.safetensors"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="cpu: ~100 min on 2 cores, half-width network; paper: MPII schedule for a GPU (torchrun works); "
-                             "smoke: seconds, tiny network")
-    add_config_arguments(parser, CoreTrainConfig, choices={"arch": sorted(ARCHITECTURES)})
+                        help="cpu: ~100 min on 2 cores, half-width network; paper: MPII schedule for GPUs "
+                             "(torchrun --nproc_per_node N -m landmarks.cli train-core ...); smoke: seconds, tiny network")
+    add_config_arguments(parser, CoreTrainConfig, choices={"arch": sorted(ARCHITECTURES), "bf16": BF16_CHOICES},
+                         help={"device": "auto (a GPU if there is one), cpu, cuda or cuda:N",
+                               "bf16": "auto: bf16 autocast where the device runs it natively (GPUs; CPUs with "
+                                       "avx512_bf16 or amx_bf16; the log says which), fp16 + loss scaling on GPUs "
+                                       "without bf16; true / false force it",
+                               "license": "terms of use of the images, written into the core file "
+                                          "(default: the dataset reader's)"})
 
 
 def main(args: argparse.Namespace) -> int:

@@ -3,41 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from landmarks.adapter_io import load_adapter, load_core, load_network, save_core
 from landmarks.projection import adapter_state_dict, build_adapted, fold
 from tests.factories import make_tiny_core
 from training.adapt import PRESETS, AdaptConfig, adapt
 from training.evaluate import Detections, evaluate, forward_backward, regression_error, ridge_fit
-
-
-@pytest.fixture
-def face_data(tmp_path):
-    """MTFL-format list files over synthetic 40x40 'faces' (two eyes, nose, mouth)."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "mtfl"
-    (root / "img").mkdir(parents=True)
-    lines = []
-    for i in range(14):
-        img = Image.new("RGB", (40, 40), tuple(int(v) for v in rng.integers(100, 200, 3)))
-        pts = np.array([[12, 15], [28, 15], [20, 22], [14, 30], [26, 30]], float) + rng.normal(0, 1.5, (5, 2))
-        px = img.load()
-        for x, y in pts.round().astype(int):
-            px[int(x), int(y)] = (0, 0, 0)
-        img.save(root / "img" / f"{i}.jpg")
-        lines.append(f"img/{i}.jpg " + " ".join(f"{v:.2f}" for v in pts[:, 0]) + " "
-                     + " ".join(f"{v:.2f}" for v in pts[:, 1]))
-    (root / "train.txt").write_text("\n".join(lines[:10]) + "\n")
-    (root / "test.txt").write_text("\n".join(lines[10:]) + "\n")
-    return root
-
-
-@pytest.fixture
-def core_file(tmp_path):
-    path = tmp_path / "core.safetensors"
-    save_core(path, make_tiny_core())
-    return path
 
 
 def _cfg(tmp_path, core_file, data, mode):
@@ -138,7 +109,7 @@ def test_equivariance_and_smaller_input_size(tmp_path, core_file, face_data):
 
 
 def test_separation_loss_is_one_when_collapsed_and_small_when_apart():
-    from training.adapt import separation_loss
+    from training.adapt_step import separation_loss
 
     collapsed = torch.full((2, 4, 2), 0.5)
     apart = torch.tensor([[[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]]]).repeat(2, 1, 1)
@@ -159,7 +130,7 @@ def test_separation_and_head_lr_train(tmp_path, core_file, face_data):
 
 
 def test_finetune_can_start_from_the_core_head(tmp_path, core_file, face_data):
-    from training.adapt import build_detector
+    from training.detectors import build_detector
 
     core = load_core(core_file).build()
     detector = build_detector("finetune", core, 2, "all", seed=0, init_head="core")

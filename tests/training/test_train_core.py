@@ -46,14 +46,14 @@ def test_flip_test_is_mirror_equivariant():
     """With the flip test, the prediction on a mirrored crop is the mirrored prediction, joints swapped."""
     from tests.factories import make_tiny_core
     from training.datasets.base import flip_permutation
-    from training.train_core import predict_core
+    from training.evaluate_core import predict_core
 
     model = make_tiny_core().eval()
     k, size = model.config.num_landmarks, model.config.input_size
     pairs = [(0, 1), (2, 3)]
     swap = flip_permutation(k, pairs)
     images = torch.rand(3, 3, size, size)
-    batch = lambda x: [(x, None, torch.ones(len(x), k), torch.zeros(len(x), k, 2))]
+    batch = lambda x: [(x, torch.ones(len(x), k), torch.zeros(len(x), k, 2))]
     pred, *_ = predict_core(model, batch(images), torch.device("cpu"), flip_pairs=pairs)
     pred_m, *_ = predict_core(model, batch(images.flip(-1)), torch.device("cpu"), flip_pairs=pairs)
     mirrored = pred[:, swap].copy()

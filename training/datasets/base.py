@@ -9,9 +9,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "Dataset", "DatasetError", "ReadReport", "Sample", "check_image", "flip_permutation"]
+__all__ = ["IMAGE_SUFFIXES", "LICENSES", "Dataset", "DatasetError", "ReadReport", "Sample", "check_image", "flip_permutation"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+# What each known dataset's images may be used for (the readers set them; see ../shared/data/README.md).
+LICENSES = {
+    "lsp": "Trained on LSP (research use only; Johnson & Everingham 2010)",
+    "lspet": "Trained on LSP-extended (research use only; Johnson & Everingham 2011)",
+    "mpii": "Trained on MPII Human Pose (BSD-2 annotations, images for research use; Andriluka et al. 2014)",
+    "mtfl": "Trained on MTFL images (research use only; Zhang et al. 2014)",
+    "300w": "Trained on 300-W images (research use only; Sagonas et al. 2013)",
+    "cats": "Trained on the Cat dataset (research use only; Zhang, Sun & Tang 2008)",
+}
 
 
 class DatasetError(ValueError):
@@ -60,6 +71,9 @@ class Dataset:
     landmark_names: list[str] = field(default_factory=list)
     # Index pairs swapped by a horizontal flip (left <-> right), for augmentation.
     flip_pairs: list[tuple[int, int]] = field(default_factory=list)
+    # The images' terms of use, recorded in every file trained on them; "" where the reader cannot
+    # know them (a plain folder: the user says, e.g. `landmarks adapt --license`).
+    license: str = ""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -74,7 +88,8 @@ class Dataset:
             raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'") from None
         if len(parts) != 2:
             raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'")
-        return Dataset(self.name, self.samples[slice(*parts)], self.report, self.landmark_names, self.flip_pairs)
+        return Dataset(self.name, self.samples[slice(*parts)], self.report, self.landmark_names, self.flip_pairs,
+                       self.license)
 
 
 def flip_permutation(num_points: int, flip_pairs: list[tuple[int, int]]) -> list[int]:

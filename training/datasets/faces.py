@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.datasets.base import Dataset, DatasetError, ReadReport, Sample, check_image
+from training.datasets.base import LICENSES, Dataset, DatasetError, ReadReport, Sample, check_image
 
 __all__ = [
     "IBUG_68_FLIP_PAIRS",
@@ -89,7 +89,7 @@ def _finish(name: str, samples: list[Sample], report: ReadReport, source: Path, 
     report.kept = len(samples)
     if not samples:
         raise DatasetError(f"{source}: no usable {name} samples ({report})")
-    return Dataset(name, samples, report, list(names), list(pairs))
+    return Dataset(name, samples, report, list(names), list(pairs), LICENSES[name])
 
 
 def _off_face(points: np.ndarray, box: tuple[float, ...]) -> bool:

@@ -13,7 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.base import IMAGE_SUFFIXES, Dataset, DatasetError, ReadReport, Sample, check_image
+from training.datasets.base import (
+    IMAGE_SUFFIXES,
+    LICENSES,
+    Dataset,
+    DatasetError,
+    ReadReport,
+    Sample,
+    check_image,
+)
 
 __all__ = ["CAT_EYES", "CAT_FLIP_PAIRS", "CAT_POINTS", "read_cat_annotations", "read_image_folder"]
 
@@ -67,7 +75,7 @@ def read_cat_annotations(folder: str | Path, verify: bool = True) -> Dataset:
         raise DatasetError(f"{folder}: no .cat file parses; expected a {_CAT_FORMAT} ({report})")
     if not samples:
         raise DatasetError(f"{folder}: no usable cat samples ({report})")
-    return Dataset("cats", samples, report, list(CAT_POINTS), list(CAT_FLIP_PAIRS))
+    return Dataset("cats", samples, report, list(CAT_POINTS), list(CAT_FLIP_PAIRS), LICENSES["cats"])
 
 
 def read_image_folder(folder: str | Path, verify: bool = True) -> Dataset:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.datasets.base import Dataset, DatasetError, ReadReport, Sample, check_image
+from training.datasets.base import LICENSES, Dataset, DatasetError, ReadReport, Sample, check_image
 
 __all__ = ["LSP_FLIP_PAIRS", "LSP_JOINTS", "MPII_FLIP_PAIRS", "MPII_JOINTS", "read_lsp", "read_lspet", "read_mpii"]
 
@@ -50,7 +50,7 @@ def _read_joints_dataset(root: Path, name: str, joints: np.ndarray, flag_means_v
             continue
         samples.append(Sample(path=path, points=points, visible=visible))
     report.kept = len(samples)
-    return Dataset(name, samples, report, list(LSP_JOINTS), list(LSP_FLIP_PAIRS))
+    return Dataset(name, samples, report, list(LSP_JOINTS), list(LSP_FLIP_PAIRS), LICENSES[name])
 
 
 def read_lsp(root: str | Path) -> Dataset:
@@ -123,4 +123,4 @@ def read_mpii(annotation_file: str | Path, image_dir: str | Path | None = None, 
         box = (center[0] - half, center[1] - half, center[0] + half, center[1] + half)
         samples.append(Sample(path=path, points=joints - 1.0, visible=vis, box=tuple(float(v) for v in box)))
     report.kept = len(samples)
-    return Dataset("mpii", samples, report, list(MPII_JOINTS), list(MPII_FLIP_PAIRS))
+    return Dataset("mpii", samples, report, list(MPII_JOINTS), list(MPII_FLIP_PAIRS), LICENSES["mpii"])
