@@ -1,18 +1,23 @@
-"""Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`.
+"""Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`, and the one place
+that decides where a request computes.
 
-RPC handler threads `submit()` decoded inputs and wait; each worker thread (`workers`, default 2)
-takes the oldest queued request, gathers every queued request of the same (category, version) up
-to `max_batch_size`, and runs them as one forward pass of that category's folded network. Batches
-form by themselves while the previous batch computes; on top of that the worker waits up to
-`max_queue_delay` for more of a group *only while other requests are still being decoded*
-(`arrive()` / `depart()` around decoding), so a lone request is never delayed for company that is not coming.
+The servicer makes one call, `run(requests, prepare, deadline, on_cancel)`: the batcher
+prepares (decodes) each request, then either computes them at once in the calling thread, when
+that thread is the lead worker running a lone RPC (below), or queues them and waits for their
+results, the deadline or the client's cancellation.
 
-Lone requests: an RPC that arrives while nothing is queued, decoding or computing is handed whole
-to the lead worker (`try_lead`, called by gRPC through `serving.server.LeadFirstExecutor`), which
-decodes it, runs it (`run_inline`) and answers it in its own thread: the queue's two hand-offs
-(handler -> worker -> handler) are thread wake-ups that cost ~0.4-1.5 ms per request after
-idleness on the project machine (`scripts/server_ab.py`, with and without `--no-lone-on-lead`).
-Requests of the same group that queue while it decodes join its forward pass.
+Queued work: each worker thread (`workers`, default 2) takes the oldest queued request, gathers
+every queued request of the same group (leased adapter version) up to `max_batch_size`, and runs
+them as one forward pass. Batches form by themselves while the previous batch computes; on top of
+that the worker waits up to `max_queue_delay` for more of a group *only while other requests are
+still being prepared*, so a lone request is never delayed for company that is not coming.
+
+Lone requests: gRPC schedules Detect and DetectBatch through `LeadFirstExecutor`; an RPC that
+arrives while nothing is queued, preparing or computing becomes a `LeadTask`, a work item of its
+own that the lead worker runs whole (prepare, compute on all threads, answer) in its own thread:
+the queue's two hand-offs (handler -> worker -> handler) are thread wake-ups that cost a good
+part of a millisecond after idleness (docs/benchmark.md). Requests of the same group that queue
+while it decodes join its forward pass.
 
 Cores (`ComputeThreads`): worker 0, the lead, takes every batch it can; the other workers take
 one only while the lead is computing, i.e. under load. A batch the lead runs alone (nothing else
@@ -47,16 +52,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from serving.engine import DetectInput, Detection, InferenceEngine
 from serving.errors import ServingError
+from serving.threads import ComputeThreads
+from serving.work import LeadTask, Pending, prepared
 
-__all__ = ["BatchConfig", "ComputeThreads", "DynamicBatcher", "Pending"]
+__all__ = ["BatchConfig", "DynamicBatcher"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -74,58 +82,6 @@ class BatchConfig:
         if (self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0
                 or self.max_admission_wait_s < 0):
             raise ValueError(f"bad batching settings: {self}")
-
-
-class Pending:
-    """One queued request: its input, its deadline, and where its result goes."""
-
-    __slots__ = ("_done", "cancelled", "deadline", "enqueued", "error", "item", "key", "result", "started")
-
-    def __init__(self, item: DetectInput, deadline: float | None) -> None:
-        self.item = item
-        self.key = (item.category, item.version)
-        self.deadline = deadline  # time.monotonic() value, or None
-        self.enqueued = time.monotonic()
-        self.started = 0.0
-        self.cancelled = False
-        self.result: Detection | None = None
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-
-    def cancel(self) -> None:
-        """The client went away (gRPC callback): drop it if not computed yet, and free its waiter."""
-        self.cancelled = True
-        self.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
-
-    def finish(self, result: Detection | None = None, error: BaseException | None = None) -> None:
-        if not self._done.is_set():
-            self.result, self.error = result, error
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> Detection:
-        if not self._done.wait(timeout):
-            raise ServingError(Code.DEADLINE_EXCEEDED, "deadline exceeded while waiting for the model")
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-
-@dataclass(frozen=True)
-class ComputeThreads:
-    """How many torch threads a worker's forward pass uses, and how to set them in a thread."""
-
-    alone: int = 1  # the lead worker's forward with nothing else running or due
-    shared: int = 1  # every other forward
-    apply: Callable[[int], None] | None = None  # sets this thread's torch threads (serving.threads)
-
-    @classmethod
-    def split(cls, threads: int, workers: int, apply: Callable[[int], None] | None) -> ComputeThreads:
-        return cls(alone=threads, shared=max(1, threads // workers), apply=apply)
 
 
 class _NullMetrics:
@@ -155,7 +111,7 @@ class DynamicBatcher:
         self._helpers_wake = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)  # the queue shrank (a DetectBatch may wait for room)
         self._reserved = 0  # slots held for the one request waiting for room
-        self._lead_task: tuple[Future, Callable, tuple] | None = None  # a whole RPC handed to the lead
+        self._lead_task: LeadTask | None = None  # a whole RPC handed to the lead, not yet taken
         self._local = threading.local()  # each worker's current torch thread count
         self._closed = False
         self._draining = False
@@ -167,6 +123,44 @@ class DynamicBatcher:
             t.start()
 
     # ---------------------------------------------------------------------------- clients
+    def run(self, requests: Sequence[Any], prepare: Callable[[Any], DetectInput], deadline: float | None = None,
+            on_cancel: Callable[[Callable[[], None]], bool] | None = None) -> list[Detection]:
+        """Prepare each request (`prepare(request) -> DetectInput`, raising ServingError for a bad
+        one) and compute them all; the results in order. `deadline` is a time.monotonic() value;
+        `on_cancel(callback)` registers a callback for a client that goes away (gRPC's
+        `context.add_callback`, False if it already has). A failure raises a ServingError whose
+        `item` is the index of the request it is about."""
+        if threading.current_thread() is self._threads[0]:  # a lone RPC handed over by LeadFirstExecutor
+            return self._run_inline([prepared(prepare, r, i) for i, r in enumerate(requests)])
+        n = len(requests)
+        with self._lock:
+            self._arriving += n  # a worker may wait for these to batch them with what is queued
+        try:
+            items = [prepared(prepare, r, i) for i, r in enumerate(requests)]
+        finally:
+            with self._lock:
+                self._arriving -= n
+                if self._arriving <= 0 and self._queue:  # a worker may be waiting for them
+                    self._wake()
+        pending = self.submit(items, deadline)
+
+        def cancel() -> None:
+            for p in pending:
+                p.cancel()
+
+        if on_cancel is not None and not on_cancel(cancel):  # the client went away: drop what is not computed
+            cancel()
+        out = []
+        for i, p in enumerate(pending):
+            try:
+                out.append(p.wait(None if deadline is None else max(0.0, deadline - time.monotonic())))
+            except BaseException as exc:
+                cancel()  # all or nothing: the rest need not run (or this one's deadline passed while it ran)
+                if isinstance(exc, ServingError):
+                    exc.item = i
+                raise
+        return out
+
     def submit(self, items: list[DetectInput], deadline: float | None = None) -> list[Pending]:
         """Queue `items` atomically (all or none); RESOURCE_EXHAUSTED if they do not fit."""
         pending = [Pending(it, deadline) for it in items]
@@ -216,33 +210,25 @@ class DynamicBatcher:
         finally:
             self._reserved = 0
 
-    def try_lead(self, fn: Callable, *args) -> Future | None:
-        """Run `fn(*args)` (a whole Detect RPC, gRPC's handler function) on the lead worker if nothing
-        else is queued, arriving or computing: a lone request then decodes, computes on all threads
-        and answers in one thread, without the two thread hand-offs of the queue (`run_inline`).
-        None: busy, the caller runs it in a handler thread as usual."""
+    def lead(self, fn: Callable, args: tuple) -> Future | None:
+        """(LeadFirstExecutor.) Hand `fn(*args)`, a whole RPC, to the lead worker if nothing else is
+        queued, preparing or computing; None: busy, the caller runs it in a handler thread as usual."""
         with self._lock:
-            if (self._closed or self._draining or self._lead_busy  # (busy while a task is handed over)
+            if (self._closed or self._draining or self._lead_busy
                     or self._computing or self._queue or self._arriving > 0):
                 return None
-            future: Future = Future()
-            self._lead_task = (future, fn, args)
+            task = self._lead_task = LeadTask(fn, args)
             self._lead_busy = True  # from now on other requests go to the helpers
             self._computing += 1
             self._lead_wake.notify()
-            return future
+            return task.future
 
-    def on_lead(self) -> bool:
-        """True in the lead worker's thread (running an RPC handed over by `try_lead`)."""
-        return threading.current_thread() is self._threads[0]
-
-    def run_inline(self, items: list[DetectInput]) -> list[Pending]:
-        """(On the lead, in an RPC handed over by `try_lead`.) Compute the RPC's items now and return
-        them finished. Requests of the same category that queued up meanwhile (this RPC was alone
-        when it started, but its decoding took a while) join its batch, as they would have in the
-        queue; the forward runs on all threads unless a helper is computing too."""
+    def _run_inline(self, items: list[DetectInput]) -> list[Detection]:
+        """(On the lead, in an RPC it was handed.) Compute the RPC's items now. Requests of the same
+        group that queued up meanwhile (its decoding took a while) join its batch, as they would
+        have in the queue; the forward runs on all threads unless a helper is computing too."""
         own = [Pending(it, None) for it in items]
-        groups: dict[tuple[str, str], list[Pending]] = {}
+        groups: dict[tuple, list[Pending]] = {}
         for p in own:
             groups.setdefault(p.key, []).append(p)
         size = self.config.max_batch_size
@@ -255,19 +241,14 @@ class DynamicBatcher:
                     alone = self._computing == 1 and not self._queue
                 self._use_threads(alone)
                 self._run(batch)
-        return own
-
-    def arrive(self, n: int = 1) -> None:
-        """A request started decoding: the worker may wait (up to the delay) to batch it."""
-        with self._lock:
-            self._arriving += n
-
-    def depart(self, n: int = 1) -> None:
-        """That request is decoded (submitted next) or failed: stop waiting for it."""
-        with self._lock:
-            self._arriving -= n
-            if self._arriving <= 0 and self._queue:  # a worker may be waiting for it to batch the queue
-                self._wake()
+        out = []
+        for i, p in enumerate(own):
+            try:
+                out.append(p.wait(0))
+            except ServingError as exc:
+                exc.item = i
+                raise
+        return out
 
     def queued(self) -> int:
         with self._lock:
@@ -315,8 +296,8 @@ class DynamicBatcher:
             self._room.notify()
         return group
 
-    def _take(self, lead: bool) -> tuple[list[Pending], bool] | None:
-        """Block until a batch is due: (batch, whether it runs alone); None when closed.
+    def _take(self, lead: bool) -> tuple[list[Pending] | LeadTask, bool] | None:
+        """Block until work is due: (a batch or a lead task, whether it runs alone); None when closed.
 
         Only the lead worker takes work while no batch is computing (see the module notes)."""
         cfg = self.config
@@ -325,7 +306,8 @@ class DynamicBatcher:
         with self._lock:
             while True:
                 if lead and self._lead_task is not None:  # (handed over before any close: run it)
-                    return [], True
+                    task, self._lead_task = self._lead_task, None
+                    return task, True
                 if self._closed:
                     return None
                 if not self._queue or not (lead or self._lead_busy):
@@ -359,16 +341,16 @@ class DynamicBatcher:
             taken = self._take(lead)
             if taken is None:
                 return
-            batch, alone = taken
+            work, alone = taken
             try:
                 self._use_threads(alone)
-                if batch:
-                    self._run(batch)
+                if isinstance(work, LeadTask):
+                    work.run()
                 else:
-                    self._run_lead_task()
+                    self._run(work)
             except BaseException as exc:  # never let the worker die; each request gets an answer
                 log.exception("batch worker failed")
-                for p in batch:
+                for p in work if isinstance(work, list) else ():
                     p.finish(error=exc)
             finally:
                 with self._lock:
@@ -376,20 +358,9 @@ class DynamicBatcher:
                     if lead:
                         self._lead_busy = False
 
-    def _run_lead_task(self) -> None:
-        future, fn, args = self._lead_task
-        try:
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as exc:  # noqa: BLE001  gRPC's handler function handles its own errors
-                    future.set_exception(exc)
-        finally:
-            self._lead_task = None
-
     def _drop_if_dead(self, p: Pending, now: float) -> bool:
         """Finish `p` without computing it if its deadline passed or its client went away."""
-        category = p.item.category
+        category = p.item.entry.category
         if p.deadline is not None and now >= p.deadline:  # (gRPC also cancels it: count it as expired)
             self.metrics.dropped(category, "deadline_exceeded")
             p.finish(error=ServingError(Code.DEADLINE_EXCEEDED,
@@ -421,12 +392,12 @@ class DynamicBatcher:
         live = self._live(batch)
         if not live:
             return
-        category, version = live[0].key
+        category = live[0].item.entry.category
         self.metrics.batch(category, len(live))
         self.batches += 1
         self.computed += len(live)
         try:
-            results = self.engine.run_group(category, version, [p.item for p in live])
+            results = self.engine.run_group([p.item for p in live])
         except ServingError as exc:  # about the category/version: the same for every request in the group
             for p in live:
                 p.finish(error=exc)
@@ -438,7 +409,7 @@ class DynamicBatcher:
                         exc_info=True)
             for p in live:
                 try:
-                    (res,) = self.engine.run_group(category, version, [p.item])
+                    (res,) = self.engine.run_group([p.item])
                 except Exception as exc:  # noqa: BLE001  this request's own failure
                     if not isinstance(exc, ServingError):
                         log.error("request for %s failed: %r", category, exc)

@@ -22,6 +22,7 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.item: int | None = None  # which request of a DetectBatch it is about (set by the batcher)
 
     def __repr__(self) -> str:
         return f"ServingError({self.code.name}, {self.message!r})"

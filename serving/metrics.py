@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from serving.services import Services
 
 __all__ = ["Metrics", "start_metrics_server"]
 
@@ -39,17 +44,18 @@ UNKNOWN, OTHER = "_unknown", "_other"
 
 
 class _CacheCollector:
-    def __init__(self, state) -> None:
-        self.state = state
+    def __init__(self, services: Callable[[], Services | None]) -> None:
+        self.services = services
 
     def describe(self):
         return []
 
     def collect(self):
-        cache, registry = self.state.cache, self.state.registry
-        if cache is None:
+        services = self.services()
+        if services is None:
             return
-        s = cache.stats()
+        registry = services.registry
+        s = services.models.stats()
         for name, value, doc in (
             ("capacity_bytes", s.capacity_bytes, "folded-weights cache budget"),
             ("resident_bytes", s.resident_bytes, "folded weights resident"),
@@ -59,14 +65,14 @@ class _CacheCollector:
             yield GaugeMetricFamily(f"landmarks_folded_cache_{name}", doc, value=value)
         for name, value in (("hits", s.hits), ("misses", s.misses), ("evictions", s.evictions)):
             yield CounterMetricFamily(f"landmarks_folded_cache_{name}", f"folded-weights cache {name}", value=value)
-        if registry is not None:
-            yield GaugeMetricFamily("landmarks_categories", "categories registered", value=len(registry.list()))
+        yield GaugeMetricFamily("landmarks_categories", "categories registered", value=len(registry.list()))
 
 
 class Metrics:
-    def __init__(self, state=None, max_category_labels: int = 64) -> None:
+    def __init__(self, services: Callable[[], Services | None] | None = None, max_category_labels: int = 64) -> None:
+        """`services`: the server's parts once loaded (cache and registry figures, known categories)."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.state = state
+        self.services = services
         self.max_category_labels = max_category_labels
         self._labels: set[str] = set()
         self._lock = threading.Lock()
@@ -89,16 +95,16 @@ class Metrics:
         self.register_seconds = Histogram("landmarks_register_seconds",
                                           "RegisterAdapter time: validate, fold, trial forward, store",
                                           ("outcome",), buckets=REGISTER_BUCKETS, registry=r)
-        if state is not None:
-            r.register(_CacheCollector(state))
+        if services is not None:
+            r.register(_CacheCollector(services))
 
     # ------------------------------------------------------------------------------ labels
     def category_label(self, category: str) -> str:
-        reg = self.state.registry if self.state is not None else None
+        loaded = self.services() if self.services is not None else None
         with self._lock:
             if category in self._labels:
                 return category
-            if self.state is not None and (reg is None or not reg.known(category)):
+            if self.services is not None and (loaded is None or not loaded.registry.known(category)):
                 return UNKNOWN
             if len(self._labels) >= self.max_category_labels:
                 return OTHER

@@ -8,8 +8,8 @@ raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
 Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
-`landmarks.geometry.crop_resized`. Each request keeps its crop as uint8 pixels, and a batch goes
-to the backend as such (`stack_pixels`): scaling to [0, 1] is the first step of the backend's
+`landmarks.geometry.crop_resized`, once, at the input size of the adapter version the request
+leased. Each request keeps its crop as uint8 pixels, and a batch goes to the backend as such: scaling to [0, 1] is the first step of the backend's
 graph, and mapping the points back to the client's pixels its last (`serving.backend`).
 """
 
@@ -21,7 +21,6 @@ import math
 import grpc
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from landmarks.geometry import crop_resized, square_box
@@ -31,9 +30,9 @@ __all__ = [
     "ALLOWED_FORMATS",
     "crop_square",
     "decode_encoded",
+    "decode_image",
     "decode_raw",
     "resolve_box",
-    "stack_pixels",
 ]
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -96,6 +95,17 @@ def decode_raw(pixels: bytes, height: int, width: int, channels: int, max_pixels
     return image if mode == "RGB" else image.convert("RGB")
 
 
+def decode_image(request, max_pixels: int, min_side: int) -> Image.Image:
+    """A DetectRequest's image (`image.encoded` or `image.raw`) -> an RGB PIL image (raises ServingError)."""
+    which = request.image.WhichOneof("data") if request.HasField("image") else None
+    if which == "encoded":
+        return decode_encoded(request.image.encoded, max_pixels, min_side)
+    if which == "raw":
+        raw = request.image.raw
+        return decode_raw(raw.pixels, raw.height, raw.width, raw.channels, max_pixels, min_side)
+    raise _bad("image", "missing; set image.encoded or image.raw")
+
+
 def resolve_box(box: Box | None, width: int, height: int, field: str = "box") -> Box:
     """The square box actually used: the given box (or the whole image), made square."""
     if box is None:
@@ -137,16 +147,3 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
         sub = sub.reduce(factor)
     local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
     return torch.from_numpy(np.array(crop_resized(sub, local, size)))
-
-
-def stack_pixels(pixels: list[torch.Tensor], size: int) -> torch.Tensor:
-    """(S', S', 3) uint8 crops -> one (B, size, size, 3) uint8 batch, what `Backend.locate` takes.
-    Crops of another size (decoded just before their category switched to a version of another
-    input size) are resampled (bilinear, antialiased) and rounded back to 8 bits."""
-    return torch.stack([p if p.shape[0] == size else _resample(p, size) for p in pixels])
-
-
-def _resample(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    image = pixels.permute(2, 0, 1)[None].float()
-    image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)

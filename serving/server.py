@@ -1,148 +1,66 @@
-"""Assemble the gRPC server: inference + admin services, standard health and reflection,
-dynamic batching, Prometheus metrics, tokens and TLS.
+"""Assemble and run the gRPC server: inference + admin services, standard health and reflection,
+Prometheus metrics, tokens and TLS. Everything it serves is built by `serving.services`.
 
-    server, port = create_server(ServerConfig(port=0))   # binds, does not start
-    server.start(); ...; server.stop(grace=5)
-    handle = build_server(cfg); handle.server.start(); ...; handle.shutdown()   # graceful
+    handle = build_server(cfg); handle.start(); ...; handle.shutdown()   # graceful
 
 Shutdown (`ServerHandle.shutdown`, what SIGTERM does): health -> NOT_SERVING, new Detects are
-refused with UNAVAILABLE, the batching queue flushes without waiting, the gRPC server stops
-accepting and gives in-flight RPCs `grace_s` seconds, then cancels whatever is left (so a slow
+refused with UNAVAILABLE, the batching queue flushes without waiting, the gRPC servers stop
+accepting and give in-flight RPCs `grace_s` seconds, then cancel whatever is left (so a slow
 client or a stuck request cannot hold shutdown), and the batch workers are stopped.
 
 Health (`grpc.health.v1`) reports NOT_SERVING until the core is loaded and the adapter store is
 read, then SERVING for "" and both services. With `load_in_background` the core loads in a
-thread after `create_server` returns (requests get UNAVAILABLE meanwhile); otherwise it loads
+thread after `build_server` returns (requests get UNAVAILABLE meanwhile); otherwise it loads
 before, and a missing or broken core raises `CoreLoadError` with a message saying what to do.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import threading
 from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from landmarks.adapter_io import ArtifactError, Core, load_core
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.auth import TokenInterceptor
-from serving.backend import Backend, make_backend
-from serving.batching import BatchConfig, ComputeThreads, DynamicBatcher
 from serving.config import ServerConfig, join_host_port
-from serving.engine import InferenceEngine
-from serving.errors import ServingError
-from serving.folding import FoldedCache
 from serving.metrics import Metrics, start_metrics_server
-from serving.registry import AdapterRegistry
-from serving.servicer import AdminServicer, LandmarkServicer
-from serving.threads import DEFAULT_COMPUTE_THREADS, compute_thread, handler_thread, single_threaded
+from serving.servicer import AdminServicer, LandmarkServicer, RequestLimits
+from serving.services import CoreLoadError, Lifecycle, Services, load_services
+from serving.threads import handler_thread
+from serving.work import LeadFirstExecutor
 
-__all__ = ["CoreLoadError", "ServerHandle", "ServerState", "build_server", "create_server", "serve"]
+__all__ = ["CoreLoadError", "ServerHandle", "build_server", "serve"]
 
 log = logging.getLogger(__name__)
-SERVICE_NAMES = (
-    pb.DESCRIPTOR.services_by_name["LandmarkService"].full_name,
-    pb.DESCRIPTOR.services_by_name["AdminService"].full_name,
-)
-
-
-class CoreLoadError(RuntimeError):
-    pass
-
-
-class ServerState:
-    """What the servicers share; filled in once the core is loaded."""
-
-    def __init__(self, cfg: ServerConfig, health_servicer: health.HealthServicer) -> None:
-        self.cfg = cfg
-        self.health = health_servicer
-        self.core: Core | None = None
-        self.backend: Backend | None = None
-        self.cache: FoldedCache | None = None
-        self.registry: AdapterRegistry | None = None
-        self.engine: InferenceEngine | None = None
-        self.batcher: DynamicBatcher | None = None
-        self.metrics = Metrics(self)
-        self.draining = False
-        self.load_error: str = ""
-        self.ready = False
-        self.loaded = threading.Event()
-
-    def _unavailable(self) -> ServingError:
-        why = f"failed to load: {self.load_error}" if self.load_error else "is starting (loading the core)"
-        return ServingError(grpc.StatusCode.UNAVAILABLE, f"server {why}")
-
-    def require_engine(self) -> InferenceEngine:
-        if not self.ready:
-            raise self._unavailable()
-        return self.engine  # type: ignore[return-value]
-
-    def require_batcher(self) -> DynamicBatcher:
-        if self.draining:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
-        if not self.ready:
-            raise self._unavailable()
-        return self.batcher  # type: ignore[return-value]
-
-    def require_registry(self) -> AdapterRegistry:
-        if not self.ready:
-            raise self._unavailable()
-        return self.registry  # type: ignore[return-value]
-
-    def set_health(self, status: int) -> None:
-        for name in ("",) + SERVICE_NAMES:
-            self.health.set(name, status)
-
-    def load(self) -> None:
-        cfg = self.cfg
-        path = cfg.resolved_core_path
-        try:
-            single_threaded()  # loading runs here; forward passes run in the batch workers (serving.threads)
-            if not path.is_file():
-                raise CoreLoadError(
-                    f"no core file at {path}. Train one (landmarks train-core ...) and copy its core.safetensors "
-                    f"there, or point the server at one with --core FILE")
-            try:
-                core = load_core(path)
-            except ArtifactError as exc:
-                raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
-            backend = make_backend(cfg.backend, core, cfg.device)
-            cache = FoldedCache(cfg.cache_bytes)
-            registry = AdapterRegistry(core, backend, cache, cfg.adapters_dir, cfg.max_adapter_bytes,
-                                       cfg.allowed_register_dirs)
-            registry.load_store()
-            self.core, self.backend, self.cache, self.registry = core, backend, cache, registry
-            self.engine = InferenceEngine(registry, cache, backend)
-            batching = BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, cfg.batch_workers)
-            threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, batching.workers,
-                                           compute_thread)
-            self.batcher = DynamicBatcher(self.engine, batching, self.metrics, threads)
-            self.ready = True
-            self.set_health(health_pb2.HealthCheckResponse.SERVING)
-            log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
-        except Exception as exc:
-            self.load_error = str(exc)
-            log.error("server failed to load: %s", exc)
-            raise
-        finally:
-            self.loaded.set()
+INFERENCE, ADMIN = (pb.DESCRIPTOR.services_by_name[name].full_name for name in ("LandmarkService", "AdminService"))
 
 
 @dataclass
 class ServerHandle:
+    config: ServerConfig
     server: grpc.Server
     port: int
-    state: ServerState
-    metrics_port: int | None = None
-    metrics_server: object | None = None
+    lifecycle: Lifecycle
+    metrics: Metrics
     admin_server: grpc.Server | None = None  # AdminService on a port of its own (--admin-port)
     admin_port: int | None = None
+    metrics_server: object | None = None
+    metrics_port: int | None = None
+
+    @property
+    def services(self) -> Services:
+        return self.lifecycle.require()
+
+    @property
+    def address(self) -> str:
+        return join_host_port(self.config.host, self.port)
 
     def start(self) -> None:
         self.server.start()
@@ -151,53 +69,18 @@ class ServerHandle:
 
     def shutdown(self, grace: float | None = None) -> bool:
         """Graceful stop (see the module docstring); True if in-flight work finished within grace."""
-        state = self.state
-        grace = state.cfg.grace_s if grace is None else grace
-        state.draining = True
-        state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if state.batcher is not None:
-            state.batcher.drain()
+        grace = self.config.grace_s if grace is None else grace
+        self.lifecycle.drain()
         # stop() cancels RPCs still running after `grace`; the event is set once they are gone
-        stopping = [self.server.stop(grace=grace)]
-        if self.admin_server is not None:
-            stopping.append(self.admin_server.stop(grace=grace))
+        stopping = [s.stop(grace=grace) for s in (self.server, self.admin_server) if s is not None]
         finished = all([event.wait(grace + 5.0) for event in stopping])  # noqa: C419  wait for each
-        if state.batcher is not None:
-            state.batcher.close(timeout=1.0)  # a forward pass still running after grace is abandoned
+        if self.lifecycle.services is not None:
+            self.lifecycle.services.batcher.close(timeout=1.0)  # a forward still running after grace is abandoned
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
             self.metrics_server = None
         return bool(finished)
-
-    @property
-    def address(self) -> str:
-        return join_host_port(self.state.cfg.host, self.port)
-
-
-class LeadFirstExecutor(futures.ThreadPoolExecutor):
-    """Where gRPC runs Detect and DetectBatch: on the lead batch worker when that call would be the
-    only one computing (`DynamicBatcher.try_lead`), else in the server's handler pool as usual.
-
-    A lone request then decodes, runs its forward pass on all threads and answers in one thread:
-    through the queue it crossed two thread hand-offs (handler -> worker -> handler), each a
-    wake-up that costs a few hundred microseconds on this VM after idleness. Under load nothing
-    changes: requests queue and batch. (gRPC's per-method `experimental_thread_pool` must be a
-    ThreadPoolExecutor; this one starts no threads of its own.)
-    """
-
-    def __init__(self, fallback: futures.ThreadPoolExecutor, state: ServerState) -> None:
-        super().__init__(max_workers=1)
-        self._fallback = fallback
-        self._state = state
-
-    def submit(self, fn, /, *args, **kwargs):
-        batcher = self._state.batcher
-        if batcher is not None and not kwargs:  # (draining: the handler refuses wherever it runs)
-            future = batcher.try_lead(fn, *args)
-            if future is not None:
-                return future
-        return self._fallback.submit(fn, *args, **kwargs)
 
 
 def _grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_message_bytes: int,
@@ -219,10 +102,8 @@ def _grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_messag
 def _listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
     address = join_host_port(cfg.host, port)
     try:
-        if cfg.tls:
-            bound = server.add_secure_port(address, _server_credentials(cfg))
-        else:
-            bound = server.add_insecure_port(address)
+        bound = (server.add_secure_port(address, _server_credentials(cfg)) if cfg.tls
+                 else server.add_insecure_port(address))
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {address}: {exc}") from None
     if bound == 0:
@@ -235,6 +116,23 @@ def _add_health_and_reflection(server: grpc.Server, health_servicer, services: l
     reflection.enable_server_reflection(services + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
 
 
+def _on_pool(servicer: LandmarkServicer, pool: futures.ThreadPoolExecutor) -> LandmarkServicer:
+    """gRPC reads a per-method thread pool from the handler function's `experimental_thread_pool`."""
+    for name in ("Detect", "DetectBatch"):
+        method = getattr(servicer, name)
+        call = functools.wraps(method)(lambda request, context, method=method: method(request, context))
+        call.experimental_thread_pool = pool
+        setattr(servicer, name, call)
+    return servicer
+
+
+def _lead_or_none(lifecycle: Lifecycle):
+    def lead(fn, args):
+        services = lifecycle.services
+        return services.batcher.lead(fn, args) if services is not None else None
+    return lead
+
+
 def build_server(cfg: ServerConfig) -> ServerHandle:
     """Bind (not start) a server for `cfg`; see the module docstring for loading."""
     handlers = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks",
@@ -242,42 +140,52 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
     server = _grpc_server(cfg, handlers, cfg.max_message_bytes, cfg.max_workers + cfg.max_queue)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    state = ServerState(cfg, health_servicer)
-    state.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-    detect_pool = LeadFirstExecutor(handlers, state) if cfg.lone_on_lead else None
-    pb_grpc.add_LandmarkServiceServicer_to_server(LandmarkServicer(state, detect_pool), server)
+    lifecycle = Lifecycle(health_servicer, (INFERENCE, ADMIN) if cfg.enable_admin else (INFERENCE,))
+    metrics = Metrics(lambda: lifecycle.services)
+    limits = RequestLimits(cfg.max_image_pixels, cfg.min_image_side, cfg.max_batch_items)
+    landmarks = LandmarkServicer(lifecycle, limits, metrics)
+    if cfg.lone_on_lead:  # a lone Detect runs whole on the lead batch worker (serving.batching)
+        landmarks = _on_pool(landmarks, LeadFirstExecutor(_lead_or_none(lifecycle), handlers))
+    pb_grpc.add_LandmarkServiceServicer_to_server(landmarks, server)
     admin_server = None
     if cfg.enable_admin and cfg.admin_port is None:
-        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(state), server)
-        _add_health_and_reflection(server, health_servicer, list(SERVICE_NAMES))
+        pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), server)
+        _add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN])
     else:
-        _add_health_and_reflection(server, health_servicer, [SERVICE_NAMES[0]])
+        _add_health_and_reflection(server, health_servicer, [INFERENCE])
         if cfg.enable_admin:
             admin_pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="landmarks-admin",
                                                     initializer=handler_thread)
             admin_server = _grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
-            pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(state), admin_server)
-            _add_health_and_reflection(admin_server, health_servicer, [SERVICE_NAMES[1]])
+            pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), admin_server)
+            _add_health_and_reflection(admin_server, health_servicer, [ADMIN])
     if cfg.load_in_background:
-        threading.Thread(target=_load_quietly, args=(state,), name="landmarks-load", daemon=True).start()
+        threading.Thread(target=_load, args=(cfg, lifecycle, metrics, False), name="landmarks-load",
+                         daemon=True).start()
     else:
-        state.load()
-    port = _listen(server, cfg, cfg.port)
-    handle = ServerHandle(server, port, state, admin_server=admin_server)
-    if admin_server is not None:
-        try:
+        _load(cfg, lifecycle, metrics, True)
+    handle = ServerHandle(cfg, server, _listen(server, cfg, cfg.port), lifecycle, metrics, admin_server)
+    try:
+        if admin_server is not None:
             handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
-        except OSError:
-            server.stop(None)
-            raise
-    if cfg.metrics_port is not None:
-        try:
-            handle.metrics_server, handle.metrics_port = start_metrics_server(state.metrics, cfg.host,
-                                                                              cfg.metrics_port)
-        except OSError as exc:
-            server.stop(None)
-            raise OSError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
+        if cfg.metrics_port is not None:
+            try:
+                handle.metrics_server, handle.metrics_port = start_metrics_server(metrics, cfg.host, cfg.metrics_port)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
+    except OSError:
+        server.stop(None)
+        raise
     return handle
+
+
+def _load(cfg: ServerConfig, lifecycle: Lifecycle, metrics: Metrics, reraise: bool) -> None:
+    try:
+        lifecycle.publish(load_services(cfg, metrics))
+    except Exception as exc:
+        lifecycle.fail(str(exc))  # requests answer UNAVAILABLE with it
+        if reraise:
+            raise
 
 
 def _server_credentials(cfg: ServerConfig) -> grpc.ServerCredentials:
@@ -289,18 +197,6 @@ def _server_credentials(cfg: ServerConfig) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-def _load_quietly(state: ServerState) -> None:
-    # a failure is recorded in state.load_error (and logged by load()); requests answer UNAVAILABLE with it
-    with contextlib.suppress(Exception):
-        state.load()
-
-
-def create_server(cfg: ServerConfig) -> tuple[grpc.Server, int]:
-    """(server, bound port); call `server.start()`."""
-    handle = build_server(cfg)
-    return handle.server, handle.port
-
-
 def serve(cfg: ServerConfig) -> int:
     """Run until interrupted; SIGTERM / Ctrl-C shut down gracefully within `cfg.grace_s`."""
     import signal
@@ -310,7 +206,8 @@ def serve(cfg: ServerConfig) -> int:
     log.info("listening on %s", handle.address)
     if cfg.admin_token is None and cfg.enable_admin and cfg.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the admin service is open to the network (no --admin-token-file, not --no-admin)")
-    core = handle.state.core.sha256[:12] if handle.state.core else "?"
+    services = handle.lifecycle.services
+    core = services.core.sha256[:12] if services is not None else "?"
     extra = f", admin on {join_host_port(cfg.host, handle.admin_port)}" if handle.admin_port is not None else ""
     extra += f", metrics on {cfg.host}:{handle.metrics_port}" if handle.metrics_port is not None else ""
     print(f"landmarks server listening on {handle.address} ({'TLS' if cfg.tls else 'plaintext'}, core {core}, "

@@ -11,6 +11,8 @@ import logging
 import math
 import platform
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
@@ -19,10 +21,12 @@ from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.engine import DetectInput, Detection
 from serving.errors import ServingError
-from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
-from serving.registry import CategoryStatus, VersionEntry, validate_category, validate_version
+from serving.metrics import Metrics
+from serving.preprocess import crop_square, decode_image, resolve_box
+from serving.registry import AdapterRegistry, CategoryStatus, VersionEntry
+from serving.services import Lifecycle
 
-__all__ = ["AdminServicer", "LandmarkServicer", "category_to_proto"]
+__all__ = ["AdminServicer", "LandmarkServicer", "RequestLimits", "category_to_proto"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -41,49 +45,38 @@ def _handler(method):
     return wrapper
 
 
-def _prefixed(exc: ServingError, prefix: str) -> ServingError:
-    return ServingError(exc.code, f"{prefix}{exc.message}") if prefix else exc
-
-
-def _on_pool(method, pool):
-    """`method` with gRPC's per-method thread pool attribute (read by grpc.server)."""
-    @functools.wraps(method)
-    def call(request, context):
-        return method(request, context)
-
-    call.experimental_thread_pool = pool
-    return call
+@dataclass(frozen=True)
+class RequestLimits:
+    max_image_pixels: int
+    min_image_side: int
+    max_batch_items: int
 
 
 class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
-    def __init__(self, state, detect_pool=None) -> None:  # serving.server.ServerState, LeadFirstExecutor
-        self.state = state
-        if detect_pool is not None:  # where gRPC runs Detect and DetectBatch (serving.server.LeadFirstExecutor)
-            self.Detect = _on_pool(self.Detect, detect_pool)
-            self.DetectBatch = _on_pool(self.DetectBatch, detect_pool)
+    """Detect and DetectBatch: lease each request's version, decode and crop at its size, hand the
+    batch to the batcher (`DynamicBatcher.run`), turn the detections into protos."""
 
-    def _decode(self, req: pb.DetectRequest, prefix: str = "") -> DetectInput:
-        cfg = self.state.cfg
-        try:
-            validate_category(req.category)
-            if req.version:
-                validate_version(req.version)
-            t0 = time.perf_counter()
-            which = req.image.WhichOneof("data") if req.HasField("image") else None
-            if which == "encoded":
-                image = decode_encoded(req.image.encoded, cfg.max_image_pixels, cfg.min_image_side)
-            elif which == "raw":
-                raw = req.image.raw
-                image = decode_raw(raw.pixels, raw.height, raw.width, raw.channels,
-                                   cfg.max_image_pixels, cfg.min_image_side)
-            else:
-                raise ServingError(Code.INVALID_ARGUMENT, "image: missing; set image.encoded or image.raw")
-            box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1) if req.HasField("box") else None
-            square = resolve_box(box, image.width, image.height)
-            pixels = crop_square(image, square, self.state.registry.input_size(req.category, req.version))
-            return DetectInput(req.category, req.version, pixels, square, (time.perf_counter() - t0) * 1e3)
-        except ServingError as exc:
-            raise _prefixed(exc, prefix) from None
+    def __init__(self, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics) -> None:
+        self.lifecycle = lifecycle
+        self.limits = limits
+        self.metrics = metrics
+
+    def _input(self, req: pb.DetectRequest, registry: AdapterRegistry, leases: ExitStack) -> DetectInput:
+        lease = leases.enter_context(registry.acquire(req.category, req.version))
+        t0 = time.perf_counter()
+        image = decode_image(req, self.limits.max_image_pixels, self.limits.min_image_side)
+        box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1) if req.HasField("box") else None
+        square = resolve_box(box, image.width, image.height)
+        pixels = crop_square(image, square, lease.adapter.config.input_size)
+        return DetectInput(lease.entry, pixels, square, (time.perf_counter() - t0) * 1e3)
+
+    def _detect(self, requests: list[pb.DetectRequest], context) -> list[Detection]:
+        services = self.lifecycle.require_serving()
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+        with ExitStack() as leases:  # each request keeps the version it started with until it is answered
+            return services.batcher.run(requests, lambda req: self._input(req, services.registry, leases),
+                                        deadline, context.add_callback)
 
     @staticmethod
     def _response(det: Detection, total_ms: float) -> pb.DetectResponse:
@@ -99,87 +92,46 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
                                total_ms=total_ms),
         )
 
-    def _run(self, items_or_requests, context, many: bool) -> list[Detection]:
-        """Decode, queue in the batcher, wait for the results (or the deadline / cancellation)."""
-        batcher = self.state.require_batcher()
-        prefixes = [f"requests[{i}]." if many else "" for i in range(len(items_or_requests))]
-        pending: list = []
-
-        def cancel():
-            for p in pending:
-                p.cancel()
-
-        if batcher.on_lead():  # a lone RPC handed to the lead worker (serving.server.LeadFirstExecutor)
-            items = [self._decode(req, prefix) for req, prefix in zip(items_or_requests, prefixes)]
-            pending = batcher.run_inline(items)  # computed now: nothing to wait for or cancel
-            deadline = None
-        else:
-            n = len(items_or_requests)
-            batcher.arrive(n)
-            try:
-                items = [self._decode(req, prefix) for req, prefix in zip(items_or_requests, prefixes)]
-            finally:
-                batcher.depart(n)
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-            pending = batcher.submit(items, deadline)
-            if not context.add_callback(cancel):  # the client went away: drop what has not been computed
-                cancel()
-        out = []
-        for i, p in enumerate(pending):
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                out.append(p.wait(wait))
-            except BaseException as exc:
-                cancel()  # all or nothing: the rest need not run (or this one's deadline passed while it ran)
-                if isinstance(exc, ServingError):
-                    raise _prefixed(exc, prefixes[i]) from None
-                raise
-        return out
-
-    def _record(self, method: str, category: str, t0: float, outcome: str) -> None:
-        self.state.metrics.request(method, category, outcome, time.perf_counter() - t0)
-
     @_handler
     def Detect(self, request, context):
         t0 = time.perf_counter()
-        metrics = self.state.metrics
-        metrics.inflight.inc()
+        self.metrics.inflight.inc()
         outcome = "internal"
         try:
-            (det,) = self._run([request], context, many=False)
-            metrics.detection(det.category, det.queue_ms, det.compute_ms)
+            (det,) = self._detect([request], context)
+            self.metrics.detection(det.category, det.queue_ms, det.compute_ms)
             outcome = "ok"
             return self._response(det, (time.perf_counter() - t0) * 1e3)
         except ServingError as exc:
             outcome = exc.code.name.lower()
             raise
         finally:
-            metrics.inflight.dec()
-            self._record("Detect", request.category, t0, outcome)
+            self.metrics.inflight.dec()
+            self.metrics.request("Detect", request.category, outcome, time.perf_counter() - t0)
 
     @_handler
     def DetectBatch(self, request, context):
         t0 = time.perf_counter()
-        metrics = self.state.metrics
-        n, limit = len(request.requests), self.state.cfg.max_batch_items
+        n, limit = len(request.requests), self.limits.max_batch_items
         if n > limit:
             raise ServingError(Code.INVALID_ARGUMENT, f"requests: {n} items, over this server's limit of {limit}; "
                                                       "split the batch")
         category = request.requests[0].category if n else ""
-        metrics.inflight.inc()
+        self.metrics.inflight.inc()
         outcome = "internal"
         try:
-            detections = self._run(list(request.requests), context, many=True)
+            detections = self._detect(list(request.requests), context)
             for d in detections:
-                metrics.detection(d.category, d.queue_ms, d.compute_ms)
+                self.metrics.detection(d.category, d.queue_ms, d.compute_ms)
             outcome = "ok"
         except ServingError as exc:
             outcome = exc.code.name.lower()
+            if exc.item is not None:
+                raise ServingError(exc.code, f"requests[{exc.item}].{exc.message}") from None
             raise
         finally:
-            metrics.inflight.dec()
-            self._record("DetectBatch", category, t0, outcome)
+            self.metrics.inflight.dec()
+            self.metrics.request("DetectBatch", category, outcome, time.perf_counter() - t0)
         total = (time.perf_counter() - t0) * 1e3
         return pb.DetectBatchResponse(responses=[self._response(d, total) for d in detections])
 
@@ -222,12 +174,14 @@ def _package_version() -> str:
 
 
 class AdminServicer(pb_grpc.AdminServiceServicer):
-    def __init__(self, state) -> None:
-        self.state = state
+    def __init__(self, lifecycle: Lifecycle, metrics: Metrics, device: str) -> None:
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.device = device
 
     @_handler
     def RegisterAdapter(self, request, context):
-        registry = self.state.require_registry()
+        registry = self.lifecycle.require().registry
         which = request.WhichOneof("source")
         activate = request.activate if request.HasField("activate") else True
         t0, outcome = time.perf_counter(), "internal"
@@ -243,21 +197,21 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             outcome = exc.code.name.lower()
             raise
         finally:
-            self.state.metrics.register_seconds.labels(outcome).observe(time.perf_counter() - t0)
+            self.metrics.register_seconds.labels(outcome).observe(time.perf_counter() - t0)
         return pb.RegisterAdapterResponse(category=category_to_proto(status), created=created)
 
     @_handler
     def SetActiveVersion(self, request, context):
-        return category_to_proto(self.state.require_registry().set_active(request.category, request.version))
+        return category_to_proto(self.lifecycle.require().registry.set_active(request.category, request.version))
 
     @_handler
     def UnregisterAdapter(self, request, context):
-        removed = self.state.require_registry().unregister(request.category, request.version or None)
+        removed = self.lifecycle.require().registry.unregister(request.category, request.version or None)
         return pb.UnregisterAdapterResponse(removed_versions=removed)
 
     @_handler
     def ListCategories(self, request, context):
-        registry = self.state.require_registry()
+        registry = self.lifecycle.require().registry
         return pb.ListCategoriesResponse(categories=[category_to_proto(s) for s in registry.list()])
 
     @_handler
@@ -265,18 +219,18 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         import google.protobuf
         import torch
 
-        st = self.state
+        services = self.lifecycle.services
         versions = {"torch": torch.__version__, "grpcio": grpc.__version__,
                     "protobuf": google.protobuf.__version__, "python": platform.python_version()}
         info = pb.ServerInfoResponse(server_version=_package_version(), api_version="landmarks.v1",
-                                     versions=versions, ready=st.ready, device=st.cfg.device)
-        if st.ready:
-            stats = st.cache.stats()
-            info.core_sha256 = st.core.sha256
-            info.device = st.backend.device
-            info.backend = st.backend.name
-            info.input_size = st.core.config.input_size
-            info.core_num_landmarks = st.core.config.num_landmarks
+                                     versions=versions, ready=services is not None, device=self.device)
+        if services is not None:
+            stats = services.models.stats()
+            info.core_sha256 = services.core.sha256
+            info.device = services.backend.device
+            info.backend = services.backend.name
+            info.input_size = services.core.config.input_size
+            info.core_num_landmarks = services.core.config.num_landmarks
             info.cache.CopyFrom(pb.CacheStats(capacity_bytes=stats.capacity_bytes, resident_bytes=stats.resident_bytes,
                                               entries=stats.entries, hits=stats.hits, misses=stats.misses,
                                               evictions=stats.evictions))

@@ -2,9 +2,8 @@
 
 PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large enough torch op its
 own pool of worker threads, and once the workers of all pools outnumber the cores it stops
-spinning between parallel regions: every op of a forward pass then pays a futex wake-up. On the
-2-core project machine one parallel op in the main thread made a later batch-1 forward in another
-thread ~60% slower (median 15.9 ms against 9.7 ms with this policy, `python scripts/thread_pools.py`).
+spinning between parallel regions: every op of a forward pass then pays a futex wake-up
+(`python scripts/thread_pools.py` measures it; docs/benchmark.md, "Threads and OpenMP").
 In the server, gRPC handler threads (image to tensor) and the main thread (loading the core) would
 each create such a pool.
 
@@ -18,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DEFAULT_COMPUTE_THREADS", "compute_thread", "handler_thread", "single_threaded"]
+__all__ = ["DEFAULT_COMPUTE_THREADS", "ComputeThreads", "compute_thread", "handler_thread", "single_threaded"]
 
 DEFAULT_COMPUTE_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read at import
 
@@ -55,3 +56,16 @@ def handler_thread(nice: int = 0) -> None:
         tid = threading.get_native_id()
         with contextlib.suppress(OSError):  # not permitted here: run at the process's priority
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+@dataclass(frozen=True)
+class ComputeThreads:
+    """How many torch threads a worker's forward pass uses, and how to set them in a thread."""
+
+    alone: int = 1  # the lead worker's forward with nothing else running or due
+    shared: int = 1  # every other forward
+    apply: Callable[[int], None] | None = None  # sets this thread's torch threads (serving.threads)
+
+    @classmethod
+    def split(cls, threads: int, workers: int, apply: Callable[[int], None] | None) -> ComputeThreads:
+        return cls(alone=threads, shared=max(1, threads // workers), apply=apply)

@@ -3,6 +3,12 @@ official (projection-on-every-forward) approach measured in the same run; see do
 
 from __future__ import annotations
 
+import os
+
+# libgomp reads its spin time once, when torch loads: the server's (and bench's bare forward's)
+# setting goes in before anything imports torch; an operator's own value wins (docs/benchmark.md)
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+
 import argparse
 import sys
 from pathlib import Path

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# libgomp reads its spin time once, when torch loads: the server's (and bench's bare forward's)
+# setting goes in before anything imports torch; an operator's own value wins (docs/benchmark.md)
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+
 import argparse
 import logging
 import sys

@@ -57,20 +57,22 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
     starts while another computes -> `shared` threads; applied in the worker thread that computes."""
     from types import SimpleNamespace
 
-    from serving.batching import BatchConfig, ComputeThreads, DynamicBatcher
+    from serving.batching import BatchConfig, DynamicBatcher
     from serving.engine import DetectInput
+    from serving.threads import ComputeThreads
 
     applied: list[tuple[str, int]] = []
     started, release = threading.Semaphore(0), threading.Event()
 
     class Engine:
-        def run_group(self, category, version, items):
+        def run_group(self, items):
             started.release()
             assert release.wait(10)
             return [SimpleNamespace(queue_ms=0.0) for _ in items]
 
     def item(category):
-        return DetectInput(category, "", torch.zeros(8, 8, 3, dtype=torch.uint8), (0.0, 0.0, 8.0, 8.0))
+        entry = SimpleNamespace(category=category, cache_key=(category, "v1", ""))
+        return DetectInput(entry, torch.zeros(8, 8, 3, dtype=torch.uint8), (0.0, 0.0, 8.0, 8.0))
 
     threads = ComputeThreads.split(4, 2, lambda n: applied.append((threading.current_thread().name, n)))
     assert (threads.alone, threads.shared) == (4, 2)
@@ -90,8 +92,9 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
 
 
 def test_server_commands_set_the_openmp_spin_before_torch_loads():
-    """`landmarks serve` sets GOMP_SPINCOUNT (serving/__init__.py) before any module imports torch,
-    which is when libgomp reads it; an operator's own value is kept."""
+    """`landmarks serve` sets GOMP_SPINCOUNT (serving/commands/serve.py) before any module imports
+    torch, which is when libgomp reads it; an operator's own value is kept; importing `serving`
+    alone changes nothing."""
     import os
     import subprocess
     import sys
@@ -104,7 +107,10 @@ def test_server_commands_set_the_openmp_spin_before_torch_loads():
                          text=True, check=True)
     assert "SPIN 20000" in out.stdout
     order = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line]
-    assert order.index("serving") < order.index("torch")
+    assert "torch" not in order or order.index("serving.commands.serve") < order.index("torch")
+    quiet = subprocess.run([sys.executable, "-c", "import os, serving; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert quiet.stdout.strip() == "None"
     out = subprocess.run([sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "5000"}, capture_output=True,
                          text=True, check=True)
     assert "SPIN 5000" in out.stdout

@@ -1,4 +1,4 @@
-"""The folded-weights cache: prepared (folded) models per adapter version, bounded in bytes.
+"""ModelCache: prepared (folded) models per adapter version, bounded in bytes.
 
 LRU over entries that no request is using; an entry in use (leased) is never evicted, and an
 entry discarded while in use (its version was unregistered) is dropped when its last lease
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CacheFullError", "CacheStats", "FoldedCache"]
+__all__ = ["CacheFullError", "CacheStats", "ModelCache"]
 
 
 class CacheFullError(RuntimeError):
@@ -41,7 +41,7 @@ class _Entry:
     discarded: bool = False
 
 
-class FoldedCache:
+class ModelCache:
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes <= 0:
             raise ValueError("capacity_bytes must be positive")
@@ -142,12 +142,6 @@ class FoldedCache:
                 self._resident -= entry.nbytes
             else:
                 entry.discarded = True
-
-    def discard_where(self, predicate: Callable[[Hashable], bool]) -> None:
-        with self._lock:
-            keys = [k for k in self._entries if predicate(k)]
-        for key in keys:
-            self.discard(key)
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:

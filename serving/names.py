@@ -1,0 +1,36 @@
+"""Category and version names: what a client may ask for, checked before anything looks them up."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+
+from serving.errors import ServingError, clip
+
+__all__ = ["CATEGORY_RE", "SHIPPED", "VERSION_RE", "validate_category", "validate_version"]
+
+CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHIPPED = "shipped"  # the version of an adapter file shipped flat in the store
+_SUFFIX = ".safetensors"
+Code = grpc.StatusCode
+
+
+def validate_category(name: str, field_name: str = "category") -> str:
+    if not isinstance(name, str) or not CATEGORY_RE.fullmatch(name) or name == "core":
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"{field_name}: {clip(name)} is not a valid category name "
+                           f"(lower-case letters, digits, '_' and '-', 1-64 characters, not 'core')")
+    return name
+
+
+def validate_version(version: str, field_name: str = "version", allow_shipped: bool = True) -> str:
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or version.endswith(_SUFFIX):
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"{field_name}: {clip(version)} is not a valid version "
+                           f"(letters, digits, '.', '_' and '-', 1-64 characters, starting with a letter or digit)")
+    if version == SHIPPED and not allow_shipped:
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"{field_name}: {SHIPPED!r} is reserved for the adapter file shipped with the server")
+    return version

@@ -1,0 +1,122 @@
+"""The server's parts, built once when the core loads, and the one reference that publishes them.
+
+    Services: core -> backend -> models (folded-model cache) -> registry -> engine -> batcher
+    Lifecycle: loading -> serving -> draining; health, and `require()` for the servicers
+
+Nothing is half-built: `load_services` returns every part or raises, and `Lifecycle.publish`
+makes them visible at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+from landmarks.adapter_io import ArtifactError, Core, load_core
+from serving.backend import Backend, make_backend
+from serving.batching import BatchConfig, DynamicBatcher
+from serving.config import ServerConfig
+from serving.engine import InferenceEngine
+from serving.errors import ServingError
+from serving.metrics import Metrics
+from serving.model_cache import ModelCache
+from serving.models import FoldedModels
+from serving.registry import AdapterRegistry
+from serving.store import AdapterStore
+from serving.threads import DEFAULT_COMPUTE_THREADS, ComputeThreads, compute_thread, single_threaded
+
+__all__ = ["CoreLoadError", "Lifecycle", "Services", "load_services"]
+
+log = logging.getLogger(__name__)
+
+
+class CoreLoadError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Services:
+    core: Core
+    backend: Backend
+    models: FoldedModels
+    registry: AdapterRegistry
+    engine: InferenceEngine
+    batcher: DynamicBatcher
+
+
+def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
+    """Load the core and every stored adapter, and start the batch workers."""
+    single_threaded()  # loading runs here; forward passes run in the batch workers (serving.threads)
+    path = cfg.resolved_core_path
+    if not path.is_file():
+        raise CoreLoadError(f"no core file at {path}. Train one (landmarks train-core ...) and copy its "
+                            "core.safetensors there, or point the server at one with --core FILE")
+    try:
+        core = load_core(path)
+    except ArtifactError as exc:
+        raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
+    backend = make_backend(cfg.backend, core, cfg.device)
+    models = FoldedModels(backend, ModelCache(cfg.cache_bytes))
+    registry = AdapterRegistry(core, models, AdapterStore(cfg.adapters_dir), cfg.max_adapter_bytes,
+                               cfg.allowed_register_dirs)
+    registry.load_store()
+    engine = InferenceEngine(models, backend)
+    batching = BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, cfg.batch_workers)
+    threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, batching.workers, compute_thread)
+    batcher = DynamicBatcher(engine, batching, metrics, threads)
+    log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
+    return Services(core, backend, models, registry, engine, batcher)
+
+
+class Lifecycle:
+    """Whether the server takes requests, and the services once they are loaded."""
+
+    def __init__(self, health_servicer: health.HealthServicer, service_names: tuple[str, ...]) -> None:
+        self.health = health_servicer
+        self._names = ("",) + service_names
+        self._services: Services | None = None
+        self.load_error = ""
+        self.draining = False
+        self.loaded = threading.Event()  # set when loading ended, either way
+        self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    @property
+    def services(self) -> Services | None:
+        return self._services
+
+    def publish(self, services: Services) -> None:
+        self._services = services
+        self.set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.loaded.set()
+
+    def fail(self, message: str) -> None:
+        self.load_error = message
+        log.error("server failed to load: %s", message)
+        self.loaded.set()
+
+    def drain(self) -> None:
+        self.draining = True
+        self.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._services is not None:
+            self._services.batcher.drain()
+
+    def require(self) -> Services:
+        """The services, or UNAVAILABLE saying why there are none (yet)."""
+        if self._services is None:
+            why = f"failed to load: {self.load_error}" if self.load_error else "is starting (loading the core)"
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, f"server {why}")
+        return self._services
+
+    def require_serving(self) -> Services:
+        """As `require`, and UNAVAILABLE once shutting down (for new inference work)."""
+        if self.draining:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
+        return self.require()
+
+    def set_health(self, status: int) -> None:
+        for name in self._names:
+            self.health.set(name, status)
