@@ -14,6 +14,7 @@ The same code runs on a CPU, a GPU (`--device cuda`) or several (`torchrun --npr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,5 +244,6 @@ def main(args: argparse.Namespace) -> int:
     except (ArtifactError, DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the process that wrote it
+        print(f"wrote {path}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,5 +228,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     cfg = CoreTrainConfig(**values_from_args(args, CoreTrainConfig, PRESETS))
     path = train_core(cfg, resume=args.resume, command=invocation())
-    print(f"wrote {path}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the process that wrote it
+        print(f"wrote {path}")
     return 0
