@@ -54,34 +54,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from serving.config import BatchConfig
 from serving.engine import DetectInput, Detection, InferenceEngine
 from serving.errors import ServingError
 from serving.threads import ComputeThreads
 from serving.work import LeadTask, Pending, prepared
 
-__all__ = ["BatchConfig", "DynamicBatcher"]
+__all__ = ["DynamicBatcher"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    max_batch_size: int = 16
-    max_queue_delay_ms: float = 2.0
-    max_queue: int = 256
-    workers: int = 2
-    max_admission_wait_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if (self.max_batch_size < 1 or self.max_queue < 1 or self.workers < 1 or self.max_queue_delay_ms < 0
-                or self.max_admission_wait_s < 0):
-            raise ValueError(f"bad batching settings: {self}")
 
 
 class _NullMetrics:
@@ -91,13 +77,13 @@ class _NullMetrics:
 
 
 class DynamicBatcher:
-    def __init__(self, engine: InferenceEngine, config: BatchConfig | None = None, metrics=None,
+    def __init__(self, engine: InferenceEngine, config: BatchConfig, metrics=None,
                  threads: ComputeThreads | None = None) -> None:
         """`threads.apply` is called in a worker thread before a forward pass whenever the thread count
         it should use changes (none: leave torch's threads alone)."""
         self.engine = engine
         self.threads = threads or ComputeThreads()
-        self.config = config or BatchConfig()
+        self.config = config
         self.metrics = metrics or _NullMetrics()
         self._arriving = 0  # requests being decoded that will be submitted soon
         self._computing = 0  # workers running a batch

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2
 
 from landmarks.adapter_io import ArtifactError, Core, load_core
 from serving.backend import Backend, make_backend
-from serving.batching import BatchConfig, DynamicBatcher
+from serving.batching import DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
 from serving.errors import ServingError
@@ -65,7 +65,7 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
                                cfg.allowed_register_dirs)
     registry.load_store()
     engine = InferenceEngine(models, backend)
-    batching = BatchConfig(cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, cfg.batch_workers)
+    batching = cfg.batching
     threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, batching.workers, compute_thread)
     batcher = DynamicBatcher(engine, batching, metrics, threads)
     log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))

@@ -57,7 +57,8 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
     starts while another computes -> `shared` threads; applied in the worker thread that computes."""
     from types import SimpleNamespace
 
-    from serving.batching import BatchConfig, DynamicBatcher
+    from serving.batching import DynamicBatcher
+    from serving.config import BatchConfig
     from serving.engine import DetectInput
     from serving.threads import ComputeThreads
 
@@ -76,7 +77,7 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
 
     threads = ComputeThreads.split(4, 2, lambda n: applied.append((threading.current_thread().name, n)))
     assert (threads.alone, threads.shared) == (4, 2)
-    batcher = DynamicBatcher(Engine(), BatchConfig(workers=2, max_queue_delay_ms=0), threads=threads)
+    batcher = DynamicBatcher(Engine(), BatchConfig(max_batch_size=16, max_queue_delay_ms=0, max_queue=16, workers=2), threads=threads)
     try:
         first = batcher.submit([item("a")])
         assert started.acquire(timeout=10)  # computing alone

@@ -1,0 +1,56 @@
+"""ServerConfig: the flags are generated from its fields, and every value is checked before loading."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from serving import config
+from serving.config import MIB, ServerConfig
+
+
+def parse(*argv: str) -> ServerConfig:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.from_args(parser.parse_args(list(argv)))
+
+
+def test_no_flags_give_the_dataclass_defaults(monkeypatch):
+    monkeypatch.delenv("LANDMARKS_TOKEN", raising=False)
+    monkeypatch.delenv("LANDMARKS_ADMIN_TOKEN", raising=False)
+    assert parse() == ServerConfig()
+
+
+def test_flags_map_to_fields_with_their_units(tmp_path):
+    token = tmp_path / "admin.token"
+    token.write_text("s3cret\n")
+    cfg = parse("--cache-mb", "5", "--max-adapter-mb", "2", "--max-batch", "4", "--threads", "1",
+                "--no-lone-on-lead", "--allow-path", str(tmp_path), "--allow-path", "/x",
+                "--admin-token-file", str(token), "--admin-port", "0", "--grace", "2.5")
+    assert cfg.cache_bytes == 5 * MIB and cfg.max_adapter_bytes == 2 * MIB and cfg.max_batch_size == 4
+    assert cfg.torch_threads == 1 and cfg.lone_on_lead is False and cfg.grace_s == 2.5
+    assert cfg.allowed_register_dirs == (tmp_path, config.Path("/x")) and cfg.admin_token == "s3cret"
+    assert cfg.batching.max_batch_size == 4 and cfg.admin_port == 0
+
+
+def test_every_field_but_the_test_switch_has_a_flag():
+    flagged = {f.name for f in dataclasses.fields(ServerConfig) if f.metadata}
+    assert flagged == {f.name for f in dataclasses.fields(ServerConfig)} - {"load_in_background"}
+
+
+@pytest.mark.parametrize("argv", [["--max-batch", "0"], ["--max-queue", "0"], ["--batch-workers", "0"],
+                                  ["--max-queue-delay-ms", "-1"], ["--cache-mb", "0"], ["--port", "70000"],
+                                  ["--threads", "0"], ["--workers", "0"], ["--grace", "-1"],
+                                  ["--no-admin", "--admin-port", "0"], ["--tls-cert", "c.pem"]])
+def test_bad_values_fail_before_anything_loads(argv):
+    with pytest.raises(ValueError):
+        parse(*argv)
+
+
+def test_serve_refuses_bad_values_without_loading(tmp_path, capsys):
+    from landmarks.cli import main
+
+    assert main(["serve", "--adapters", str(tmp_path / "none"), "--max-batch", "0"]) == 2
+    assert "--max-batch" in capsys.readouterr().err
