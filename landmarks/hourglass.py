@@ -22,7 +22,6 @@ __all__ = [
     "Hourglass",
     "HourglassConfig",
     "LandmarkHourglass",
-    "build_hourglass",
     "cpu_config",
     "paper_config",
     "tiny_config",
@@ -230,6 +229,3 @@ class LandmarkHourglass(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
 
-
-def build_hourglass(config: HourglassConfig | None = None) -> LandmarkHourglass:
-    return LandmarkHourglass(config or paper_config())

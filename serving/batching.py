@@ -59,8 +59,9 @@ from typing import Any
 import grpc
 
 from serving.config import BatchConfig
-from serving.engine import DetectInput, Detection, InferenceEngine
+from serving.engine import Detection, InferenceEngine
 from serving.errors import ServingError
+from serving.inputs import DetectInput
 from serving.threads import ComputeThreads
 from serving.work import LeadTask, Pending, prepared
 

@@ -1,7 +1,7 @@
 """InferenceEngine: one forward pass for a group of requests of one adapter version.
 
-Each `DetectInput` already carries the version its request leased (`AdapterRegistry.acquire`) and
-its crop at that version's input size (`serving.preprocess`), so the engine only stacks the
+Each `DetectInput` already carries the version its request leased and its crop at that version's
+input size (`serving.inputs.prepare_input`), so the engine only stacks the
 crops, leases the version's prepared model (`FoldedModels.lease`, built on a cache miss) and asks
 the backend for the points in each request's own pixels.
 """
@@ -14,24 +14,11 @@ from dataclasses import dataclass
 import torch
 
 from serving.backend import Backend
+from serving.inputs import DetectInput
 from serving.models import FoldedModels
 from serving.preprocess import Box
-from serving.registry import VersionEntry
 
-__all__ = ["DetectInput", "Detection", "InferenceEngine"]
-
-
-@dataclass
-class DetectInput:
-    entry: VersionEntry   # the version the request leased
-    pixels: torch.Tensor  # (S, S, 3) uint8: the crop at the version's input size (serving.preprocess.crop_square)
-    box: Box              # square box in original pixels (edge coordinates)
-    decode_ms: float = 0.0
-
-    @property
-    def group(self) -> tuple[str, str, str]:
-        """Requests with the same group run in one forward pass."""
-        return self.entry.cache_key
+__all__ = ["Detection", "InferenceEngine"]
 
 
 @dataclass

@@ -30,8 +30,9 @@ from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.auth import TokenInterceptor
 from serving.config import ServerConfig, join_host_port
+from serving.inputs import RequestLimits
 from serving.metrics import Metrics, start_metrics_server
-from serving.servicer import AdminServicer, LandmarkServicer, RequestLimits
+from serving.servicer import AdminServicer, LandmarkServicer
 from serving.services import CoreLoadError, Lifecycle, Services, load_services
 from serving.threads import handler_thread
 from serving.work import LeadFirstExecutor

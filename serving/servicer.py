@@ -12,21 +12,20 @@ import math
 import platform
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
-from serving.engine import DetectInput, Detection
+from serving.engine import Detection
 from serving.errors import ServingError
+from serving.inputs import RequestLimits, prepare_input
 from serving.metrics import Metrics
-from serving.preprocess import crop_square, decode_image, resolve_box
-from serving.registry import AdapterRegistry, CategoryStatus, VersionEntry
+from serving.registry import CategoryStatus, VersionEntry
 from serving.services import Lifecycle
 
-__all__ = ["AdminServicer", "LandmarkServicer", "RequestLimits", "category_to_proto"]
+__all__ = ["AdminServicer", "LandmarkServicer", "category_to_proto"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -45,38 +44,22 @@ def _handler(method):
     return wrapper
 
 
-@dataclass(frozen=True)
-class RequestLimits:
-    max_image_pixels: int
-    min_image_side: int
-    max_batch_items: int
-
-
 class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
-    """Detect and DetectBatch: lease each request's version, decode and crop at its size, hand the
-    batch to the batcher (`DynamicBatcher.run`), turn the detections into protos."""
+    """Detect and DetectBatch: hand the requests to the batcher (`DynamicBatcher.run`, which prepares
+    each with `serving.inputs.prepare_input`), turn the detections into protos."""
 
     def __init__(self, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics) -> None:
         self.lifecycle = lifecycle
         self.limits = limits
         self.metrics = metrics
 
-    def _input(self, req: pb.DetectRequest, registry: AdapterRegistry, leases: ExitStack) -> DetectInput:
-        lease = leases.enter_context(registry.acquire(req.category, req.version))
-        t0 = time.perf_counter()
-        image = decode_image(req, self.limits.max_image_pixels, self.limits.min_image_side)
-        box = (req.box.x0, req.box.y0, req.box.x1, req.box.y1) if req.HasField("box") else None
-        square = resolve_box(box, image.width, image.height)
-        pixels = crop_square(image, square, lease.adapter.config.input_size)
-        return DetectInput(lease.entry, pixels, square, (time.perf_counter() - t0) * 1e3)
-
     def _detect(self, requests: list[pb.DetectRequest], context) -> list[Detection]:
         services = self.lifecycle.require_serving()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
         with ExitStack() as leases:  # each request keeps the version it started with until it is answered
-            return services.batcher.run(requests, lambda req: self._input(req, services.registry, leases),
-                                        deadline, context.add_callback)
+            prepare = functools.partial(prepare_input, registry=services.registry, leases=leases, limits=self.limits)
+            return services.batcher.run(requests, prepare, deadline, context.add_callback)
 
     @staticmethod
     def _response(det: Detection, total_ms: float) -> pb.DetectResponse:

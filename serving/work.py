@@ -12,8 +12,9 @@ from typing import Any
 
 import grpc
 
-from serving.engine import DetectInput, Detection
+from serving.engine import Detection
 from serving.errors import ServingError
+from serving.inputs import DetectInput
 
 __all__ = ["LeadFirstExecutor", "LeadTask", "Pending", "prepared"]
 

@@ -258,7 +258,7 @@ def test_label_cardinality_is_bounded(store):
 
 
 def test_pending_wait_errors():
-    from serving.engine import DetectInput
+    from serving.inputs import DetectInput
     from serving.work import Pending
 
     entry = SimpleNamespace(category="cats", cache_key=("cats", "v1", ""))

@@ -59,7 +59,7 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
 
     from serving.batching import DynamicBatcher
     from serving.config import BatchConfig
-    from serving.engine import DetectInput
+    from serving.inputs import DetectInput
     from serving.threads import ComputeThreads
 
     applied: list[tuple[str, int]] = []
