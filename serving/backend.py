@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import torch
 
 from landmarks.adapter_io import Adapter, Core
-from landmarks.geometry import input_to_original
-from landmarks.heatmaps import locate
 from landmarks.hourglass import LandmarkHourglass
+from landmarks.images import locate_in_boxes as _locate_in_boxes
+from landmarks.images import pixels_to_images  # shared with landmarks.Detector
 from landmarks.projection import fold
 
 __all__ = ["BACKENDS", "Backend", "EagerBackend", "ScriptedModel", "TorchScriptBackend", "make_backend", "pixels_to_images"]
@@ -51,18 +51,6 @@ class Backend(Protocol):
 
     def nbytes(self, prepared: Any) -> int:
         """Memory the prepared model holds (for the cache budget)."""
-
-
-def pixels_to_images(pixels: torch.Tensor) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], channels_last in memory (no copy but the
-    conversion): the same numbers as `landmarks.geometry.crop_to_tensor`."""
-    return pixels.permute(0, 3, 1, 2).float().div(255)
-
-
-def _locate_in_boxes(heatmaps: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, K, h, w) heatmaps of size x size crops of (B, 4) boxes -> points in the boxes' pixels, confidences."""
-    points, confidence = locate(heatmaps, size)
-    return input_to_original(points, boxes.unsqueeze(1), size), confidence
 
 
 def _nbytes(tensors) -> int:

@@ -9,8 +9,9 @@ Cropping: the box is made square (`landmarks.geometry.square_box`), and only the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
 `landmarks.geometry.crop_resized`, once, at the input size of the adapter version the request
-leased. Each request keeps its crop as uint8 pixels, and a batch goes to the backend as such: scaling to [0, 1] is the first step of the backend's
-graph, and mapping the points back to the client's pixels its last (`serving.backend`).
+leased (`landmarks.images.crop_square`, which the in-process `landmarks.Detector` uses too). Each
+request keeps its crop as uint8 pixels, and a batch goes to the backend as such: scaling to [0, 1]
+is the first step of the backend's graph, and mapping the points back to the client's pixels its last (`serving.backend`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import io
 import math
 
 import grpc
-import numpy as np
-import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from landmarks.geometry import crop_resized, square_box
+from landmarks.geometry import square_box
+from landmarks.images import crop_square  # shared with landmarks.Detector (same crops, same points)
 from serving.errors import ServingError
 
 __all__ = [
@@ -120,30 +120,3 @@ def resolve_box(box: Box | None, width: int, height: int, field: str = "box") ->
     if max(x1 - x0, y1 - y0) > 4 * max(width, height):
         raise _bad(field, f"is more than 4x larger than the {width}x{height} image")
     return square_box((x0, y0, x1, y1))
-
-
-def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
-    """`box` (square, edge coordinates, may extend past the image) -> (size, size, 3) uint8 pixels.
-
-    Same pixels as `crop_resized(image, box, size)` (and so `crop_to_tensor` once scaled to [0, 1],
-    `serving.backend.pixels_to_images`) for boxes up to 2x the input size: only the part
-    under the box, plus the resampling filter's reach, is converted. Larger boxes are first reduced
-    by an integer factor f (box average), which keeps memory bounded. A box that is already an
-    input-sized block of whole pixels inside the image (a client that crops itself) is only copied.
-    """
-    x0, y0, x1, y1 = box
-    width, height = image.size
-    if (x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0
-            and x1 <= width and y1 <= height):
-        return torch.from_numpy(np.array(image.crop((int(x0), int(y0), int(x1), int(y1)))))
-    factor = max(1, int((x1 - x0) // (2 * size)))
-    # keep the resampling filter's support around the box (its radius is the downscale ratio)
-    margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)
-    ix0, iy0 = max(0, math.floor(x0) - margin), max(0, math.floor(y0) - margin)
-    ix1, iy1 = min(width, math.ceil(x1) + margin), min(height, math.ceil(y1) + margin)
-    ix0, iy0 = ix0 - ix0 % factor, iy0 - iy0 % factor  # align to the reduction grid
-    sub = image.crop((ix0, iy0, ix1, iy1))
-    if factor > 1:
-        sub = sub.reduce(factor)
-    local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
-    return torch.from_numpy(np.array(crop_resized(sub, local, size)))

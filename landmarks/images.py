@@ -1,0 +1,64 @@
+"""Pixels -> points: the steps the server's backends and the in-process `landmarks.Detector` share, so
+both give the same numbers for the same image.
+
+    crop_square(image, box, size)        the square box of a PIL image -> (size, size, 3) uint8 pixels
+    pixels_to_images(pixels)             (B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], the model's input
+    locate_in_boxes(heatmaps, boxes, S)  heatmaps -> points in the pixels of the image each crop came from
+
+The model in between is the folded network (`landmarks.projection.fold`) however it is run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from landmarks.geometry import crop_resized, input_to_original
+from landmarks.heatmaps import locate
+
+__all__ = ["Box", "crop_square", "locate_in_boxes", "pixels_to_images"]
+
+Box = tuple[float, float, float, float]
+
+
+def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
+    """`box` (square, edge coordinates, may extend past the image) -> (size, size, 3) uint8 pixels.
+
+    Same pixels as `crop_resized(image, box, size)` (and so `crop_to_tensor` once scaled to [0, 1],
+    `pixels_to_images`) for boxes up to 2x the input size: only the part under the box, plus the
+    resampling filter's reach, is converted. Larger boxes are first reduced by an integer factor f
+    (box average), which keeps memory bounded. A box that is already an input-sized block of whole
+    pixels inside the image (a client that crops itself) is only copied.
+    """
+    x0, y0, x1, y1 = box
+    width, height = image.size
+    if (x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0
+            and x1 <= width and y1 <= height):
+        return torch.from_numpy(np.array(image.crop((int(x0), int(y0), int(x1), int(y1)))))
+    factor = max(1, int((x1 - x0) // (2 * size)))
+    # keep the resampling filter's support around the box (its radius is the downscale ratio)
+    margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)
+    ix0, iy0 = max(0, math.floor(x0) - margin), max(0, math.floor(y0) - margin)
+    ix1, iy1 = min(width, math.ceil(x1) + margin), min(height, math.ceil(y1) + margin)
+    ix0, iy0 = ix0 - ix0 % factor, iy0 - iy0 % factor  # align to the reduction grid
+    sub = image.crop((ix0, iy0, ix1, iy1))
+    if factor > 1:
+        sub = sub.reduce(factor)
+    local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
+    return torch.from_numpy(np.array(crop_resized(sub, local, size)))
+
+
+def pixels_to_images(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], channels_last in memory (no copy but the
+    conversion): the same numbers as `landmarks.geometry.crop_to_tensor`."""
+    return pixels.permute(0, 3, 1, 2).float().div(255)
+
+
+def locate_in_boxes(heatmaps: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, h, w) heatmaps of size x size crops of (B, 4) boxes (edge coordinates of the original
+    images) -> (B, K, 2) soft-argmax points in those images' pixels and (B, K) confidences."""
+    points, confidence = locate(heatmaps, size)
+    return input_to_original(points, boxes.unsqueeze(1), size), confidence
