@@ -2,7 +2,8 @@
 
 Each harness runs as a subprocess for a fixed number of executions (libFuzzer -runs, fixed
 -seed, so a run is repeatable) over a copy of its seed corpus in a tmp dir: the committed corpus
-is never written. Every saved reproducer under fuzz/regressions/<harness>/ is replayed as well.
+is never written. Every saved reproducer under fuzz/regressions/<harness>/ is replayed as well;
+those listed in that folder's OPEN file (found, not fixed yet) are expected to fail.
 """
 
 from __future__ import annotations
@@ -65,15 +66,39 @@ def test_harness_bounded_run(harness: str, tmp_path: Path) -> None:
     assert f"Done {RUNS[harness]} runs" in proc.stderr, proc.stderr[-TAIL:]
 
 
+def _reproducers(harness: str) -> tuple[list[Path], list[Path]]:
+    """(fixed, open): the saved inputs of fuzz/regressions/<harness>/, those named in its OPEN file
+    being findings not fixed yet."""
+    folder = FUZZ / "regressions" / harness
+    if not folder.is_dir():
+        return [], []
+    listed = (folder / "OPEN").read_text().splitlines() if (folder / "OPEN").is_file() else []
+    still_open = {line.split("#")[0].strip() for line in listed} - {""}
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name not in ("README.md", "OPEN"))
+    return [p for p in files if p.name not in still_open], [p for p in files if p.name in still_open]
+
+
 @pytest.mark.parametrize("harness", sorted(RUNS))
 def test_regressions_replay(harness: str, tmp_path: Path) -> None:
-    folder = FUZZ / "regressions" / harness
-    inputs = (
-        sorted(p for p in folder.glob("*") if p.is_file() and not p.name.endswith(".md"))
-        if folder.is_dir()
-        else []
-    )
+    inputs = _reproducers(harness)[0]
     if not inputs:
-        pytest.skip(f"no saved reproducers in fuzz/regressions/{harness}/")
+        pytest.skip(f"no saved reproducers of fixed findings in fuzz/regressions/{harness}/")
     proc = _run(harness, [str(p) for p in inputs], tmp_path)
     assert proc.returncode == 0, _failure(harness, proc, tmp_path, f"replaying {len(inputs)} reproducer(s)")
+
+
+OPEN = [
+    pytest.param(h, p, id=f"{h}/{p.name}", marks=pytest.mark.xfail(reason="open finding, see its README.md"))
+    for h in sorted(RUNS)
+    for p in _reproducers(h)[1]
+]
+
+
+@pytest.mark.parametrize(
+    ("harness", "reproducer"), OPEN or [pytest.param(None, None, marks=pytest.mark.skip)]
+)
+def test_open_findings(harness: str, reproducer: Path, tmp_path: Path) -> None:
+    """Each finding listed in fuzz/regressions/<harness>/OPEN, expected to fail until it is fixed;
+    once it passes (XPASS), delete its line from OPEN so the replay above guards it."""
+    proc = _run(harness, [str(reproducer)], tmp_path)
+    assert proc.returncode == 0, _failure(harness, proc, tmp_path, f"replaying {reproducer.name}")
