@@ -1,0 +1,268 @@
+"""Landmarks in your own process: image in, points out, no server.
+
+    from landmarks import Detector
+
+    detector = Detector.load("faces")                  # the shipped adapters/ (or adapters=DIR,
+                                                       # or core=FILE, adapter=FILE; device="cuda")
+    result = detector.detect("examples/face.jpg")      # a path, bytes, PIL image or HxWx3 uint8 array
+    result.points                                      # (K, 2) float32: (x, y) in the image's pixels
+    result.confidences                                 # (K,) the peak of each landmark's softmax map
+    result.names                                       # K names (p1 .. pK unless the adapter names them)
+    results = detector.detect([img1, img2])            # a list in, a list out (one forward per 16)
+
+The numbers are the server's (`landmarks serve` + `landmarks.client`), within float rounding:
+both fold the adapter into the core (`landmarks.projection.fold`), crop and turn heatmaps into
+points with the same functions (`landmarks.images`), and read images with PIL as they are stored
+(no EXIF rotation). `tests/serving/test_detector_agreement.py` compares the two.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from landmarks.adapter_io import Adapter, Core, load_adapter, load_core
+from landmarks.geometry import square_box
+from landmarks.images import Box, crop_square, locate_in_boxes, pixels_to_images
+from landmarks.projection import fold
+
+__all__ = ["Detector", "Landmarks", "default_adapters_dir"]
+
+# the repository's adapters/ next to the package (an editable install, a checkout); a wheel install
+# names its own with adapters=DIR or $LANDMARKS_ADAPTERS
+_REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
+_CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # no path separators: it names a file
+_SHIPPED = "shipped"  # the server's name for <dir>/<category>.safetensors
+_SUFFIX = ".safetensors"
+
+
+def default_adapters_dir() -> Path:
+    """$LANDMARKS_ADAPTERS if set, else the repository's adapters/ (what `landmarks serve` loads)."""
+    env = os.environ.get("LANDMARKS_ADAPTERS")
+    return Path(env) if env else _REPO_ADAPTERS
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """One image's landmarks: `points[i]` is `names[i]` at (x, y) in the image's pixels (pixel centres
+    at integers), with confidence `confidences[i]`."""
+
+    points: np.ndarray       # (K, 2) float32
+    confidences: np.ndarray  # (K,) float32
+    names: list[str]
+    category: str
+    box: Box                 # the square crop the model saw, in the image's pixels (edge coordinates)
+    image_size: tuple[int, int]  # (width, height)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the same keys as the server's answer (`landmarks.client.DetectResult.to_dict`)."""
+        return {
+            "category": self.category,
+            "box": [float(v) for v in self.box],
+            "landmarks": [{"name": n, "x": float(x), "y": float(y), "confidence": float(c)}
+                          for n, (x, y), c in zip(self.names, self.points, self.confidences)],
+        }
+
+    def __repr__(self) -> str:
+        width, height = self.image_size
+        lines = [f"Landmarks({self.category!r}: {len(self)} points in a {width}x{height} image"]
+        wide = max((len(n) for n in self.names), default=0)
+        for name, (x, y), c in zip(self.names, self.points, self.confidences):
+            lines.append(f"  {name:<{wide}}  x {x:8.2f}  y {y:8.2f}  confidence {c:.3f}")
+        return "\n".join(lines) + ")"
+
+
+class Detector:
+    """One category's adapter folded into the core, ready to run; `Detector.load` makes one."""
+
+    def __init__(self, core: Core, adapter: Adapter, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
+        self.device = _device(device)
+        self.core = core
+        self.adapter = adapter
+        self.category = adapter.category
+        self.names = adapter.landmark_names
+        self.input_size = adapter.config.input_size
+        self.batch_size = max(1, int(batch_size))
+        # channels_last as the server's backends run it (oneDNN's preferred layout on CPU)
+        self.model = fold(core.build(self.device), adapter.tensors, adapter.config).requires_grad_(False)
+        self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, category: str | None = None, *, adapters: str | Path | None = None,
+             core: str | Path | None = None, adapter: str | Path | None = None, version: str | None = None,
+             device: str | torch.device = "cpu") -> Detector:
+        """The detector of `category`, from an adapters directory as `landmarks serve` reads it
+        (`adapters`, default: the repository's adapters/ or $LANDMARKS_ADAPTERS): its core.safetensors
+        and the category's active version (a registered one, else <category>.safetensors); or from
+        explicit files, `adapter=FILE` (and `core=FILE`, default: the directory's core). `version`
+        picks a registered version ("shipped": the flat file). `device`: "cpu", "cuda", "cuda:1", "auto".
+        Raises FileNotFoundError / ValueError (landmarks.adapter_io.ArtifactError) saying what to do."""
+        directory = Path(adapters) if adapters is not None else default_adapters_dir()
+        if adapter is None:
+            if not category:
+                raise ValueError("name a category, e.g. Detector.load('faces'), or an adapter file: "
+                                 f"Detector.load(adapter='runs/mugs/adapter.safetensors'); in {directory}: "
+                                 f"{', '.join(cls.categories(directory)) or 'none'}")
+            adapter = _adapter_file(directory, category, version)
+        core_file = Path(core) if core is not None else directory / "core.safetensors"
+        if not core_file.is_file():
+            hint = ("pass core=FILE" if core is None else "check the path")
+            raise FileNotFoundError(f"no core file at {core_file}; {hint} (or adapters=DIR with a core.safetensors)")
+        loaded_core = load_core(core_file)
+        loaded = load_adapter(adapter, loaded_core)
+        if category and loaded.category != category:
+            raise ValueError(f"{adapter} is an adapter for {loaded.category!r}, not {category!r}")
+        return cls(loaded_core, loaded, device)
+
+    @staticmethod
+    def categories(adapters: str | Path | None = None) -> list[str]:
+        """The categories an adapters directory holds (flat files and registered versions)."""
+        directory = Path(adapters) if adapters is not None else default_adapters_dir()
+        if not directory.is_dir():
+            return []
+        names = {p.stem for p in directory.glob(f"*{_SUFFIX}") if p.stem != "core"}
+        names |= {p.name for p in directory.iterdir() if p.is_dir() and any(p.glob(f"*{_SUFFIX}"))}
+        return sorted(n for n in names if _CATEGORY_RE.fullmatch(n))
+
+    def detect(self, image: Any, box: Sequence[float] | Sequence[Sequence[float] | None] | None = None
+               ) -> Landmarks | list[Landmarks]:
+        """Landmarks of one image (a path, encoded bytes, a PIL image, an H x W (x 1|3|4) uint8 array),
+        or of a list of them (then a list). `box` (x0, y0, x1, y1, image pixels, edge coordinates):
+        where the object is (default: the whole image); made square around its centre as the server
+        does; for a list, one box per image (or None)."""
+        if isinstance(image, (list, tuple)):
+            boxes = list(box) if box is not None else [None] * len(image)
+            if len(boxes) != len(image):
+                raise ValueError(f"{len(boxes)} boxes for {len(image)} images; give one per image (or None)")
+            return self._detect([to_rgb(im) for im in image], boxes)
+        return self._detect([to_rgb(image)], [box])[0]
+
+    __call__ = detect
+
+    def _detect(self, images: list[Image.Image], boxes: list[Sequence[float] | None]) -> list[Landmarks]:
+        size = self.input_size
+        squares = [_square(b, im.width, im.height) for im, b in zip(images, boxes)]
+        out: list[Landmarks] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = range(start, min(start + self.batch_size, len(images)))
+            pixels = torch.stack([crop_square(images[i], squares[i], size) for i in chunk])
+            box_tensor = torch.tensor([squares[i] for i in chunk], dtype=torch.float64)
+            with torch.inference_mode():
+                x = pixels_to_images(pixels.to(self.device)).contiguous(memory_format=torch.channels_last)
+                points, confidence = locate_in_boxes(self.model(x).float(), box_tensor.to(self.device), size)
+            points, confidence = points.float().cpu().numpy(), confidence.float().cpu().numpy()
+            for j, i in enumerate(chunk):
+                out.append(Landmarks(points[j], confidence[j], list(self.names), self.category, squares[i],
+                                     images[i].size))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Detector({self.category!r}, K={len(self.names)}, {self.input_size} px, "
+                f"adapter {self.adapter.sha256[:12]}, core {self.core.sha256[:12]}, device {self.device})")
+
+
+def to_rgb(image: Any) -> Image.Image:
+    """A path, encoded bytes (JPEG, PNG, WebP, BMP, ...), a PIL image, or an H x W, H x W x 1|3|4 uint8
+    array (numpy, or anything with .numpy()) -> a decoded RGB PIL image, pixels as stored."""
+    if isinstance(image, (str, os.PathLike)):
+        with open(image, "rb") as fh:  # FileNotFoundError names the path
+            return _decode(fh.read(), str(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return _decode(bytes(image), "the image bytes")
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # a torch tensor
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}; e.g. "
+                             "(array * 255).round().astype(np.uint8) for floats in [0, 1]")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise ValueError(f"an image array must be H x W, H x W x 1, 3 (RGB) or 4 (RGBA), got shape {image.shape}")
+        rgb = Image.fromarray(np.ascontiguousarray(image))
+        return rgb if rgb.mode == "RGB" else rgb.convert("RGB")
+    raise TypeError(f"cannot read a {type(image).__name__} as an image: give a path, bytes, a PIL image "
+                    "or an H x W x 3 uint8 array")
+
+
+def _decode(data: bytes, label: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except UnidentifiedImageError:
+        raise ValueError(f"{label}: not an image PIL can read ({len(data)} bytes starting {data[:8]!r})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{label}: image data is truncated or corrupt ({exc})") from None
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _square(box: Sequence[float] | None, width: int, height: int) -> Box:
+    """The square box the model sees, as the server makes it (`serving.preprocess.resolve_box`)."""
+    if box is None:
+        return square_box((0.0, 0.0, float(width), float(height)))
+    if len(box) != 4:
+        raise ValueError(f"a box is (x0, y0, x1, y1), got {box!r}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise ValueError(f"box coordinates must be finite, got {box!r}")
+    if x1 - x0 < 1 or y1 - y0 < 1:
+        raise ValueError(f"a box needs x1 > x0 and y1 > y0 (at least 1 px), got {box!r}")
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise ValueError(f"box {box!r} lies outside the {width}x{height} image")
+    return square_box((x0, y0, x1, y1))
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but torch sees no CUDA device; use device='cpu'")
+    return device
+
+
+def _adapter_file(directory: Path, category: str, version: str | None) -> Path:
+    """The file `landmarks serve` would serve for `category` (its store layout: serving/store.py)."""
+    if not _CATEGORY_RE.fullmatch(category):
+        raise ValueError(f"category {category!r}: letters, digits, '_', '.', '-' only (it names a file)")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no adapters directory at {directory}: pass adapters=DIR (a directory with "
+                                "core.safetensors and <category>.safetensors), set $LANDMARKS_ADAPTERS, or "
+                                "give core=FILE and adapter=FILE")
+    flat, folder = directory / f"{category}{_SUFFIX}", directory / category
+    if version and version != _SHIPPED:
+        if not _CATEGORY_RE.fullmatch(version):
+            raise ValueError(f"version {version!r}: letters, digits, '_', '.', '-' only")
+        path = folder / f"{version}{_SUFFIX}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{category!r} has no version {version!r} in {directory} (no {path})")
+        return path
+    if version is None:  # the active version, as the server's store records it
+        try:
+            active = json.loads((folder / "_state.json").read_text()).get("active")
+        except (OSError, ValueError, AttributeError):
+            active = None
+        if isinstance(active, str) and _CATEGORY_RE.fullmatch(active) and active != _SHIPPED \
+                and (folder / f"{active}{_SUFFIX}").is_file():
+            return folder / f"{active}{_SUFFIX}"
+    if flat.is_file():
+        return flat
+    known = Detector.categories(directory)
+    raise FileNotFoundError(f"no adapter for {category!r} in {directory} (no {flat.name}); "
+                            f"it holds: {', '.join(known) or 'no categories'}")

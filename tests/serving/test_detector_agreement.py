@@ -1,0 +1,84 @@
+"""The in-process API (`landmarks.Detector`) gives the server's numbers: the same points within 1e-3 px,
+the same confidences and names, for every kind of image a client sends (encoded, raw, PIL), with and
+without a box, large images included (the crop's reduction path); on tiny adapters and on the
+shipped ones."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from landmarks import Detector, Landmarks
+from landmarks.client import LandmarkClient
+from tests.serving.helpers import jpeg_bytes, png_bytes, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+TOLERANCE_PX = 1e-3
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    large = rng.integers(0, 256, (700, 1000, 3), dtype=np.uint8)  # > 2x the input: crop_square reduces first
+    return [
+        ("png", png_bytes(48, 40), None),
+        ("jpeg", jpeg_bytes(64, 48), None),
+        ("jpeg with a box", jpeg_bytes(64, 48, seed=3), (5.0, 7.5, 40.0, 30.0)),
+        ("box past the edge", png_bytes(50, 50, seed=4), (-10.0, 20.0, 45.0, 70.0)),
+        ("raw rgb", rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), None),
+        ("raw rgba", rng.integers(0, 256, (30, 30, 4), dtype=np.uint8), None),
+        ("raw grey", rng.integers(0, 256, (33, 44), dtype=np.uint8), None),
+        ("pil grey", Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)), (2.0, 2.0, 30.0, 38.0)),
+        ("large", large, None),
+        ("large with a box", large, (100.0, 50.0, 900.0, 650.0)),
+    ]
+
+
+def assert_agree(local: Landmarks, remote) -> None:
+    served = np.array([(x, y) for x, y, _ in remote.points])
+    assert local.points.shape == served.shape
+    assert np.abs(local.points - served).max() <= TOLERANCE_PX, np.abs(local.points - served).max()
+    assert np.allclose(local.confidences, [c for _, _, c in remote.points], atol=1e-5)
+    assert local.names == remote.names
+    assert np.allclose(local.box, remote.box)
+
+
+@pytest.mark.parametrize("category", ["cats", "faces"])
+def test_detector_agrees_with_the_server(client, store, category):
+    detector = Detector.load(category, adapters=store)
+    cases = _cases()
+    for label, image, box in cases:
+        local = detector.detect(image, box=box)
+        remote = client.detect(image, category, box=box)
+        try:
+            assert_agree(local, remote)
+        except AssertionError as exc:
+            raise AssertionError(f"{category}, {label}: {exc}") from None
+    # a list in, a list out, each the same as alone (several crops in one forward pass)
+    batch = detector.detect([image for _, image, _ in cases], box=[box for _, _, box in cases])
+    for (label, image, box), local in zip(cases, batch):
+        np.testing.assert_allclose(local.points, detector.detect(image, box=box).points, atol=TOLERANCE_PX,
+                                   err_msg=label)
+
+
+def test_detector_agrees_with_the_server_on_the_shipped_adapters(tmp_path):
+    shipped = ROOT / "adapters"
+    if not (shipped / "core.safetensors").is_file():
+        pytest.skip("no shipped core in adapters/")
+    store = tmp_path / "adapters"
+    shutil.copytree(shipped, store)  # the server may write its store; never the repository's
+    handle = start_server(store)
+    try:
+        with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
+            for category, photo in (("faces", "face.jpg"), ("cats", "cat.jpg"), ("shoes", "shoe.jpg")):
+                if not (store / f"{category}.safetensors").is_file():
+                    continue
+                path = ROOT / "examples" / photo
+                local = Detector.load(category, adapters=store).detect(path)
+                assert len(local) == 10
+                assert_agree(local, client.detect(path, category))
+    finally:
+        handle.shutdown(grace=0)
