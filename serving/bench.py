@@ -47,7 +47,7 @@ from grpc_health.v1 import health_pb2
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.client import LandmarkClient
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
-from serving.backend import BACKENDS, make_backend
+from serving.backends import BACKEND_NAMES, make_backend
 
 __all__ = ["run"]
 
@@ -182,7 +182,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
     x = x.contiguous()
     # bare = exactly what the server's backend runs (its folding, memory format, tracing)
-    backend = make_backend(backend_name if backend_name in BACKENDS else "eager", core)
+    backend = make_backend(backend_name if backend_name in BACKEND_NAMES else "eager", core)
     folded = backend.prepare(adapter)
     official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
     load_adapter_state(official, adapter.tensors)

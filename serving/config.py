@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.backends import BACKEND_NAMES, DEFAULT_BACKEND  # names only: no backend module is imported
+
 __all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "BatchConfig", "ServerConfig", "add_arguments", "from_args",
            "join_host_port"]
 
@@ -59,10 +61,11 @@ class ServerConfig:
     core_path: Path | None = field(default=None, metadata=_flag(
         "core file (default: ADAPTERS/core.safetensors)", flag="--core"))
     device: str = field(default="cpu", metadata=_flag("cpu, cuda, cuda:1 ...", group="model"))
-    backend: str = field(default="torchscript", metadata=_flag(
-        "how folded networks run: torchscript = one traced graph that takes each adapter's folded weights "
-        "as inputs (no Python GIL held during the forward); eager = plain PyTorch modules", group="model",
-        choices=("torchscript", "eager")))
+    backend: str = field(default=DEFAULT_BACKEND, metadata=_flag(
+        "how folded networks run: onnxruntime = one ONNX Runtime session per adapter version, its folded "
+        "weights constants of the graph (the fastest measured, docs/benchmark.md; needs the onnxruntime "
+        "package); torchscript = one traced graph that takes each adapter's folded weights as inputs; "
+        "eager = plain PyTorch modules (the reference)", group="model", choices=BACKEND_NAMES))
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
@@ -141,8 +144,8 @@ class ServerConfig:
             raise ValueError(f"--threads must be >= 1, got {self.torch_threads}")
         if self.grace_s < 0:
             raise ValueError(f"--grace must be >= 0, got {self.grace_s}")
-        if self.backend not in ("torchscript", "eager"):
-            raise ValueError(f"unknown backend {self.backend!r}; choose torchscript or eager")
+        if self.backend not in BACKEND_NAMES:
+            raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         self.batching  # noqa: B018  validates the batching values now, before anything loads
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key (--tls-cert and --tls-key)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from serving.backend import Backend
+from serving.backends import Backend
 from serving.inputs import DetectInput
 from serving.models import FoldedModels
 from serving.preprocess import Box

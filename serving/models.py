@@ -15,7 +15,7 @@ import grpc
 import torch
 
 from landmarks.adapter_io import Adapter
-from serving.backend import Backend
+from serving.backends import Backend
 from serving.errors import ServingError
 from serving.model_cache import CacheFullError, CacheStats, ModelCache
 

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from landmarks.adapter_io import ArtifactError, Core, load_core
-from serving.backend import Backend, make_backend
+from serving.backends import Backend, make_backend
 from serving.batching import DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
@@ -59,7 +59,12 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
         core = load_core(path)
     except ArtifactError as exc:
         raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
-    backend = make_backend(cfg.backend, core, cfg.device)
+    # ORT has its own thread pools (serving.threads governs torch's); torch backends take their threads per call
+    options = {"threads": cfg.torch_threads} if cfg.backend == "onnxruntime" else {}
+    try:
+        backend = make_backend(cfg.backend, core, cfg.device, **options)
+    except ValueError as exc:  # e.g. --device cuda without onnxruntime-gpu
+        raise CoreLoadError(f"backend {cfg.backend}: {exc}") from None
     models = FoldedModels(backend, ModelCache(cfg.cache_bytes))
     registry = AdapterRegistry(core, models, AdapterStore(cfg.adapters_dir), cfg.max_adapter_bytes,
                                cfg.allowed_register_dirs)

@@ -30,13 +30,14 @@ Code = grpc.StatusCode
 # `landmarks serve` with a backend that takes 1 s per forward pass (a stand-in for a heavy model)
 SLOW_SERVER = """
 import sys, time
-from serving.backend import BACKENDS
+from serving.backends import available_backends, backend_class
 def slowed(real):
     def slow(self, model, images, boxes):
         time.sleep(1.0)
         return real(self, model, images, boxes)
     return slow
-for backend in BACKENDS.values():  # what serves requests
+for name in available_backends():  # what serves requests
+    backend = backend_class(name)
     backend.locate = slowed(backend.locate)
 from landmarks.cli import main
 sys.exit(main(["serve"] + sys.argv[1:]))

@@ -20,7 +20,7 @@ from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from landmarks.heatmaps import heatmap_to_input, soft_argmax
 from landmarks.projection import build_adapted, load_adapter_state
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.backend import pixels_to_images
+from landmarks.images import pixels_to_images
 from serving.preprocess import crop_square
 from tests.serving.helpers import jpeg_bytes, make_adapter, make_core, png_bytes, png_header, start_server
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from landmarks.geometry import crop_to_tensor, input_to_original, original_to_input
-from serving.backend import pixels_to_images
+from landmarks.images import pixels_to_images
 from serving.errors import ServingError
 from serving.model_cache import CacheFullError, ModelCache
 from serving.names import validate_category, validate_version
@@ -186,54 +186,10 @@ def test_cache_concurrent_misses_build_once():
     assert results == ["A"] * 6 and len(calls) == 1
 
 
-def test_torchscript_backend_matches_eager_for_every_batch_size_k_and_input_size(artifacts, tmp_path):
-    """One traced graph (weights as inputs) serves adapters of different K and input size, any batch,
-    with the eager backend's numbers (heatmaps and located points); an adapter version is only its
-    tensors."""
-    from landmarks.adapter_io import load_adapter, load_core, save_adapter
-    from landmarks.projection import adapter_state_dict, build_adapted
-    from serving.backend import EagerBackend, TorchScriptBackend, make_backend
-
-    core = load_core(artifacts.core)
-    small = build_adapted(core.build(), 2, input_size=16)  # runs the 32 px core at 16 px
-    small_path = save_adapter(tmp_path / "small.safetensors", adapter_state_dict(small), small.config,
-                              category="small", core_sha256=core.sha256)
-    adapters = [load_adapter(p, core) for p in (artifacts.shipped["cats"], artifacts.shipped["faces"], small_path)]
-    scripted, eager = TorchScriptBackend(core), EagerBackend(core)
-    graphs = set()
-    for adapter in adapters:
-        prepared, reference = scripted.prepare(adapter), eager.prepare(adapter)
-        graphs.add(id(prepared.graph))
-        assert scripted.nbytes(prepared) == eager.nbytes(reference)
-        size = adapter.config.input_size
-        for batch in (1, 3):
-            gen = torch.Generator().manual_seed(batch)
-            pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=gen)
-            images = pixels_to_images(pixels)
-            out = scripted.run(prepared, images)
-            assert out.shape == (batch, adapter.num_landmarks, size // 4, size // 4)
-            torch.testing.assert_close(out, eager.run(reference, images), atol=1e-5, rtol=1e-5)
-            # the locating graph (traced per input size) = eager heatmaps + landmarks.heatmaps.locate,
-            # mapped into each image's box; the boxes are graph inputs, not constants of the trace
-            boxes = torch.tensor([[-3.5, 2.0, 40.5, 46.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 1e3, 1e3]],
-                                 dtype=torch.float64)[:batch]
-            for got, want in zip(scripted.locate(prepared, pixels, boxes), eager.locate(reference, pixels, boxes)):
-                torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
-        # not the adapter's size: the eager path
-        bigger = torch.randint(0, 256, (2, 2 * size, 2 * size, 3), dtype=torch.uint8)
-        boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [5.0, 6.0, 7.0, 8.0]], dtype=torch.float64)
-        for got, want in zip(scripted.locate(prepared, bigger, boxes), eager.locate(reference, bigger, boxes)):
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
-    assert len(graphs) == 1
-    assert isinstance(make_backend("eager", core), EagerBackend)
-    with pytest.raises(ValueError, match="unknown backend 'onnx'; choose one of torchscript, eager"):
-        make_backend("onnx", core)
-
-
 def test_points_map_back_to_the_clients_pixels_like_the_training_library():
     from landmarks.geometry import input_to_original
     from landmarks.heatmaps import expected_location, heatmap_to_input, locate, spatial_softmax
-    from serving.backend import _locate_in_boxes
+    from landmarks.images import locate_in_boxes as _locate_in_boxes
 
     heatmaps = torch.randn(3, 5, 16, 16, generator=torch.Generator().manual_seed(0))
     boxes = [(0.0, 0.0, 64.0, 64.0), (-10.5, 3.25, 190.0, 203.75), (7.0, 9.0, 9.5, 11.5)]

@@ -1,17 +1,12 @@
-"""The compute seam: turn (core, adapter) into something runnable, and run it on a batch.
-
-Two backends, both on folded weights (`landmarks.projection.fold`: the adapter's projections
-multiplied into the core's conv weights once, so nothing is projected per forward):
-- `TorchScriptBackend` (the server's default, `landmarks serve --backend torchscript`): one
-  TorchScript graph of the architecture, traced once, run on each adapter's folded tensors; the
-  whole forward runs in C++ *without holding Python's GIL* and without Python's per-op cost. The GIL matters in a server: an eager
-  forward re-takes the GIL for every op, and while gRPC handler threads decode requests it waits
-  for them op after op; `scripts/backend_speed.py` measures both, idle and next to a Python thread.
-- `EagerBackend` (`--backend eager`): the folded `LandmarkHourglass` run eagerly, the
-  reference for the TorchScript one (tests check that they agree).
-
-Another backend (ONNX Runtime, TensorRT) implements the same three methods; the batching
-queue (`serving.batching`) sits between the servicer and `Backend.run`.
+"""The PyTorch backends, both on folded weights (`landmarks.projection.fold`: the adapter's
+projections multiplied into the core's conv weights once, so nothing is projected per forward):
+- `TorchScriptBackend` (`--backend torchscript`): one TorchScript graph of the architecture, traced
+  once, run on each adapter's folded tensors; the whole forward runs in C++ *without holding
+  Python's GIL* and without Python's per-op cost. The GIL matters in a server: an eager forward
+  re-takes the GIL for every op, and while gRPC handler threads decode requests it waits for them
+  op after op; `scripts/backend_speed.py` measures both, idle and next to a Python thread.
+- `EagerBackend` (`--backend eager`): the folded `LandmarkHourglass` run eagerly, the reference
+  for the others (tests check that they agree).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -29,28 +24,7 @@ from landmarks.images import locate_in_boxes as _locate_in_boxes
 from landmarks.images import pixels_to_images  # shared with landmarks.Detector
 from landmarks.projection import fold
 
-__all__ = ["BACKENDS", "Backend", "EagerBackend", "ScriptedModel", "TorchScriptBackend", "make_backend", "pixels_to_images"]
-
-
-class Backend(Protocol):
-    name: str
-    device: str
-
-    def prepare(self, adapter: Adapter) -> Any:
-        """A runnable model for this adapter on the backend's device (may raise ValueError)."""
-
-    def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU)."""
-
-    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the server calls. (B, S, S, 3) uint8 crops (`pixels_to_images` makes them the model's
-        input) and (B, 4) float64 boxes, the client's pixels each crop was cut from (edge
-        coordinates) -> `landmarks.heatmaps.locate` of the heatmaps, mapped back into those boxes
-        (`landmarks.geometry.input_to_original`): (B, K, 2) points in the client's pixels and
-        (B, K) confidences, float32 (CPU)."""
-
-    def nbytes(self, prepared: Any) -> int:
-        """Memory the prepared model holds (for the cache budget)."""
+__all__ = ["EagerBackend", "ScriptedModel", "TorchScriptBackend"]
 
 
 def _nbytes(tensors) -> int:
@@ -219,14 +193,3 @@ def _example_pixels(size: int, device: str) -> torch.Tensor:
 
 def _example_boxes(size: int, device: str) -> torch.Tensor:
     return torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64, device=device)
-
-
-BACKENDS: dict[str, type[EagerBackend]] = {b.name: b for b in (TorchScriptBackend, EagerBackend)}
-
-
-def make_backend(name: str, core: Core, device: str = "cpu") -> EagerBackend:
-    """The backend called `name` ("torchscript" or "eager")."""
-    try:
-        return BACKENDS[name](core, device)
-    except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None

@@ -1,0 +1,79 @@
+"""The compute seam: turn (core, adapter) into something runnable, and run it on a batch.
+
+`FoldedModels` (serving.models) is the only caller of `prepare`; the engine calls `locate`. Three
+backends, all on folded weights (the adapter's projections multiplied into the core's conv
+weights once, `landmarks.projection.fold`):
+- `onnxruntime` (`serving.backends.onnxruntime`, the default where `onnxruntime` is installed):
+  one ONNX Runtime session per adapter version, its folded weights constants of the graph
+  (`landmarks.onnx_export`); CPU, or CUDA with `--device cuda` and `onnxruntime-gpu`;
+- `torchscript` (`serving.backends.torchscript`): one traced graph that takes each adapter's
+  folded tensors as inputs;
+- `eager`: the folded network in plain PyTorch, the reference the others are tested against.
+Which is the default and why: docs/benchmark.md ("Backends"), measured with
+`python scripts/backend_speed.py`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # importing this package loads no torch: serving.config reads the names
+    import torch
+
+    from landmarks.adapter_io import Adapter, Core
+
+__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "Backend", "available_backends", "backend_class", "make_backend"]
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def prepare(self, adapter: Adapter) -> Any:
+        """A runnable model for this adapter on the backend's device, warmed up (may raise ValueError)."""
+
+    def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU).
+        The trial forward's check; requests go through `locate`."""
+
+    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the server calls. (B, S, S, 3) uint8 crops (`landmarks.images.pixels_to_images` makes
+        them the model's input) and (B, 4) float64 boxes, the client's pixels each crop was cut from (edge
+        coordinates) -> `landmarks.heatmaps.locate` of the heatmaps, mapped back into those boxes
+        (`landmarks.geometry.input_to_original`): (B, K, 2) points in the client's pixels and
+        (B, K) confidences, float32 (CPU)."""
+
+    def nbytes(self, prepared: Any) -> int:
+        """Memory the prepared model holds (for the cache budget)."""
+
+
+# name -> (module, class); a backend's module is imported only when it is used
+_BACKENDS = {
+    "onnxruntime": ("serving.backends.onnxruntime", "OnnxRuntimeBackend"),
+    "torchscript": ("serving.backends.torchscript", "TorchScriptBackend"),
+    "eager": ("serving.backends.torchscript", "EagerBackend"),
+}
+BACKEND_NAMES = tuple(_BACKENDS)
+# the fastest on the machines measured (docs/benchmark.md, "Backends"); torchscript without onnxruntime
+DEFAULT_BACKEND = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torchscript"
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends this installation can run (onnxruntime needs the `onnxruntime` package)."""
+    return tuple(n for n in BACKEND_NAMES if n != "onnxruntime" or importlib.util.find_spec("onnxruntime"))
+
+
+def backend_class(name: str) -> type:
+    try:
+        module, cls = _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_backend(name: str, core: Core, device: str = "cpu", **options: Any) -> Backend:
+    """The backend called `name` (one of BACKEND_NAMES) for `core` on `device`; `options` go to its
+    constructor (onnxruntime: `threads`, `precision`)."""
+    return backend_class(name)(core, device, **options)

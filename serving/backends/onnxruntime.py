@@ -1,0 +1,139 @@
+"""ONNX Runtime backend: one inference session per folded adapter version.
+
+`prepare` folds the adapter into the core, fills the architecture's exported graph with the folded
+weights as constants (`landmarks.onnx_export`: traced once per input size, then milliseconds per
+adapter) and creates a session. With constant weights ONNX Runtime folds batch norms, fuses
+activations and pre-packs the convolution weights once, at session creation, which is why a
+session is made per version and not per graph. `prepare` runs at registration (the trial forward)
+or on a cache miss, never inside a client's request otherwise; it ends with warm-up runs so the
+first request does not pay ORT's first-run allocations.
+
+The session's graph is the one `landmarks export` writes (uint8 crops and boxes in, points in the
+boxes' pixels and confidences out), plus the heatmaps the trial forward checks.
+
+Session options, for a server whose cores are shared with gRPC threads: `threads` intra-op threads
+(default: the compute threads torch would use, the physical cores), one inter-op thread,
+sequential execution, and *no spinning*: an ORT worker that spins after its op keeps a core busy
+that the gRPC threads need for the next request (docs/benchmark.md, "Backends"). Each session owns
+its thread pool (its threads sleep when idle).
+
+`--device cuda[:N]` (needs `onnxruntime-gpu`, the `gpu` extra) runs the CUDA execution provider,
+with I/O binding: the crops and boxes are copied to the device once and the outputs bound to the
+host, so ORT never guesses where they live.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from landmarks.adapter_io import Adapter, Core
+from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
+
+__all__ = ["OnnxRuntimeBackend", "OrtModel"]
+
+_NBYTES_FACTOR = 2  # a session holds its initializers and a pre-packed copy of the conv weights
+
+
+@dataclass(frozen=True)
+class OrtModel:
+    """One adapter version: its session and what the engine needs to feed it."""
+
+    session: Any  # onnxruntime.InferenceSession
+    size: int
+    num_landmarks: int
+    weight_bytes: int
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+    WARMUP_CALLS = 2
+
+    def __init__(self, core: Core, device: str = "cpu", threads: int | None = None, spinning: bool = False,
+                 precision: str = "fp32") -> None:
+        import onnxruntime as ort
+
+        from serving.threads import DEFAULT_COMPUTE_THREADS
+
+        self._ort = ort
+        self.core = core
+        dev = torch.device(device)
+        self.device = str(dev)
+        if precision != "fp32":
+            raise ValueError(f"precision {precision!r}: this backend runs fp32")
+        if dev.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError("--device cuda with --backend onnxruntime needs onnxruntime-gpu "
+                                 "(pip install 'landmark-adapters[gpu]'); this onnxruntime has "
+                                 f"{', '.join(ort.get_available_providers())}")
+            self._device_id = dev.index or 0
+            self.providers = [("CUDAExecutionProvider", {"device_id": self._device_id}), "CPUExecutionProvider"]
+        elif dev.type == "cpu":
+            self.providers = ["CPUExecutionProvider"]
+        else:
+            raise ValueError(f"--backend onnxruntime runs on cpu or cuda, not {device!r}")
+        self.threads = threads or DEFAULT_COMPUTE_THREADS
+        self.spinning = spinning
+        self._core_model = core.build("cpu")
+        self._lock = threading.Lock()  # fold reads the shared core module's state
+
+    def session_options(self):
+        ort = self._ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        spin = "1" if self.spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        options.log_severity_level = 3  # warnings about unused initializers etc. are not the operator's business
+        return options
+
+    def prepare(self, adapter: Adapter) -> OrtModel:
+        size = adapter.config.input_size
+        with self._lock:
+            weights = folded_weights(self._core_model, adapter)  # ValueError if not finite
+        model = template_for(self.core.config, size).with_weights(weights)
+        session = self._ort.InferenceSession(model.SerializeToString(), self.session_options(),
+                                             providers=self.providers)
+        prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()))
+        pixels = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+        boxes = torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64)
+        for _ in range(self.WARMUP_CALLS):
+            self.locate(prepared, pixels, boxes)
+        return prepared
+
+    def _run(self, prepared: OrtModel, pixels: torch.Tensor, boxes: torch.Tensor, outputs: list[str]) -> list:
+        feeds = {"pixels": np.ascontiguousarray(pixels.cpu().numpy()),
+                 "boxes": np.ascontiguousarray(boxes.cpu().numpy(), dtype=np.float64)}
+        if self.device == "cpu":
+            return prepared.session.run(outputs, feeds)
+        binding = prepared.session.io_binding()
+        for name, array in feeds.items():
+            value = self._ort.OrtValue.ortvalue_from_numpy(array, "cuda", self._device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in outputs:
+            binding.bind_output(name, "cpu")
+        prepared.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def locate(self, prepared: OrtModel, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if pixels.shape[1:] != (prepared.size, prepared.size, 3):
+            raise ValueError(f"crops must be {prepared.size} x {prepared.size} x 3, got {tuple(pixels.shape[1:])}")
+        points, confidence = self._run(prepared, pixels, boxes, list(OUTPUTS))
+        return torch.from_numpy(points), torch.from_numpy(confidence)
+
+    def run(self, prepared: OrtModel, images: torch.Tensor) -> torch.Tensor:
+        """Heatmaps of float images, which the graph takes as 8-bit pixels (rounded)."""
+        pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        boxes = torch.tensor([[0.0, 0.0, prepared.size, prepared.size]] * images.shape[0], dtype=torch.float64)
+        (heatmaps,) = self._run(prepared, pixels, boxes, [HEATMAPS])
+        return torch.from_numpy(heatmaps)
+
+    def nbytes(self, prepared: OrtModel) -> int:
+        return _NBYTES_FACTOR * prepared.weight_bytes
