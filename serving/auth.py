@@ -9,7 +9,8 @@ open (the server binds to localhost by default). Codes:
     the admin token on an inference call                   allowed (admin is a superset)
     any call to AdminService when it is disabled           UNIMPLEMENTED (service not served)
 
-Health and reflection are never protected (load balancers, grpcurl).
+Health and reflection are never protected (load balancers, grpcurl). The HTTP plane
+(serving.http_api) applies the same rules to its `Authorization` header (`authorize`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import grpc
 
 from landmarks.tokens import read_token  # re-exported: the server reads its tokens too
 
-__all__ = ["TokenInterceptor", "read_token"]
+__all__ = ["TokenInterceptor", "authorize", "bearer", "read_token"]
 
 ADMIN_PREFIX = "/landmarks.v1.AdminService/"
 INFERENCE_PREFIX = "/landmarks.v1.LandmarkService/"
@@ -37,6 +38,31 @@ def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
+def bearer(value: str | None) -> str | None:
+    """The token in an `authorization` value ("Bearer <token>", or the bare token); None if absent."""
+    if value is None:
+        return None
+    return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+
+
+def authorize(plane: str, given: str | None, admin_token: str | None,
+              inference_token: str | None) -> tuple[grpc.StatusCode, str] | None:
+    """None if a call to `plane` ("admin" or "inference") with token `given` may proceed, else the
+    status and message to refuse it with (the table above). The gRPC interceptor and the HTTP plane
+    (serving.http_api) both ask this."""
+    required = admin_token if plane == "admin" else inference_token
+    if required is None:
+        return None
+    if given is None:
+        why = f"the {plane} service needs a token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
+        return grpc.StatusCode.UNAUTHENTICATED, why
+    if _same(given, required) or (plane == "inference" and _same(given, admin_token)):
+        return None
+    if plane == "admin" and _same(given, inference_token):
+        return grpc.StatusCode.PERMISSION_DENIED, "this is the inference token; admin calls need the admin token"
+    return grpc.StatusCode.UNAUTHENTICATED, f"wrong token for the {plane} service"
+
+
 class TokenInterceptor(grpc.ServerInterceptor):
     def __init__(self, admin_token: str | None, inference_token: str | None) -> None:
         self.admin_token = admin_token
@@ -45,23 +71,14 @@ class TokenInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method.startswith(ADMIN_PREFIX):
-            required, plane = self.admin_token, "admin"
+            plane = "admin"
         elif method.startswith(INFERENCE_PREFIX):
-            required, plane = self.inference_token, "inference"
+            plane = "inference"
         else:
-            return continuation(handler_call_details)
-        if required is None:
             return continuation(handler_call_details)
         given = None
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization" and isinstance(value, str):
-                given = value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
-        if given is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED,
-                         f"the {plane} service needs a token: send metadata 'authorization: Bearer <token>'")
-        if _same(given, required) or (plane == "inference" and _same(given, self.admin_token)):
-            return continuation(handler_call_details)
-        if plane == "admin" and _same(given, self.inference_token):
-            return _deny(grpc.StatusCode.PERMISSION_DENIED,
-                         "this is the inference token; admin calls need the admin token")
-        return _deny(grpc.StatusCode.UNAUTHENTICATED, f"wrong token for the {plane} service")
+                given = bearer(value)
+        refusal = authorize(plane, given, self.admin_token, self.inference_token)
+        return continuation(handler_call_details) if refusal is None else _deny(*refusal)

@@ -102,6 +102,10 @@ class ServerConfig:
         "seconds in-flight requests get on SIGTERM before they are cancelled", flag="--grace"))
     metrics_port: int | None = field(default=None, metadata=_flag(
         "serve Prometheus /metrics on this port of --host (default: off; 0 = any free port)"))
+    http_port: int | None = field(default=None, metadata=_flag(
+        "also serve HTTP/JSON on this port of --host: POST /v1/detect, GET /v1/categories, /v1/health, "
+        "/openapi.json, and a demo page at / (same checks, tokens and TLS as gRPC; default: off; "
+        "0 = any free port)"))
     enable_admin: bool = field(default=True, metadata=_flag(
         "do not serve the admin service", group="security", flag="--no-admin"))
     allowed_register_dirs: tuple[Path, ...] = field(default=(), metadata=_flag(
@@ -125,7 +129,7 @@ class ServerConfig:
         if self.core_path is not None:
             self.core_path = Path(self.core_path)
         self.allowed_register_dirs = tuple(Path(p) for p in self.allowed_register_dirs)
-        for name in ("port", "admin_port", "metrics_port"):
+        for name in ("port", "admin_port", "metrics_port", "http_port"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{name} must be in 0..65535, got {value}")
@@ -133,6 +137,8 @@ class ServerConfig:
             raise ValueError("--admin-port and --no-admin contradict each other")
         if self.admin_port is not None and self.admin_port == self.port != 0:
             raise ValueError(f"the admin port must differ from the inference port ({self.port})")
+        if self.http_port is not None and self.http_port != 0 and self.http_port in (self.port, self.admin_port):
+            raise ValueError(f"--http-port {self.http_port} is already the gRPC (or admin) port; choose another")
         if self.max_message_bytes < 1 << 10 or self.max_adapter_bytes < 1 << 10:
             raise ValueError("message and adapter limits must be at least 1 KiB")
         if self.cache_bytes <= 0:

@@ -8,6 +8,9 @@ refused with UNAVAILABLE, the batching queue flushes without waiting, the gRPC s
 accepting and give in-flight RPCs `grace_s` seconds, then cancel whatever is left (so a slow
 client or a stuck request cannot hold shutdown), and the batch workers are stopped.
 
+With `http_port`, the same services answer HTTP/JSON too, with a demo page at / (serving.http_api),
+started and stopped with the gRPC servers.
+
 Health (`grpc.health.v1`) reports NOT_SERVING until the core is loaded and the adapter store is
 read, then SERVING for "" and both services. With `load_in_background` the core loads in a
 thread after `build_server` returns (requests get UNAVAILABLE meanwhile); otherwise it loads
@@ -21,6 +24,7 @@ import logging
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -36,6 +40,9 @@ from serving.servicer import AdminServicer, LandmarkServicer
 from serving.services import CoreLoadError, Lifecycle, Services, load_services
 from serving.threads import handler_thread
 from serving.work import LeadFirstExecutor
+
+if TYPE_CHECKING:
+    from serving.http_api import HttpPlane
 
 __all__ = ["CoreLoadError", "ServerHandle", "build_server", "serve"]
 
@@ -54,6 +61,11 @@ class ServerHandle:
     admin_port: int | None = None
     metrics_server: object | None = None
     metrics_port: int | None = None
+    http: HttpPlane | None = None  # HTTP/JSON and the demo page (--http-port), same services
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     @property
     def services(self) -> Services:
@@ -67,6 +79,8 @@ class ServerHandle:
         self.server.start()
         if self.admin_server is not None:
             self.admin_server.start()
+        if self.http is not None:
+            self.http.start()
 
     def shutdown(self, grace: float | None = None) -> bool:
         """Graceful stop (see the module docstring); True if in-flight work finished within grace."""
@@ -74,7 +88,11 @@ class ServerHandle:
         self.lifecycle.drain()
         # stop() cancels RPCs still running after `grace`; the event is set once they are gone
         stopping = [s.stop(grace=grace) for s in (self.server, self.admin_server) if s is not None]
+        if self.http is not None:  # drains side by side with gRPC: uvicorn gives in-flight requests `grace`
+            self.http.server.should_exit = True
         finished = all([event.wait(grace + 5.0) for event in stopping])  # noqa: C419  wait for each
+        if self.http is not None:
+            self.http.stop(grace)
         if self.lifecycle.services is not None:
             self.lifecycle.services.batcher.close(timeout=1.0)  # a forward still running after grace is abandoned
         if self.metrics_server is not None:
@@ -169,6 +187,14 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     try:
         if admin_server is not None:
             handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
+        if cfg.http_port is not None:
+            try:  # FastAPI and uvicorn load only when asked for
+                from serving.http_api import HttpPlane
+            except ImportError as exc:
+                raise OSError(f"--http-port needs FastAPI and uvicorn ({exc}); install them with: "
+                              "pip install 'landmark-adapters[serve]'") from None
+
+            handle.http = HttpPlane(cfg, lifecycle, limits, metrics)
         if cfg.metrics_port is not None:
             try:
                 handle.metrics_server, handle.metrics_port = start_metrics_server(metrics, cfg.host, cfg.metrics_port)
@@ -176,6 +202,10 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
                 raise OSError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
     except OSError:
         server.stop(None)
+        if admin_server is not None:
+            admin_server.stop(None)
+        if handle.http is not None:
+            handle.http.socket.close()
         raise
     return handle
 
@@ -210,6 +240,9 @@ def serve(cfg: ServerConfig) -> int:
     services = handle.lifecycle.services
     core = services.core.sha256[:12] if services is not None else "?"
     extra = f", admin on {join_host_port(cfg.host, handle.admin_port)}" if handle.admin_port is not None else ""
+    if handle.http_port is not None:
+        scheme = "https" if cfg.tls else "http"
+        extra += f", HTTP/JSON and demo page on {scheme}://{join_host_port(cfg.host, handle.http_port)}/"
     extra += f", metrics on {cfg.host}:{handle.metrics_port}" if handle.metrics_port is not None else ""
     print(f"landmarks server listening on {handle.address} ({'TLS' if cfg.tls else 'plaintext'}, core {core}, "
           f"device {cfg.device}{extra})", flush=True)

@@ -1,0 +1,419 @@
+"""HTTP/JSON next to gRPC, in the same process and on the same services (`landmarks serve --http-port N`).
+
+    POST /v1/detect?category=cats[&version=v1][&box=x0,y0,x1,y1]   body: the image's bytes
+    POST /v1/detect          multipart/form-data: image (file), category, version, box
+    GET  /v1/categories      what is served: names, K, landmark names, versions
+    GET  /v1/health          200 SERVING / 503 NOT_SERVING (never needs a token)
+    GET  /openapi.json       the OpenAPI description of all of it
+    GET  /                   the demo page (serving/static/demo.html)
+
+A detect goes where a gRPC Detect goes: the body becomes a `DetectRequest` and runs through
+`DynamicBatcher.run` with `serving.inputs.prepare_input`, so validation, messages, batching and
+the numbers are the gRPC plane's. A `ServingError` answers with its gRPC code mapped to an HTTP
+status (`HTTP_STATUS`: 400, 404, 429, 503, ...) and a body {"code": "INVALID_ARGUMENT", "message":
+...} carrying the gRPC message; a body over --max-message-mb answers 413 before it is read.
+Tokens: `Authorization: Bearer <token>`, checked as gRPC checks its metadata (`serving.auth.authorize`;
+the detect and categories endpoints are the inference plane). TLS: the gRPC plane's files.
+This module imports FastAPI: `serving.server` imports it only for --http-port.
+
+Why FastAPI on uvicorn: both are widely used and actively maintained, FastAPI writes the OpenAPI
+description from the handlers' signatures and models, and uvicorn runs in a thread of the gRPC
+server's process with our own listening socket (bound in `build_server`, so a port in use fails
+at once and port 0 is known), TLS, and a bounded graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import ssl
+import threading
+import time
+from contextlib import ExitStack
+from functools import partial
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from landmarks import __version__
+from landmarks.v1 import landmarks_pb2 as pb
+from serving.auth import authorize, bearer
+from serving.errors import ServingError, clip
+from serving.inputs import RequestLimits, prepare_input
+
+if TYPE_CHECKING:
+    from serving.config import ServerConfig
+    from serving.metrics import Metrics
+    from serving.services import Lifecycle
+
+__all__ = ["HTTP_STATUS", "HttpPlane", "build_app", "http_status"]
+
+log = logging.getLogger(__name__)
+Code = grpc.StatusCode
+
+# gRPC code -> HTTP status, as google.rpc.Code documents them (and grpc-gateway maps them)
+HTTP_STATUS = {
+    Code.OK: 200, Code.CANCELLED: 499, Code.UNKNOWN: 500, Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504, Code.NOT_FOUND: 404, Code.ALREADY_EXISTS: 409, Code.PERMISSION_DENIED: 403,
+    Code.RESOURCE_EXHAUSTED: 429, Code.FAILED_PRECONDITION: 400, Code.ABORTED: 409, Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501, Code.INTERNAL: 500, Code.UNAVAILABLE: 503, Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """ASGI middleware: a body over `limit` bytes answers 413, by its Content-Length before a byte is
+    read, or as soon as a chunked body passes the limit (the gRPC port's message limit, kept here)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _send_error(send, 413, "RESOURCE_EXHAUSTED", self._message(int(length)))
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self._message(received))
+            return message
+
+        return await self.app(scope, limited, send)
+
+    def _message(self, size: int) -> str:
+        return (f"request body is {size} bytes, over this server's limit of {self.limit} bytes "
+                "(--max-message-mb); downscale the image before sending")
+
+
+async def _send_error(send, status: int, code: str, message: str) -> None:
+    import json
+
+    body = json.dumps({"code": code, "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None or not text.strip():
+        return None
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ServingError(Code.INVALID_ARGUMENT, f"box: expected four numbers x0,y0,x1,y1, got {clip(text)}")
+    return values  # type: ignore[return-value]
+
+
+def _detect_request(data: bytes, category: str, version: str, box: str | None) -> pb.DetectRequest:
+    request = pb.DetectRequest(image=pb.Image(encoded=data), category=category, version=version)
+    parsed = _parse_box(box)
+    if parsed is not None:
+        x0, y0, x1, y1 = parsed
+        request.box.CopyFrom(pb.Box(x0=x0, y0=y0, x1=x1, y1=y1))
+    return request
+
+
+def _detection_json(det, total_ms: float) -> dict[str, Any]:
+    """The same fields as the gRPC DetectResponse (and `landmarks.client.DetectResult.to_dict`)."""
+    return {
+        "category": det.category, "version": det.version, "adapter_sha256": det.sha256,
+        "box": [float(v) for v in det.box],
+        "landmarks": [{"name": n, "x": float(p[0]), "y": float(p[1]), "confidence": float(c)}
+                      for p, c, n in zip(det.points, det.confidence, det.names)],
+        "timings": {"decode_ms": det.decode_ms, "queue_ms": det.queue_ms, "compute_ms": det.compute_ms,
+                    "total_ms": total_ms},
+    }
+
+
+def _category_json(status) -> dict[str, Any]:
+    active = next((v for v in status.versions if v.version == status.active_version), None)
+    names = active.adapter.landmark_names if active is not None and active.adapter is not None else []
+    return {
+        "name": status.name, "state": status.state, "num_landmarks": status.num_landmarks,
+        "input_size": status.input_size, "active_version": status.active_version,
+        "active_sha256": status.active_sha256, "landmark_names": names, "error": status.error,
+        "versions": [{"version": v.version, "state": v.state, "sha256": v.sha256, "created": v.created}
+                     for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
+    }
+
+
+# ------------------------------------------------------------ the JSON shapes (and OpenAPI schemas)
+class Landmark(BaseModel):
+    name: str
+    x: float
+    y: float
+    confidence: float
+
+class Timings(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+
+class Detection(BaseModel):
+    category: str
+    version: str
+    adapter_sha256: str
+    box: list[float]
+    landmarks: list[Landmark]
+    timings: Timings
+
+class Version(BaseModel):
+    version: str
+    state: str
+    sha256: str
+    created: str
+
+class Category(BaseModel):
+    name: str
+    state: str
+    num_landmarks: int
+    input_size: int
+    active_version: str
+    active_sha256: str
+    landmark_names: list[str]
+    error: str
+    versions: list[Version]
+
+class Categories(BaseModel):
+    categories: list[Category]
+
+class Health(BaseModel):
+    status: str
+    message: str = ""
+
+class Error(BaseModel):
+    code: str
+    message: str
+
+
+def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | None, *, admin_token: str | None,
+              inference_token: str | None, max_body_bytes: int):
+    """The ASGI app (FastAPI, wrapped in the body limit)."""
+    errors = {status: {"model": Error, "description": description} for status, description in (
+        (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message)"),
+        (401, "UNAUTHENTICATED: no token, or a wrong one"),
+        (404, "NOT_FOUND: no such category or version"),
+        (413, "the body is over --max-message-mb"),
+        (429, "RESOURCE_EXHAUSTED: the batching queue is full; retry"),
+        (503, "UNAVAILABLE: loading, shutting down, or the category is (un)loading; retry"),
+    )}
+
+    app = FastAPI(
+        title="landmarks", version=__version__,
+        description="Object landmarks from one frozen core and a small adapter per category (Sanchez & "
+                    "Tzimiropoulos, NeurIPS 2019): the HTTP/JSON plane of `landmarks serve`; the gRPC plane "
+                    "(protos/landmarks/v1/landmarks.proto) serves the same models with the same checks.",
+        docs_url=None, redoc_url=None,  # their pages load scripts from a CDN; /openapi.json is the description
+    )
+
+    def inference_plane(authorization: str | None = Header(default=None, include_in_schema=False)) -> None:
+        refusal = authorize("inference", bearer(authorization), admin_token, inference_token)
+        if refusal is not None:
+            raise ServingError(*refusal)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(request: Request, exc: ServingError):
+        headers = {"retry-after": "1"} if exc.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE) else {}
+        if exc.code == Code.UNAUTHENTICATED:
+            headers["www-authenticate"] = "Bearer"
+        return JSONResponse({"code": exc.code.name, "message": exc.message}, status_code=http_status(exc.code),
+                            headers=headers)
+
+    @app.exception_handler(_BodyTooLarge)
+    async def too_large(request: Request, exc: _BodyTooLarge):
+        return JSONResponse({"code": "RESOURCE_EXHAUSTED", "message": str(exc)}, status_code=413,
+                            headers={"connection": "close"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # Starlette's own refusals (no such route, a broken multipart body) in the same shape as ours
+        code = next((c.name for c, status in HTTP_STATUS.items() if status == exc.status_code), "UNKNOWN")
+        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"code": "INVALID_ARGUMENT", "message": where}, status_code=400)
+
+    def detect_blocking(request: pb.DetectRequest) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        outcome = "internal"
+        if metrics is not None:
+            metrics.inflight.inc()
+        try:
+            services = lifecycle.require_serving()
+            with ExitStack() as leases:  # the version leased is kept until the answer is made
+                prepare = partial(prepare_input, registry=services.registry, leases=leases, limits=limits)
+                (det,) = services.batcher.run([request], prepare, None, None)
+            if metrics is not None:
+                metrics.detection(det.category, det.queue_ms, det.compute_ms)
+            outcome = "ok"
+            return _detection_json(det, (time.perf_counter() - t0) * 1e3)
+        except ServingError as exc:
+            outcome = exc.code.name.lower()
+            exc.item = None
+            raise
+        except Exception:
+            log.exception("HTTP detect failed")
+            raise ServingError(Code.INTERNAL, "internal error in detect; see the server log") from None
+        finally:
+            if metrics is not None:
+                metrics.inflight.dec()
+                metrics.request("HttpDetect", request.category, outcome, time.perf_counter() - t0)
+
+    @app.post(
+        "/v1/detect", response_model=Detection, responses=errors, tags=["inference"],
+        dependencies=[Depends(inference_plane)],
+        summary="Landmarks of one image",
+        description="Send the image's bytes (JPEG, PNG, WebP, BMP) as the body with the category in the query "
+                    "(`curl --data-binary @cat.jpg -H 'Content-Type: image/jpeg' 'HOST/v1/detect?category=cats'`), "
+                    "or a multipart form with the file in `image` and `category`, `version`, `box` as fields "
+                    "(`curl -F image=@cat.jpg -F category=cats HOST/v1/detect`). Points are (x, y) in the "
+                    "pixels of the image sent; `box` (x0,y0,x1,y1, edge coordinates) says where the object "
+                    "is (default: the whole image).",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                "image": {"type": "string", "format": "binary"}, "category": {"type": "string"},
+                "version": {"type": "string"}, "box": {"type": "string", "example": "10,20,110,120"}}}},
+        }}},
+    )
+    async def detect(request: Request,
+                     category: str = Query("", description="e.g. faces, cats (a form field wins)"),
+                     version: str = Query("", description="adapter version (default: the active one)"),
+                     box: str | None = Query(None, description="x0,y0,x1,y1 in image pixels")):
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise ServingError(Code.INVALID_ARGUMENT, "image: missing; send the file in the form field "
+                                                              "'image' (or the bytes as the request body)")
+                data = await upload.read()
+                category = str(form.get("category", category))
+                version = str(form.get("version", version))
+                box = str(form["box"]) if "box" in form else box
+            finally:
+                await form.close()
+        else:
+            data = await request.body()
+        return await run_in_threadpool(detect_blocking, _detect_request(data, category, version, box))
+
+    @app.get("/v1/categories", response_model=Categories, responses={k: errors[k] for k in (401, 503)},
+             tags=["inference"], dependencies=[Depends(inference_plane)],
+             summary="The categories served, with their landmark names and versions")
+    def categories():
+        registry = lifecycle.require().registry
+        return {"categories": [_category_json(s) for s in registry.list()]}
+
+    @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"],
+             summary="SERVING once the core and adapters are loaded; NOT_SERVING while loading or draining")
+    def health():
+        if lifecycle.services is not None and not lifecycle.draining:
+            return {"status": "SERVING"}
+        why = ("shutting down" if lifecycle.draining else
+               f"failed to load: {lifecycle.load_error}" if lifecycle.load_error else "loading the core")
+        return JSONResponse({"status": "NOT_SERVING", "message": why}, status_code=503)
+
+    page = resources.files("serving").joinpath("static/demo.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def demo_page():
+        return HTMLResponse(page)
+
+    return _BodyLimit(app, max_body_bytes)
+
+
+class HttpPlane:
+    """The HTTP server of `landmarks serve --http-port`: bound at construction, served by uvicorn in a
+    thread after `start`, stopped by `stop` (in-flight requests get `grace` seconds)."""
+
+    def __init__(self, cfg: ServerConfig, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics) -> None:
+        import uvicorn
+
+        app = build_app(lifecycle, limits, metrics, admin_token=cfg.admin_token, inference_token=cfg.inference_token,
+                        max_body_bytes=cfg.max_message_bytes)
+        self.tls = cfg.tls
+        tls: dict[str, Any] = {}
+        if cfg.tls:
+            tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
+            if cfg.tls_client_ca is not None:
+                tls |= {"ssl_ca_certs": str(cfg.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        self.config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
+                                     timeout_graceful_shutdown=max(0.1, cfg.grace_s), timeout_keep_alive=5,
+                                     server_header=False, **tls)
+        try:
+            self.config.load()  # reads the TLS files now: a bad one fails `landmarks serve` at start
+        except (OSError, ssl.SSLError) as exc:
+            raise OSError(f"cannot read TLS files for the HTTP plane: {exc}") from None
+        self.socket = _bind(cfg.host, cfg.http_port)  # type: ignore[arg-type]
+        self.port: int = self.socket.getsockname()[1]
+        self.server = uvicorn.Server(self.config)
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                        name="landmarks-http", daemon=True)
+        self._thread.start()
+        end = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > end:
+                raise OSError("the HTTP server did not start; see the log above")
+            time.sleep(0.01)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish (uvicorn's graceful shutdown), then return."""
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join((grace if grace is not None else self.config.timeout_graceful_shutdown or 0) + 5.0)
+        self.socket.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (0: any free port); OSError naming the address if it cannot."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise OSError(f"cannot serve HTTP on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
