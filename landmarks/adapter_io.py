@@ -277,7 +277,7 @@ def _parse_header(data: bytes, source: str) -> dict:
         raise NotSafetensorsError(f"{source} is not a safetensors file (bad header); save it with safetensors")
     try:
         return json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # (JSON errors, bad UTF-8, a 5,000-digit integer)
         raise NotSafetensorsError(f"{source}: safetensors header is not valid JSON ({exc})") from None
 
 
@@ -358,7 +358,7 @@ def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: Hour
             raise MetadataError(f"{label}: metadata {key} is {_clip(meta[key])} but its config says {expected}")
     try:
         names = json.loads(meta.get("landmark_names", "[]"))
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # (ValueError: also a 5,000-digit integer)
         names = None
     if (not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names)
             or len(names) not in (0, config.num_landmarks)):
