@@ -77,6 +77,8 @@ def server(adapters):
 @pytest.fixture
 def browser():
     reason = _skip_reason()
+    if reason and os.environ.get("LANDMARKS_REQUIRE_BROWSER"):  # .ci/run installs them: missing is a failure
+        pytest.fail(reason)
     if reason:
         pytest.skip(reason)
     from selenium import webdriver
