@@ -26,7 +26,7 @@ import torch
 # isort: on
 
 from landmarks.adapter_io import load_adapter, load_core
-from serving.backend import make_backend
+from serving.backends import make_backend
 from serving.bench import random_adapters
 from serving.config import REPO_ADAPTERS
 

@@ -9,20 +9,29 @@ Method (docs/benchmark.md):
    (closed loop, `concurrency` calls in flight, one channel per slot; fixed raw image of the
    core's input size, so decoding is cheap and the same for every row): latency p50/p95/p99 as
    the client sees it, throughput, and the server's folded-cache hits/misses/evictions.
-4. The two headline ratios, each measured next to its reference, because this shared VM's speed
+4. The headline numbers, each measured next to its reference, because this shared VM's speed
    jumps between levels ~40% apart within seconds (`headline_ratios`):
-   - overhead = p50 of `--pairs` serial Detect calls (concurrency 1, one category) / p50 of as many
-     bare forwards in this process, the two alternating call by call, each after `--gap-ms` idle;
-     bare = the folded network's forward pass as the server's backend runs it (the backend named
-     in ServerInfo, built here: `make_backend(name).prepare` + `run`). The same ratio back to back
-     (`--blocks` alternating blocks of `--block-size` closed-loop calls) is printed too: there the
-     bare forwards run hot, each right after the last, which no served request can;
-   - speedup_vs_official = median over `--rounds` of (throughput of a closed-loop block at the
-     highest concurrency) / (throughput of the next block of `--ref-iters` official forwards);
+   - added_ms = p50 of `--pairs` serial Detect calls (concurrency 1, one category) minus p50 of as
+     many bare forwards in this process, and rpc_floor_ms = p50 of as many empty RPCs
+     (Health/Check), the three taking turns call by call, each after `--gap-ms` idle; bare = what
+     the server's backend runs for that request (the backend named in ServerInfo, built here:
+     `make_backend(name).prepare` + `locate` on the crop the server cuts). overhead = the ratio of
+     the first two (kept for continuity; a faster forward raises it while the server improves).
+     The same back to back (`--blocks` alternating blocks of `--block-size` closed-loop calls) is
+     printed too: there the bare forwards run hot, each right after the last, which no served
+     request can;
+   - speedup_vs_official and mixed_vs_single = medians over `--rounds` of, in turn, a closed-loop
+     block at the highest concurrency on one category, a block of `--ref-iters` official forwards,
+     and a closed-loop block at that concurrency over all the bench categories in rotation:
+     (one category's throughput) / (official throughput), and (all categories') / (one category's);
      official = the projected network (`build_adapted` + `load_adapter_state`; every
      `ProjectedConv2d` recomputes proj @ W on each forward), eager, `torch.no_grad`, batch 1, one
-     call at a time, which is how the authors' code runs an adapted model.
-5. The output ends with `overhead: <ratio>` and `speedup_vs_official: <ratio>`.
+     call at a time, which is how the authors' code runs an adapted model;
+   - register_to_served_ms = p50 of step 2's times.
+5. The output ends with `overhead:`, `added_ms:`, `rpc_floor_ms:`, `speedup_vs_official:`,
+   `register_to_served_ms:` and `mixed_vs_single:` lines. The bench adapters run the core at the
+   input size of the adapters shipped next to `--core` (64 px for the shipped ones), else at the
+   core's own; `--adapter-size` overrides it.
 6. Unregister the bench categories (also any left over by an interrupted run).
 """
 
@@ -31,6 +40,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
+import platform
 import queue
 import re
 import statistics
@@ -43,9 +54,11 @@ import grpc
 import numpy as np
 import torch
 from grpc_health.v1 import health_pb2
+from PIL import Image
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.client import LandmarkClient
+from landmarks.images import crop_square, pixels_to_images
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
 from serving.backends import BACKEND_NAMES, make_backend
 
@@ -166,55 +179,68 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int, gap_s: float = 
     return percentile(times, 50) * 1e3
 
 
-def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, category: str,
+def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, names: list[str],
                     image: np.ndarray, adapter_size: int, backend_name: str) -> dict:
-    """The two headline ratios, each side measured next to its reference so the machine's drift
+    """The headline numbers, each side measured next to its reference so the machine's drift
     (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
-    overhead: `pairs` times, alternately, one Detect call and one bare forward in this process,
-    each after the same short idle gap (long enough for the other process's OpenMP threads to stop
-    spinning), then the ratio of the two medians. Back to back: `blocks` times, alternately,
-    `block_size` closed-loop Detect calls and as many back-to-back bare forwards.
-    speedup: `rounds` times, alternately, a closed-loop block at the highest concurrency and a
-    block of official forwards; the median of the per-round throughput ratios.
+    added_ms, rpc_floor_ms, overhead: `pairs` times, in turn, one Detect call, one bare forward in
+    this process and one empty RPC (Health/Check), each after the same short idle gap (long enough
+    for the other process's threads to stop spinning); medians. Back to back: `blocks` times,
+    alternately, `block_size` closed-loop Detect calls and as many back-to-back bare forwards.
+    speedup_vs_official, mixed_vs_single: `rounds` times, in turn, a closed-loop block on one
+    category at the highest concurrency, a block of official forwards, and the same closed loop over
+    all the bench categories in rotation; the medians of the per-round throughput ratios.
     """
     adapter = load_adapter(adapter_bytes, core)
-    x = torch.from_numpy(image[:adapter_size, :adapter_size]).permute(2, 0, 1).float().div(255).unsqueeze(0)
-    x = x.contiguous()
-    # bare = exactly what the server's backend runs (its folding, memory format, tracing)
-    backend = make_backend(backend_name if backend_name in BACKEND_NAMES else "eager", core)
+    category = names[0]
+    # bare = exactly what the server's backend runs for this request: its folded model on the crop
+    # the server cuts (uint8, adapter size), points mapped into the image's pixels
+    name = backend_name if backend_name in BACKEND_NAMES else "eager"
+    backend = make_backend(name, core, **({"threads": args.torch_threads} if name == "onnxruntime" and
+                                          args.torch_threads else {}))
     folded = backend.prepare(adapter)
+    height, width = image.shape[:2]
+    pixels = crop_square(Image.fromarray(image), (0.0, 0.0, float(width), float(height)), adapter_size)[None]
+    boxes = torch.tensor([[0.0, 0.0, width, height]], dtype=torch.float64)
     official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
     load_adapter_state(official, adapter.tensors)
     official.eval()
+    x = pixels_to_images(pixels).contiguous()
 
     def official_forward():
         with torch.no_grad():
             official(x)
 
     gap = args.gap_ms / 1e3
-    server_ms, bare_ms, replies = [], [], []
+    server_ms, bare_ms, floor_ms, replies = [], [], [], []
     loop_server_ms, loop_bare_ms, loop_replies = [], [], []
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = client.request(image, category)
+        health = health_pb2.HealthCheckRequest()
 
         def detect(into: list) -> None:
             into.append(client.inference.Detect(request, timeout=60, metadata=client._inference_md))
 
         def bare() -> None:
-            backend.run(folded, x)
+            backend.locate(folded, pixels, boxes)
+
+        def empty_rpc() -> None:
+            client.health.Check(health, timeout=60)
 
         def ms(seconds: list[float]) -> list[float]:
             return [t * 1e3 for t in seconds]
 
-        for _ in range(5):  # warm both paths
+        for _ in range(5):  # warm every path
             detect([])
             bare()
-        # after idleness: call by call, each after the gap, so neither process's OpenMP threads are
-        # still spinning when the other one runs
+            empty_rpc()
+        # after idleness: call by call, each after the gap, so neither process's threads are still
+        # spinning when the other one runs
         for _ in range(args.pairs):
             server_ms += ms(time_calls(functools.partial(detect, replies), 1, warmup=0, gap_s=gap))
             bare_ms += ms(time_calls(bare, 1, warmup=0, gap_s=gap))
+            floor_ms += ms(time_calls(empty_rpc, 1, warmup=0, gap_s=gap))
         # back to back: blocks of a closed loop each; the first calls of a block are not counted
         for _ in range(args.blocks):
             block: list = []
@@ -222,30 +248,35 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
             loop_replies += block[_BLOCK_WARMUP:]
             loop_bare_ms += ms(time_calls(bare, args.block_size, warmup=_BLOCK_WARMUP))
     floor = grpc_round_trip_ms(target, client_kwargs, 40)
-    floor_idle = grpc_round_trip_ms(target, client_kwargs, 40, gap)
 
     conc = max(args.concurrency)
     rounds = []
     for _ in range(args.rounds):
         time.sleep(0.2)
-        loaded = load_row(target, client_kwargs, [category], conc, 4 * conc, image)
+        single = load_row(target, client_kwargs, [category], conc, 4 * conc, image)
         time.sleep(0.2)
         off = time_calls(official_forward, args.ref_iters, warmup=1)
-        rounds.append({"server_throughput": loaded["throughput"], "official_throughput": len(off) / sum(off),
-                       "official_p50_ms": percentile(off, 50) * 1e3})
-        rounds[-1]["speedup_vs_official"] = rounds[-1]["server_throughput"] / rounds[-1]["official_throughput"]
+        time.sleep(0.2)
+        mixed = load_row(target, client_kwargs, names, conc, max(4 * conc, 2 * len(names)), image)
+        rounds.append({"server_throughput": single["throughput"], "official_throughput": len(off) / sum(off),
+                       "official_p50_ms": percentile(off, 50) * 1e3, "mixed_throughput": mixed["throughput"],
+                       "mixed_categories": len(names)})
+        r = rounds[-1]
+        r["speedup_vs_official"] = r["server_throughput"] / r["official_throughput"]
+        r["mixed_vs_single"] = r["mixed_throughput"] / r["server_throughput"]
 
-    def summary(server: list[float], bare: list[float], replies_: list, floor_ms: float) -> dict:
+    def summary(server: list[float], bare: list[float], replies_: list, floor_ms_: float) -> dict:
         half_s, half_b = len(server) // 2, len(bare) // 2
         return {
             "server_p50_ms": percentile(server, 50), "bare_p50_ms": percentile(bare, 50),
             "overhead": percentile(server, 50) / percentile(bare, 50),
+            "added_ms": percentile(server, 50) - percentile(bare, 50),
             # the same ratio on each half: how stable it is
             "overhead_halves": [percentile(server[:half_s], 50) / percentile(bare[:half_b], 50),
                                 percentile(server[half_s:], 50) / percentile(bare[half_b:], 50)],
             "server_timings_p50_ms": {k: percentile([getattr(r.timings, f"{k}_ms") for r in replies_], 50)
                                       for k in ("decode", "queue", "compute", "total")},
-            "grpc_round_trip_ms": floor_ms,
+            "grpc_round_trip_ms": floor_ms_,
         }
 
     return {
@@ -253,10 +284,11 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
                         **summary(loop_server_ms, loop_bare_ms, loop_replies, floor)},
         "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms,
-                       **summary(server_ms, bare_ms, replies, floor_idle)},
+                       **summary(server_ms, bare_ms, replies, percentile(floor_ms, 50))},
         "concurrency": conc,
         "rounds": rounds,
         "speedup_vs_official": statistics.median(r["speedup_vs_official"] for r in rounds),
+        "mixed_vs_single": statistics.median(r["mixed_vs_single"] for r in rounds),
     }
 
 
@@ -286,13 +318,19 @@ def run(args) -> int:
                   f"{core.sha256[:12]}; pass --core with the server's core file")
             return 2
         size = core.config.input_size
-        adapter_size = args.adapter_size or size
+        shipped = shipped_input_size(args.core, core)
+        adapter_size = args.adapter_size or shipped or size
         image = np.random.default_rng(0).integers(0, 256, (args.image_size or size, args.image_size or size, 3),
                                                   dtype=np.uint8)
         n_cats = max(args.categories)
+        results["machine"] = machine()
         print(f"bench: server {target} ({info.backend} on {info.device}, core {core.sha256[:12]}, "
-              f"K={core.config.num_landmarks}); {n_cats} bench categories running the core at {adapter_size} px; "
-              f"{args.requests} requests per row; torch threads here: {torch.get_num_threads()}", flush=True)
+              f"K={core.config.num_landmarks}); {n_cats} bench categories running the core at {adapter_size} px "
+              f"({'--adapter-size' if args.adapter_size else 'the shipped adapters' if shipped else 'the core'}'s "
+              f"size), {image.shape[1]}x{image.shape[0]} raw test image; {args.requests} requests per row; "
+              f"torch threads here: {torch.get_num_threads()}", flush=True)
+        print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load average "
+              f"{results['machine']['load_before']} before the run (client and server share it)", flush=True)
         adapters = random_adapters(core, n_cats, input_size=adapter_size)
         results["adapter_size"] = adapter_size
         names = [f"bench-{i}" for i in range(n_cats)]
@@ -336,7 +374,7 @@ def run(args) -> int:
                           f"{row['p95_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['server_p50_ms']['queue']:>20.2f} "
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
-            results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names[0], image,
+            results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names, image,
                                                   adapter_size, info.backend)
         finally:
             cleanup()
@@ -344,8 +382,11 @@ def run(args) -> int:
     h = results["headline"]
     loop, idle = h["closed_loop"], h["after_idle"]
     overhead, speedup = idle["overhead"], h["speedup_vs_official"]
-    results.update(overhead=overhead, overhead_back_to_back=loop["overhead"], speedup_vs_official=speedup)
     rf = results["register_to_first_ms"]
+    results["machine"]["load_after"] = os.getloadavg()[0]
+    results.update(overhead=overhead, overhead_back_to_back=loop["overhead"], speedup_vs_official=speedup,
+                   added_ms=idle["added_ms"], rpc_floor_ms=idle["grpc_round_trip_ms"],
+                   register_to_served_ms=rf["p50"], mixed_vs_single=h["mixed_vs_single"])
     print(f"register -> first served request: p50 {rf['p50']:.1f} ms, max {rf['max']:.1f} ms "
           f"({len(names)} registrations)")
 
@@ -355,27 +396,59 @@ def run(args) -> int:
                 f"{t['compute']:.2f}, handler total {t['total']:.2f}; gRPC and client "
                 f"{m['server_p50_ms'] - t['total']:.2f} (an empty RPC, Health/Check: {m['grpc_round_trip_ms']:.2f})")
 
-    print(f"overhead, measured as {idle['pairs']} Detect calls (concurrency 1, one category) alternating with "
-          f"{idle['pairs']} bare folded forwards ({h['bare_backend']}) in this process, each after {idle['gap_ms']:g} ms "
-          f"idle: p50 {idle['server_p50_ms']:.2f} ms vs {idle['bare_p50_ms']:.2f} ms = {overhead:.2f} "
-          f"(halves: {idle['overhead_halves'][0]:.2f}, {idle['overhead_halves'][1]:.2f})")
+    print(f"after idle, measured as {idle['pairs']} rounds of one Detect call (concurrency 1, one category), one bare "
+          f"forward ({h['bare_backend']}, Backend.locate on the server's crop) in this process and one empty RPC, "
+          f"each after {idle['gap_ms']:g} ms idle: p50 {idle['server_p50_ms']:.2f} ms vs {idle['bare_p50_ms']:.2f} ms "
+          f"(added {idle['added_ms']:.2f} ms, overhead {overhead:.2f}; halves {idle['overhead_halves'][0]:.2f}, "
+          f"{idle['overhead_halves'][1]:.2f}); empty RPC {idle['grpc_round_trip_ms']:.2f} ms")
     print(f"  where a request's time goes (server p50s, ms): {split(idle)}")
     print(f"back to back, measured as {loop['blocks']} blocks of {loop['block_size']} Detect calls in a closed loop "
           f"alternating with blocks of as many bare forwards: p50 {loop['server_p50_ms']:.2f} ms vs "
-          f"{loop['bare_p50_ms']:.2f} ms = {loop['overhead']:.2f} (halves: {loop['overhead_halves'][0]:.2f}, "
-          f"{loop['overhead_halves'][1]:.2f}); the bare forwards run hot, each right after the last")
+          f"{loop['bare_p50_ms']:.2f} ms = {loop['overhead']:.2f} (added {loop['added_ms']:.2f} ms); the bare "
+          f"forwards run hot, each right after the last")
     print(f"  where a request's time goes (server p50s, ms): {split(loop)}")
     conc = h["concurrency"]
-    print(f"speedup, measured as {len(h['rounds'])} rounds of a concurrency-{conc} block ({4 * conc} requests) then "
-          f"{args.ref_iters} official forwards (projection on every forward, eager, batch 1):")
-    print(f"{'round':>5} {f'server c={conc} req/s':>19} {'official req/s':>14} {'official p50 ms':>15} {'speedup':>8}")
+    print(f"throughput, measured as {len(h['rounds'])} rounds of a concurrency-{conc} block on one category "
+          f"({4 * conc} requests), {args.ref_iters} official forwards (projection on every forward, eager, batch 1), "
+          f"and a concurrency-{conc} block over {len(names)} categories in rotation:")
+    print(f"{'round':>5} {'one category req/s':>18} {'official req/s':>14} {'official p50 ms':>15} {'speedup':>8} "
+          f"{f'{len(names)} categories req/s':>20} {'mixed/single':>12}")
     for i, r in enumerate(h["rounds"]):
-        print(f"{i + 1:>5} {r['server_throughput']:>19.1f} {r['official_throughput']:>14.1f} "
-              f"{r['official_p50_ms']:>15.2f} {r['speedup_vs_official']:>8.2f}")
+        print(f"{i + 1:>5} {r['server_throughput']:>18.1f} {r['official_throughput']:>14.1f} "
+              f"{r['official_p50_ms']:>15.2f} {r['speedup_vs_official']:>8.2f} {r['mixed_throughput']:>20.1f} "
+              f"{r['mixed_vs_single']:>12.2f}")
     speedups = [r["speedup_vs_official"] for r in h["rounds"]]
-    print(f"  median {speedup:.2f} (range {min(speedups):.2f}-{max(speedups):.2f})")
+    mixes = [r["mixed_vs_single"] for r in h["rounds"]]
+    print(f"  medians: speedup {speedup:.2f} (range {min(speedups):.2f}-{max(speedups):.2f}), mixed/single "
+          f"{h['mixed_vs_single']:.2f} (range {min(mixes):.2f}-{max(mixes):.2f})")
+    print(f"machine load average: {results['machine']['load_before']} before, {results['machine']['load_after']:.2f} "
+          "after (1 min)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"overhead: {overhead:.2f}")
+    print(f"added_ms: {idle['added_ms']:.2f}")
+    print(f"rpc_floor_ms: {idle['grpc_round_trip_ms']:.2f}")
     print(f"speedup_vs_official: {speedup:.2f}")
+    print(f"register_to_served_ms: {rf['p50']:.1f}")
+    print(f"mixed_vs_single: {h['mixed_vs_single']:.2f}")
     return 0
+
+
+def shipped_input_size(core_path: Path, core) -> int | None:
+    """The input size of the adapters shipped next to the core file (all the same), else None."""
+    sizes = set()
+    for path in Path(core_path).parent.glob("*.safetensors"):
+        with contextlib.suppress(Exception):  # the core itself, or anything that is not an adapter of it
+            sizes.add(load_adapter(path, core).config.input_size)
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
+            "torch": torch.__version__, "python": platform.python_version()}

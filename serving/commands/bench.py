@@ -1,5 +1,5 @@
-"""landmarks bench: latency/throughput of a running server, with the bare forward pass and the
-official (projection-on-every-forward) approach measured in the same run; see docs/benchmark.md."""
+"""landmarks bench: latency/throughput of a running server, with the bare forward pass, an empty RPC and
+the official (projection-on-every-forward) approach measured in the same run; see docs/benchmark.md."""
 
 from __future__ import annotations
 
@@ -48,9 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the raw test image (default: the core's input size)")
     parser.add_argument("--adapter-size", type=int, default=None,
-                        help="input size the bench adapters run the core at (default: the core's; the shipped "
-                             "cpu-preset adapters use 64)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads for the references")
+                        help="input size the bench adapters run the core at (default: that of the adapters "
+                             "shipped next to --core, 64 px for the repository's, else the core's)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="threads of the references here (torch's, and ONNX Runtime's for the bare forward of "
+                             "an onnxruntime server; default: as the server's default)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
 
 

@@ -74,12 +74,12 @@ def test_groups_by_category_and_equals_unbatched(batching_server):
 def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_server, monkeypatch):
     """A Detect that would compute alone runs whole (decode, forward, answer) on the lead batch worker;
     requests of its category that queue up while it decodes join its forward pass."""
-    import serving.servicer
+    import serving.inputs
 
     handle = batching_server
     gate = Gate(handle)
     gate.open()  # only records the forward passes here
-    real_crop = serving.servicer.crop_square
+    real_crop = serving.inputs.crop_square
     decoded_on: list[str] = []
     hold, holding = threading.Event(), threading.Event()
 
@@ -90,7 +90,7 @@ def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_se
             hold.wait(60)
         return real_crop(*args)
 
-    monkeypatch.setattr(serving.servicer, "crop_square", crop_square)
+    monkeypatch.setattr(serving.inputs, "crop_square", crop_square)
     mix = [("cats", png_bytes(44 + i, 40, seed=i), None) for i in range(4)]
     with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
         first = pool.submit(client.detect, mix[0][1], "cats")
@@ -110,18 +110,18 @@ def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_se
 
 
 def test_without_lone_on_lead_every_request_goes_through_the_queue(store, monkeypatch):
-    import serving.servicer
+    import serving.inputs
 
     handle = start_server(store, lone_on_lead=False)
     try:
-        real_crop = serving.servicer.crop_square
+        real_crop = serving.inputs.crop_square
         decoded_on: list[str] = []
 
         def crop_square(*args):
             decoded_on.append(threading.current_thread().name)
             return real_crop(*args)
 
-        monkeypatch.setattr(serving.servicer, "crop_square", crop_square)
+        monkeypatch.setattr(serving.inputs, "crop_square", crop_square)
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
             for seed in range(3):
                 client.detect(png_bytes(40, 40, seed=seed), "cats")
@@ -271,32 +271,3 @@ def test_pending_wait_errors():
         p.wait(0.01)
     assert exc.value.code == Code.CANCELLED
     assert pb.DetectRequest  # protos importable alongside
-
-
-@pytest.mark.parametrize("extra", [[], ["--adapter-size", "16"]], ids=["core-size", "smaller-adapters"])
-def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
-    import json
-
-    from landmarks.cli import main
-
-    rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
-               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2", "--pairs", "4", "--gap-ms", "1", "--blocks", "2", "--block-size", "3",
-               "--json", str(tmp_path / "bench.json"), *extra])
-    out = capsys.readouterr().out
-    assert rc == 0, out
-    lines = out.strip().splitlines()
-    assert lines[-2].startswith("overhead: ") and float(lines[-2].split()[1]) > 0
-    assert lines[-1].startswith("speedup_vs_official: ") and float(lines[-1].split()[1]) > 0
-    assert sum(line.startswith(("overhead: ", "speedup_vs_official: ")) for line in lines) == 2  # only the last two
-    assert "register -> first served" in out
-    assert {c.name for c in server.services.registry.list()} == {"cats", "faces"}  # bench categories removed
-    result = json.loads((tmp_path / "bench.json").read_text())
-    assert result["adapter_size"] == (16 if extra else 32)
-    assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
-    headline = result["headline"]
-    loop, idle = headline["closed_loop"], headline["after_idle"]
-    assert loop["calls"] == 6 and idle["pairs"] == 4 and len(headline["rounds"]) == 2
-    assert idle["overhead"] == result["overhead"] > 0 and all(v > 0 for v in idle["overhead_halves"])
-    assert loop["overhead"] == result["overhead_back_to_back"] > 0 and all(v > 0 for v in loop["overhead_halves"])
-    assert "back to back" in out
-    assert all(r["speedup_vs_official"] > 0 for r in headline["rounds"])

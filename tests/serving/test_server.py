@@ -18,9 +18,10 @@ from landmarks.adapter_io import load_adapter, load_core
 from landmarks.client import LandmarkClient
 from landmarks.geometry import crop_to_tensor, input_to_original, square_box
 from landmarks.heatmaps import heatmap_to_input, soft_argmax
+from landmarks.images import pixels_to_images
 from landmarks.projection import build_adapted, load_adapter_state
 from landmarks.v1 import landmarks_pb2 as pb
-from landmarks.images import pixels_to_images
+from serving.backends import DEFAULT_BACKEND
 from serving.preprocess import crop_square
 from tests.serving.helpers import jpeg_bytes, make_adapter, make_core, png_bytes, png_header, start_server
 
@@ -244,7 +245,7 @@ def test_register_versions_activate_unregister(client, artifacts, store):
     # re-registering a removed version with other content is a new registration
     assert client.register("birds", "v1", v2).created
     info = client.server_info()
-    assert info.ready and info.backend == "torchscript" and info.core_sha256 == artifacts.core_sha256
+    assert info.ready and info.backend == DEFAULT_BACKEND and info.core_sha256 == artifacts.core_sha256
     assert info.cache.entries >= 1 and info.cache.hits >= 1
 
 

@@ -1,0 +1,43 @@
+"""`landmarks bench` end to end on a tiny server: its tables, its JSON and the headline lines it ends with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+HEADLINES = ("overhead", "added_ms", "rpc_floor_ms", "speedup_vs_official", "register_to_served_ms", "mixed_vs_single")
+
+
+@pytest.mark.parametrize("extra", [[], ["--adapter-size", "16"]], ids=["shipped-size", "smaller-adapters"])
+def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
+    from landmarks.cli import main
+
+    rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
+               "--requests", "4", "--concurrency", "1,2", "--categories", "1,2", "--ref-iters", "2", "--rounds", "2",
+               "--pairs", "4", "--gap-ms", "1", "--blocks", "2", "--block-size", "3",
+               "--json", str(tmp_path / "bench.json"), *extra])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.strip().splitlines()
+    tail = dict(line.split(": ") for line in lines[-len(HEADLINES):])
+    assert tuple(tail) == HEADLINES  # the output ends with these, in this order, once each
+    assert all(sum(line.startswith(f"{h}: ") for line in lines) == 1 for h in HEADLINES)
+    assert all(float(tail[h]) > 0 for h in HEADLINES if h != "added_ms")
+    assert "register -> first served" in out and "back to back" in out and "machine: " in out
+    assert {c.name for c in server.services.registry.list()} == {"cats", "faces"}  # bench categories removed
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["adapter_size"] == (16 if extra else 32)  # the shipped tiny adapters run at the core's 32
+    assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
+    headline = result["headline"]
+    loop, idle = headline["closed_loop"], headline["after_idle"]
+    assert loop["calls"] == 6 and idle["pairs"] == 4 and len(headline["rounds"]) == 2
+    assert idle["overhead"] == result["overhead"] > 0 and all(v > 0 for v in idle["overhead_halves"])
+    assert idle["added_ms"] == result["added_ms"] == pytest.approx(idle["server_p50_ms"] - idle["bare_p50_ms"])
+    assert idle["grpc_round_trip_ms"] == result["rpc_floor_ms"] > 0
+    assert loop["overhead"] == result["overhead_back_to_back"] > 0 and all(v > 0 for v in loop["overhead_halves"])
+    assert result["register_to_served_ms"] == result["register_to_first_ms"]["p50"] > 0
+    for r in headline["rounds"]:
+        assert r["speedup_vs_official"] > 0 and r["mixed_categories"] == 2
+        assert r["mixed_vs_single"] == pytest.approx(r["mixed_throughput"] / r["server_throughput"])
+    assert result["machine"]["cores"] >= 1
