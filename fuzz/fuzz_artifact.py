@@ -17,7 +17,8 @@ Contract (anything else is a finding, raised as an exception so libFuzzer saves 
 - read_artifact and load_adapter raise nothing but `landmarks.adapter_io.ArtifactError`;
 - a returned artifact has a usable config (real ints in range, finite mean/std, std > 0,
   input_size <= MAX_INPUT_SIZE), `landmark_names` is a list of K non-empty strings, the
-  tensors are finite floats of the architecture's shapes, a core/network builds;
+  metadata copies of num_landmarks / input_size agree with the config, the tensors are finite
+  floats, a core/network builds from them;
 - an adapter accepted by `load_adapter` names this core, folds into it (ValueError for
   non-finite folded weights is the one allowed exception, the registry catches it) and runs
   at its input size giving (1, K, S/4, S/4) heatmaps.
