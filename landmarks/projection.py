@@ -56,7 +56,10 @@ class ProjectedConv2d(nn.Module):
         self.base_layer.requires_grad_(False)
         c_out = base_layer.out_channels
         weight = base_layer.weight
-        self.proj = nn.Parameter(torch.eye(c_out, dtype=weight.dtype, device=weight.device))
+        proj = torch.empty(c_out, c_out, dtype=weight.dtype, device=weight.device)
+        # identity; not torch.eye on the meta device (expected_adapter_shapes), which takes seconds there
+        # (a Python decomposition), paid by every process that loads an adapter
+        self.proj = nn.Parameter(proj if proj.is_meta else torch.eye(c_out, dtype=weight.dtype, device=weight.device))
 
     def projected_weight(self) -> torch.Tensor:
         base = self.base_layer.weight
