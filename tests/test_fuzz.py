@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FUZZ = ROOT / "fuzz"
 
 # executions per harness: together about a minute on a 2-core machine (docs/fuzzing.md)
-RUNS = {"fuzz_image": 50_000, "fuzz_artifact": 3_000, "fuzz_state": 100_000}
+RUNS = {"fuzz_image": 50_000, "fuzz_artifact": 3_000, "fuzz_state": 50_000}
 TAIL = 4000  # characters of the harness's output in a failure message
 
 
