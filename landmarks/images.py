@@ -30,9 +30,9 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     The pixels of `crop_resized(image, box, size)` (and so `crop_to_tensor` once scaled to [0, 1],
     `pixels_to_images`) to within one 8-bit level for boxes up to 2x the input size: only the part
     under the box, plus the resampling filter's reach, is converted (and PIL's resize of that part
-    rounds a few values differently from that of the whole image). Larger boxes are first reduced by an integer factor f
-    (box average), which keeps memory bounded. A box that is already an input-sized block of whole
-    pixels inside the image (a client that crops itself) is only copied.
+    rounds a few values differently from that of the whole image). Larger boxes are first reduced
+    by an integer factor f (box average), which keeps memory bounded. A box that is already an
+    input-sized block of whole pixels inside the image (a client that crops itself) is only copied.
     """
     x0, y0, x1, y1 = box
     width, height = image.size
