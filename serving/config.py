@@ -63,8 +63,8 @@ class ServerConfig:
     device: str = field(default="cpu", metadata=_flag("cpu, cuda, cuda:1 ...", group="model"))
     backend: str = field(default=DEFAULT_BACKEND, metadata=_flag(
         "how folded networks run: onnxruntime = one ONNX Runtime session per adapter version, its folded "
-        "weights constants of the graph (the fastest measured, docs/benchmark.md; needs the onnxruntime "
-        "package); torchscript = one traced graph that takes each adapter's folded weights as inputs; "
+        "weights constants of the graph, --threads intra-op threads, no spinning (the fastest measured, "
+        "docs/benchmark.md; needs the onnxruntime package); torchscript = one traced graph that takes each adapter's folded weights as inputs; "
         "eager = plain PyTorch modules (the reference)", group="model", choices=BACKEND_NAMES))
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "

@@ -36,7 +36,7 @@ from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_fo
 
 __all__ = ["OnnxRuntimeBackend", "OrtModel"]
 
-_NBYTES_FACTOR = 2  # a session holds its initializers and a pre-packed copy of the conv weights
+_NBYTES_FACTOR = 3  # a session holds ~3x its weights: initializers, pre-packed copies, its arena (docs/benchmark.md)
 
 
 @dataclass(frozen=True)
