@@ -41,12 +41,14 @@ def _skip_reason() -> str | None:
 
 @pytest.fixture
 def adapters(tmp_path) -> tuple[Path, int]:
-    """A copy of the shipped store (the server may write to it), or a tiny one; and its K."""
+    """The shipped core and faces adapter (a copy: the server may write its store; one category, as each
+    costs a load), or tiny ones; and K."""
     store = tmp_path / "adapters"
-    if (ROOT / "adapters" / "faces.safetensors").is_file():
-        shutil.copytree(ROOT / "adapters", store)
-        return store, 10
     store.mkdir()
+    if (ROOT / "adapters" / "faces.safetensors").is_file():
+        for name in ("core", "faces"):
+            shutil.copy(ROOT / "adapters" / f"{name}.safetensors", store)
+        return store, 10
     make_core(store / "core.safetensors")
     make_adapter(store / "faces.safetensors", store / "core.safetensors", "faces", k=4)
     return store, 4
@@ -65,11 +67,11 @@ def server(adapters):
         http_port = re.search(r"demo page on http://127\.0\.0\.1:(\d+)/", line)
         assert grpc_port and http_port, f"{line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
         yield int(grpc_port.group(1)), f"http://127.0.0.1:{http_port.group(1)}/"
+        proc.send_signal(signal.SIGTERM)  # both planes stop, and the process exits cleanly
+        assert proc.wait(timeout=60) == 0
+        assert "landmarks server stopped" in proc.stdout.read()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
 

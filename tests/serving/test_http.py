@@ -1,20 +1,16 @@
 """The HTTP/JSON plane (`landmarks serve --http-port`): the gRPC plane's answers, checks and messages
-over HTTP, gRPC codes as HTTP statuses, the body limit, tokens, TLS, draining, and the command line."""
+over HTTP, gRPC codes as HTTP statuses, the body limit, tokens, TLS, draining. (The `landmarks serve
+--http-port` command and SIGTERM: tests/serving/test_demo_page.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
 import ssl
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,7 +19,6 @@ from landmarks.client import LandmarkClient
 from serving.http_api import HTTP_STATUS, http_status
 from tests.serving.helpers import jpeg_bytes, png_bytes, start_server
 
-ROOT = Path(__file__).resolve().parents[2]
 Code = grpc.StatusCode
 
 
@@ -50,8 +45,14 @@ def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tu
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.fixture
-def http_server(store):
+@pytest.fixture(scope="module")
+def http_server(artifacts, tmp_path_factory):
+    """One server for the tests that only read (starting one costs seconds here)."""
+    store = tmp_path_factory.mktemp("http") / "adapters"
+    store.mkdir()
+    shutil.copy(artifacts.core, store / "core.safetensors")
+    for category, path in artifacts.shipped.items():
+        shutil.copy(path, store / f"{category}.safetensors")
     handle = start_server(store, http_port=0, max_message_bytes=256 << 10)
     yield handle
     handle.shutdown(grace=0)
@@ -62,7 +63,7 @@ def base(http_server) -> str:
     return f"http://127.0.0.1:{http_server.http_port}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def grpc_client(http_server):
     with LandmarkClient(f"127.0.0.1:{http_server.port}", timeout=20) as c:
         yield c
@@ -154,7 +155,7 @@ def test_body_over_the_message_limit_is_413(base):
     assert exc.value.code == 413
 
 
-def test_categories_health_openapi_and_page(base, http_server):
+def test_categories_health_openapi_and_page(base):
     status, body, _ = call(f"{base}/v1/categories")
     assert status == 200
     cats = {c["name"]: c for c in body["categories"]}
@@ -168,11 +169,19 @@ def test_categories_health_openapi_and_page(base, http_server):
     status, page, headers = call(f"{base}/")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert "<canvas" in page and "v1/detect" in page and "https://" not in page  # nothing from other sites
-    # draining: new work is refused with gRPC's message, health says why
-    http_server.lifecycle.drain()
-    status, body, headers = call(f"{base}/v1/detect?category=cats", png_bytes())
-    assert status == 503 and body["message"].startswith("server is shutting down") and headers["retry-after"] == "1"
-    assert call(f"{base}/v1/health")[:2] == (503, {"status": "NOT_SERVING", "message": "shutting down"})
+
+
+def test_draining_refuses_new_work_with_grpcs_message(store):
+    handle = start_server(store, http_port=0)
+    base = f"http://127.0.0.1:{handle.http_port}"
+    try:
+        handle.lifecycle.drain()
+        status, body, headers = call(f"{base}/v1/detect?category=cats", png_bytes())
+        assert status == 503 and body["message"].startswith("server is shutting down")
+        assert headers["retry-after"] == "1"
+        assert call(f"{base}/v1/health")[:2] == (503, {"status": "NOT_SERVING", "message": "shutting down"})
+    finally:
+        handle.shutdown(grace=0)
 
 
 def test_tokens_as_on_grpc(store):
@@ -225,29 +234,3 @@ def test_config_checks_the_http_port():
 def test_a_port_in_use_fails_at_start(store, http_server):
     with pytest.raises(OSError, match="cannot serve HTTP"):
         start_server(store, http_port=http_server.http_port)
-
-
-def test_serve_command_with_http_port_and_sigterm():
-    """The README's check: `landmarks serve --http-port N` on the shipped adapters, a cat photo posted as
-    bytes answers 10 landmarks; SIGTERM stops both planes and the process exits 0."""
-    if not (ROOT / "adapters" / "cats.safetensors").is_file():
-        pytest.skip("no shipped cats adapter")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "landmarks.cli", "serve", "--port", "0", "--http-port", "0",
-                             "--threads", "1", "--grace", "2"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"demo page on http://127\.0\.0\.1:(\d+)/", line)
-        assert match, f"{line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
-        base = f"http://127.0.0.1:{match.group(1)}"
-        status, body, _ = call(f"{base}/v1/detect?category=cats", (ROOT / "examples" / "cat.jpg").read_bytes(),
-                               {"Content-Type": "image/jpeg"})
-        assert status == 200 and len(body["landmarks"]) == 10 and body["landmarks"][0]["name"] == "p1"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-        assert "landmarks server stopped" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
