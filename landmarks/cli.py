@@ -29,6 +29,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "adapt": ("training.adapt", "learn a new category's landmarks from unlabelled images (adapter or baseline)"),
     "evaluate": ("training.evaluate", "forward / backward / consistency errors of an adapter or baseline, with pictures"),
     "serve": ("serving.commands.serve", "run the landmark server: gRPC (inference, admin), --http-port for HTTP/JSON"),
+    "serve-ray": ("serving.commands.serve_ray", "the server on a Ray cluster: replicas, each request to one holding its category"),
     "detect": ("landmarks.commands.detect", "landmarks of images, folders or globs, from a server or --local"),
     "register": ("landmarks.commands.register", "register an adapter version with a running server"),
     "unregister": ("landmarks.commands.unregister", "remove an adapter version or a whole category from a server"),

@@ -1,0 +1,149 @@
+"""landmarks serve-ray: the landmark server on a Ray cluster (Ray Serve), for more categories and
+clients than one machine holds. Clients do not change: the same landmarks.v1 API and gRPC health
+on --port. Needs the ray extra: pip install 'landmark-adapters[ray]'."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as `landmarks serve` (docs/benchmark.md)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from a cluster started here
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from serving.config import DEFAULT_PORT, MIB, REPO_ADAPTERS
+
+_EPILOG = """\
+how it works (docs/scale.md): Ray Serve's gRPC proxy answers on --port and hands each call to an
+ingress, which names the request's model "category@version" and sends it, through Ray Serve's model
+multiplexing, to a replica that already holds that category folded (else to the least busy, which
+folds it and keeps at most --max-categories-per-replica). Each replica loads the core once. Admin
+calls (register, activate, unregister) go to one admin replica, which validates and writes the
+shared --adapters directory as `landmarks serve` does; replicas re-read it every --sync-s seconds,
+and at once when asked for a category or version they do not know.
+
+examples:
+  landmarks serve-ray --replicas 2 --port 50051              local cluster on this machine
+  landmarks serve-ray --address auto --min-replicas 1 --max-replicas 8
+  landmarks detect --server localhost:50051 --category cats examples/cat.jpg
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = _EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="gRPC port of Ray Serve's proxy (every interface, on every node with a proxy; "
+                             "default %(default)s)")
+    parser.add_argument("--adapters", type=Path, default=REPO_ADAPTERS,
+                        help="the shared adapter store, a directory every node can read and the admin replica "
+                             "can write (default: the repository's adapters/)")
+    parser.add_argument("--core", type=Path, default=None, help="core file (default: ADAPTERS/core.safetensors)")
+    parser.add_argument("--address", default=None,
+                        help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting one here")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="CPUs of the local cluster started here (default: the machine's)")
+    scale = parser.add_argument_group("scale")
+    scale.add_argument("--replicas", type=int, default=2, help="model replicas (default %(default)s)")
+    scale.add_argument("--min-replicas", type=int, default=None,
+                       help="autoscale between --min-replicas and --max-replicas instead of a fixed --replicas")
+    scale.add_argument("--max-replicas", type=int, default=None)
+    scale.add_argument("--target-ongoing", type=float, default=4.0,
+                       help="autoscaling target: requests in flight per replica (default %(default)s)")
+    scale.add_argument("--max-categories-per-replica", type=int, default=16,
+                       help="folded categories a replica keeps; the least recently used goes (default %(default)s)")
+    scale.add_argument("--replica-cpus", type=float, default=1.0,
+                       help="CPUs each replica reserves, and its torch threads (default %(default)s)")
+    scale.add_argument("--replica-gpus", type=float, default=0.0,
+                       help="GPUs each replica reserves (with --device cuda; default %(default)s)")
+    scale.add_argument("--max-ongoing", type=int, default=32,
+                       help="requests a replica takes at once, so its batcher can batch them (default %(default)s)")
+    scale.add_argument("--sync-s", type=float, default=1.0,
+                       help="seconds between a replica's reads of the store: an admin change is served by every "
+                            "replica within this (default %(default)s)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--device", default="cpu", help="cpu, cuda ... (default %(default)s)")
+    model.add_argument("--backend", default=None, help="as `landmarks serve --backend` (default: its default)")
+    model.add_argument("--cache-mb", type=int, default=1024,
+                       help="folded-weights budget per replica in MiB (default %(default)s)")
+    model.add_argument("--max-batch", type=int, default=16, help="most requests per forward pass (default %(default)s)")
+    model.add_argument("--max-adapter-mb", type=int, default=64, help="adapter file size cap (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import ray
+        from ray import serve
+    except ImportError as exc:
+        print(f"error: serve-ray needs Ray Serve ({exc}); install it with: pip install 'landmark-adapters[ray]'",
+              file=sys.stderr)
+        return 2
+    from serving.config import ServerConfig
+    from serving.ray_app import APP_NAME, SERVICER_FUNCTIONS, RayOptions, build_app
+
+    try:
+        extra = {"backend": args.backend} if args.backend else {}
+        cfg = ServerConfig(adapters_dir=args.adapters.resolve(), core_path=args.core.resolve() if args.core else None,
+                           device=args.device, cache_bytes=args.cache_mb * MIB, max_batch_size=args.max_batch,
+                           max_adapter_bytes=args.max_adapter_mb * MIB, **extra)
+        opts = RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                          target_ongoing_requests=args.target_ongoing,
+                          max_categories_per_replica=args.max_categories_per_replica, replica_cpus=args.replica_cpus,
+                          replica_gpus=args.replica_gpus, max_ongoing_requests=args.max_ongoing, sync_s=args.sync_s)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not cfg.resolved_core_path.is_file():
+        print(f"error: no core file at {cfg.resolved_core_path}; pass --adapters DIR or --core FILE", file=sys.stderr)
+        return 2
+    started_here = args.address is None
+    ray.init(address=args.address, num_cpus=args.num_cpus if started_here else None, include_dashboard=False,
+             configure_logging=False)
+    try:
+        # HTTP is not served; Ray's HTTP proxy still binds a port, so give it a free loopback one
+        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
+                    grpc_options={"port": args.port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
+        serve.run(build_app(cfg, opts), name=APP_NAME, route_prefix=None)
+    except Exception as exc:  # noqa: BLE001  e.g. a replica that cannot load the core: say it, stop the cluster
+        print(f"error: the Ray Serve application did not start: {exc}", file=sys.stderr)
+        _stop(serve, ray, started_here)
+        return 2
+    scaling = (f"{opts.min_replicas}..{opts.max_replicas} replicas (autoscaling)" if opts.max_replicas is not None
+               else f"{opts.replicas} replicas")
+    print(f"landmarks ray server listening on 0.0.0.0:{args.port} ({scaling}, up to "
+          f"{opts.max_categories_per_replica} categories each, store {cfg.adapters_dir}, "
+          f"cluster {ray.get_runtime_context().gcs_address})", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    _stop(serve, ray, started_here)
+    print("landmarks ray server stopped", flush=True)
+    return 0
+
+
+def _stop(serve, ray, started_here: bool) -> None:
+    from serving.ray_app import APP_NAME
+
+    try:
+        if started_here:
+            serve.shutdown()  # the whole Serve instance of the cluster this command started
+        else:
+            serve.delete(APP_NAME)  # a cluster others may use: only this application
+    finally:
+        ray.shutdown()
