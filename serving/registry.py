@@ -185,34 +185,106 @@ class AdapterRegistry:
             state = self.store.read_state(category)
             cat = _Category(category)
             for version, path in versions.items():
-                label = f"{category}/{version} ({path})"
-                created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(
-                    timespec="seconds")
-                try:
-                    data = path.read_bytes()
-                    adapter, prepared = self._validate_bytes(data, label)
-                except (ServingError, OSError) as exc:
-                    message = getattr(exc, "message", str(exc))
-                    log.error("cannot load %s: %s", label, message)
-                    cat.versions[version] = VersionEntry(category, version, None, "", 0, created, path, error=message)
+                loaded = self._load_file(category, version, path, state)
+                if loaded is None:
                     continue
-                if version == SHIPPED and state.get("shipped_removed") == adapter.sha256:
-                    continue  # unregistered earlier; a different shipped file would come back
-                entry = VersionEntry(category, version, adapter, adapter.sha256, len(data), created, path)
+                entry, prepared = loaded
                 cat.versions[version] = entry
-                self.models.admit(entry.cache_key, prepared)
+                if prepared is not None:
+                    self.models.admit(entry.cache_key, prepared)
             if not cat.versions:
                 continue
-            active = state.get("active")
-            if active not in cat.versions:
-                good = [v for v in cat.versions.values() if v.adapter is not None]
-                active = max(good, key=lambda v: (v.created, v.version)).version if good else None
-            cat.active = active
-            if active is None or cat.versions[active].adapter is None:
-                failed = [v.error for v in cat.versions.values() if v.error]
-                cat.error = cat.versions[active].error if active else "; ".join(failed)
+            self._pick_active(cat, state)
             self._categories[category] = cat
             log.info("category %s: versions %s, active %s", category, sorted(cat.versions), cat.active)
+
+    def _load_file(self, category: str, version: str, path: Path,
+                   state: dict) -> tuple[VersionEntry, object | None] | None:
+        """A stored version, validated (FAILED with the reason if it is bad), and its prepared model;
+        None for a shipped file that was unregistered."""
+        label = f"{category}/{version} ({path})"
+        try:
+            created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+            data = path.read_bytes()
+            adapter, prepared = self._validate_bytes(data, label)
+        except (ServingError, OSError) as exc:
+            message = getattr(exc, "message", str(exc))
+            log.error("cannot load %s: %s", label, message)
+            return VersionEntry(category, version, None, "", 0, _now(), path, error=message), None
+        if version == SHIPPED and state.get("shipped_removed") == adapter.sha256:
+            return None  # unregistered earlier; a different shipped file would come back
+        return VersionEntry(category, version, adapter, adapter.sha256, len(data), created, path), prepared
+
+    @staticmethod
+    def _pick_active(cat: _Category, state: dict) -> None:
+        """The state file's active version, else the newest good one (caller holds the state lock or
+        owns `cat`)."""
+        active = state.get("active")
+        if active not in cat.versions:
+            good = [v for v in cat.versions.values() if v.adapter is not None]
+            active = max(good, key=lambda v: (v.created, v.version)).version if good else None
+        cat.active = active
+        cat.error = ""
+        if active is None or cat.versions[active].adapter is None:
+            failed = [v.error for v in cat.versions.values() if v.error]
+            cat.error = cat.versions[active].error if active else "; ".join(failed)
+
+    def sync_store(self, category: str | None = None, admit: bool = False) -> bool:
+        """Make this registry's view match the store, which another process may have changed, without
+        writing to it: versions that appeared are validated and added (FAILED if bad, and not retried),
+        versions whose files are gone, or a shipped file unregistered elsewhere, leave view as
+        `unregister` removes them (requests holding them finish), and the active version follows the
+        state file. `category`: only that one. `admit`: keep new versions' trial models in the cache
+        (else they are folded on first use). Several servers on one store call this every few seconds
+        (serving/ray_app.py); True if anything changed."""
+        found = self.store.scan(sweep=False)
+        changed = False
+        with self._admin_lock:
+            names = {category} if category else set(found) | set(self._categories)
+            for name in sorted(names):
+                versions = found.get(name, {})
+                state = self.store.read_state(name)
+                with self._state_lock:
+                    cat = self._categories.get(name)
+                    known = dict(cat.versions) if cat is not None else {}
+                gone = [e for v, e in known.items()
+                        if v not in versions or (v == SHIPPED and e.sha256 and state.get("shipped_removed") == e.sha256)]
+                added: dict[str, VersionEntry] = {}
+                for version, path in versions.items():
+                    if version in known:
+                        continue
+                    loaded = self._load_file(name, version, path, state)
+                    if loaded is not None:
+                        added[version] = loaded[0]
+                        if admit and loaded[1] is not None:
+                            self.models.admit(loaded[0].cache_key, loaded[1])
+                if cat is None and not added:
+                    continue
+                with self._state_lock:
+                    if cat is None:
+                        cat = self._categories[name] = _Category(name)
+                    cat.versions.update(added)
+                    self._drop(cat, gone)
+                    before = cat.active
+                    if cat.versions:
+                        self._pick_active(cat, state)
+                    else:
+                        del self._categories[name]
+                for entry in gone:
+                    self.models.discard(entry.cache_key)  # (a leased one goes when its last lease ends)
+                if added or gone or before != cat.active:
+                    changed = True
+                    log.info("store sync: %s +%s -%s, active %s", name, sorted(added),
+                             [e.version for e in gone], cat.active)
+        return changed
+
+    def _drop(self, cat: _Category, victims: list[VersionEntry]) -> None:
+        """(Under the state lock.) Take versions out of view; leased ones stay listed as UNLOADING."""
+        for entry in victims:
+            del cat.versions[entry.version]
+            entry.retired = True
+            if entry.leases:
+                self._retired.append(entry)
 
     # ------------------------------------------------------------------------------ admin
     def register(self, category: str, version: str, data: bytes | None = None, path: str | None = None,
@@ -310,11 +382,7 @@ class AdapterRegistry:
                     except OSError as exc:
                         raise from_os_error(exc, f"unregistering {category}/{SHIPPED}") from None
             with self._state_lock:
-                for entry in victims:
-                    del cat.versions[entry.version]
-                    entry.retired = True
-                    if entry.leases:
-                        self._retired.append(entry)
+                self._drop(cat, victims)
                 if not cat.versions:
                     del self._categories[category]
             for entry in victims:

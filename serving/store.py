@@ -78,12 +78,15 @@ class AdapterStore:
     def version_path(self, category: str, version: str) -> Path:
         return self.category_dir(category) / f"{version}{SUFFIX}"
 
-    def scan(self) -> dict[str, dict[str, Path]]:
-        """{category: {version: file}} of everything on disk (start-up), after sweeping temp files."""
+    def scan(self, sweep: bool = True) -> dict[str, dict[str, Path]]:
+        """{category: {version: file}} of everything on disk (start-up), after sweeping temp files.
+        `sweep=False` for a reader that shares the store with a writer (its temp files are live)."""
         if not self.dir.is_dir():
-            log.warning("adapters directory %s does not exist; starting with no categories", self.dir)
+            if sweep:
+                log.warning("adapters directory %s does not exist; starting with no categories", self.dir)
             return {}
-        self._sweep_temp_files()
+        if sweep:
+            self._sweep_temp_files()
         found: dict[str, dict[str, Path]] = {}
         for path in sorted(self.dir.glob(f"*{SUFFIX}")):
             name = path.name[: -len(SUFFIX)]
