@@ -185,10 +185,11 @@ class Replica:
             self.name = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001  (outside Serve: tests)
             self.name = f"pid{os.getpid()}"
-        self.get_model = serve.multiplexed(max_num_models_per_replica=opts.max_categories_per_replica)(self._fold)
 
-    async def _fold(self, mid: str) -> _Held:
-        return await asyncio.get_running_loop().run_in_executor(self._handlers, self._fold_now, mid)
+        async def fold(mid: str) -> _Held:  # (a plain function: Ray keeps its LRU as an attribute of it)
+            return await asyncio.get_running_loop().run_in_executor(self._handlers, self._fold_now, mid)
+
+        self.get_model = serve.multiplexed(max_num_models_per_replica=opts.max_categories_per_replica)(fold)
 
     def _fold_now(self, mid: str) -> _Held:
         services = self.lifecycle.require()
@@ -414,12 +415,13 @@ def build_app(cfg: ServerConfig, opts: RayOptions):
     replicas = serve.deployment(Replica, name="LandmarkReplica").options(
         max_ongoing_requests=opts.max_ongoing_requests,
         ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus, **env},
-        health_check_period_s=2, **scaling,
+        health_check_period_s=2, graceful_shutdown_timeout_s=5, **scaling,
     ).bind(replica_cfg, opts)
     # admin and ingress take no CPU slot: replicas get the cluster's cores
     admin = serve.deployment(Admin, name="LandmarkAdmin").options(
-        num_replicas=1, ray_actor_options={"num_cpus": 0, **env}).bind(cfg)
+        num_replicas=1, graceful_shutdown_timeout_s=5, ray_actor_options={"num_cpus": 0, **env}).bind(cfg)
     ingress = serve.deployment(Ingress, name="LandmarkIngress").options(
-        num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}).bind(
+        num_replicas=1, max_ongoing_requests=1000, graceful_shutdown_timeout_s=5,
+        ray_actor_options={"num_cpus": 0}).bind(
         replicas, admin, opts, cfg.max_batch_items)
     return ingress

@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
         # HTTP is not served; Ray's HTTP proxy still binds a port, so give it a free loopback one
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
                     grpc_options={"port": args.port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
-        serve.run(build_app(cfg, opts), name=APP_NAME, route_prefix=None)
+        serve.run(build_app(cfg, opts), name=APP_NAME)  # (route "/": the proxies route only apps with a route)
     except Exception as exc:  # noqa: BLE001  e.g. a replica that cannot load the core: say it, stop the cluster
         print(f"error: the Ray Serve application did not start: {exc}", file=sys.stderr)
         _stop(serve, ray, started_here)
