@@ -1,0 +1,201 @@
+"""`landmarks serve-ray`'s application on a real local Ray cluster (marked `ray`: deselected by default,
+`.ci/run` runs them with `pytest -m ray`). One cluster for the module (ray.init(num_cpus=2); starting
+one costs tens of seconds on a busy 2-core machine), two model replicas, a tiny synthetic store.
+
+What the client sees is what it would see from `landmarks serve`: the same points, codes and health;
+the trailing metadata `landmarks-held` says whether the replica that answered already held the category.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from landmarks.client import DetectResult, LandmarkClient
+from tests.serving.helpers import make_adapter, make_core, png_bytes, start_server
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+serve = pytest.importorskip("ray.serve")
+
+pytestmark = pytest.mark.ray
+
+CATEGORIES = {"cats": (4, 1), "faces": (6, 2), "shoes": (3, 3)}  # name -> (K, seed)
+SYNC_S = 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray")
+    store = root / "adapters"
+    store.mkdir()
+    core = store / "core.safetensors"
+    make_core(core)
+    for name, (k, seed) in CATEGORIES.items():
+        make_adapter(store / f"{name}.safetensors", core, name, k=k, seed=seed)
+    extra = {f"birds-{v}": make_adapter(root / "extra" / f"birds-{v}.safetensors", core, "birds", k=3, seed=seed)
+             for v, seed in (("v1", 7), ("v2", 8))}
+    return store, extra
+
+
+@pytest.fixture(scope="module")
+def ray_port(ray_store):
+    from serving.config import ServerConfig
+    from serving.ray_app import APP_NAME, SERVICER_FUNCTIONS, RayOptions, build_app
+
+    store, _ = ray_store
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    port = _free_port()
+    t0 = time.monotonic()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
+                    grpc_options={"port": port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
+        cfg = ServerConfig(adapters_dir=store, torch_threads=1)
+        serve.run(build_app(cfg, RayOptions(replicas=2, max_categories_per_replica=2, sync_s=SYNC_S)), name=APP_NAME)
+        print(f"\nRay cluster + Serve app up in {time.monotonic() - t0:.1f} s")
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture
+def client(ray_port):
+    with LandmarkClient(f"127.0.0.1:{ray_port}", timeout=60) as c:
+        yield c
+
+
+def detect(client: LandmarkClient, image: bytes, category: str) -> tuple[DetectResult, dict[str, str]]:
+    reply, call = client.inference.Detect.with_call(client.request(image, category), timeout=60)
+    return DetectResult.from_proto(reply), dict(call.trailing_metadata() or ())
+
+
+def test_health_and_three_categories_answer_what_the_single_server_answers(client, ray_store):
+    store, _ = ray_store
+    assert client.health_status() == "SERVING"
+    assert client.health_status("landmarks.v1.LandmarkService") == "SERVING"
+    single = start_server(store)  # the same store, one process
+    try:
+        with LandmarkClient(f"127.0.0.1:{single.port}", timeout=60) as local:
+            for i, name in enumerate(CATEGORIES):
+                image = png_bytes(64, 48, seed=i)
+                got, _ = detect(client, image, name)
+                want = local.detect(image, name)
+                assert (got.category, got.version, got.names) == (want.category, "shipped", want.names)
+                assert got.adapter_sha256 == want.adapter_sha256
+                np.testing.assert_allclose(np.array(got.points), np.array(want.points), atol=1e-3)
+    finally:
+        single.shutdown(grace=0)
+    with pytest.raises(grpc.RpcError) as err:
+        client.detect(png_bytes(), "nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no adapter registered for 'nope'" in err.value.details()
+
+
+def test_registered_at_run_time_is_served_then_activate_and_unregister_reach_every_replica(client, ray_store):
+    _, extra = ray_store
+    image = png_bytes(40, 40, seed=5)
+    t0 = time.monotonic()
+    client.register("birds", "v1", extra["birds-v1"])
+    got, _ = detect(client, image, "birds")  # the next request: the replica reads the store if it must
+    assert (got.category, got.version, len(got.points)) == ("birds", "v1", 3)
+    print(f"\nregister -> served: {(time.monotonic() - t0) * 1e3:.0f} ms")
+    client.register("birds", "v2", extra["birds-v2"])  # activates v2
+    versions = {detect(client, image, "birds")[0].version for _ in range(6)}  # both replicas, whichever answers
+    assert versions == {"v2"}
+    client.unregister("birds")
+    time.sleep(2 * SYNC_S)  # every replica has re-read the store by now
+    for _ in range(6):
+        with pytest.raises(grpc.RpcError) as err:
+            client.detect(image, "birds")
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:  # the single server's validation: a broken file is refused
+        client.register("broken", "v1", b"not an adapter")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_share_of_requests_served_by_a_replica_holding_the_category_is_measured(client):
+    images = [png_bytes(48, 48, seed=i) for i in range(3)]
+    for name in CATEGORIES:  # fold each once somewhere, and let the replicas report what they hold
+        detect(client, images[0], name)
+    time.sleep(1.0)
+    held = []
+    for i in range(30):
+        _, meta = detect(client, images[i % 3], list(CATEGORIES)[i % 3])
+        held.append(meta["landmarks-held"] == "1")
+    share = sum(held) / len(held)
+    print(f"\nmultiplexing: {sum(held)} of {len(held)} requests served by a replica that held the category "
+          f"({share:.0%}); 3 categories, 2 replicas x 2 categories")
+    assert share >= 0.8
+
+
+def test_a_replica_killed_mid_traffic_loses_no_request_that_the_client_retries(client):
+    _, meta = detect(client, png_bytes(), "cats")
+    victim = ray.get_actor(f"SERVE_REPLICA::landmarks#LandmarkReplica#{meta['landmarks-replica']}", namespace="serve")
+    answered: list[float] = []  # when each request was answered
+    seen: list[str] = []  # what the client saw before a retry succeeded
+    sent = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            with lock:
+                sent[0] += 1
+            for _attempt in range(120):
+                try:
+                    client.detect(png_bytes(40, 40, seed=i), list(CATEGORIES)[(w + i) % 3])
+                except grpc.RpcError as exc:
+                    with lock:
+                        seen.append(f"{exc.code().name}: {exc.details()[:100]}")
+                    time.sleep(0.25)
+                    continue
+                with lock:
+                    answered.append(time.monotonic())
+                break
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    ray.kill(victim, no_restart=True)  # Serve starts a replacement; the other replica serves meanwhile
+    time.sleep(4.0)
+    stop.set()
+    for t in threads:
+        t.join(300)
+    after = sum(t > killed for t in answered)
+    print(f"\nkilled replica {meta['landmarks-replica']} mid-traffic: {len(answered)} of {sent[0]} requests answered "
+          f"({after} after the kill); the client retried {len(seen)} answers: {sorted(set(seen))[:3]}")
+    assert len(answered) == sent[0] and after > 0
+    assert all(s.startswith("UNAVAILABLE") for s in seen), seen
+
+
+def test_admin_writes_one_shared_store(client, ray_store, tmp_path):
+    store, extra = ray_store
+    client.register("birds", "v1", extra["birds-v1"])
+    try:
+        assert (store / "birds" / "v1.safetensors").is_file()
+        names = {c.name for c in client.categories()}
+        assert names == {*CATEGORIES, "birds"}
+        info = client.server_info()
+        assert info.versions["ray"] == ray.__version__ and info.ready
+    finally:
+        client.unregister("birds")
+    assert not (store / "birds").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
