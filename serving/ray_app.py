@@ -50,7 +50,7 @@ from serving.servicer import AdminServicer, LandmarkServicer
 from serving.services import Lifecycle, load_services
 from serving.work import LeadFirstExecutor
 
-__all__ = ["APP_NAME", "SERVICER_FUNCTIONS", "RayOptions", "build_app", "model_id"]
+__all__ = ["APP_NAME", "SERVICER_FUNCTIONS", "RayOptions", "app_builder", "build_app", "model_id"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -425,3 +425,18 @@ def build_app(cfg: ServerConfig, opts: RayOptions):
         ray_actor_options={"num_cpus": 0}).bind(
         replicas, admin, opts, cfg.max_batch_items)
     return ingress
+
+
+def app_builder(args: dict):
+    """For a Serve config file (KubeRay's serveConfigV2, `serve run`): `import_path:
+    serving.ray_app:app_builder` with `args` naming ServerConfig fields (adapters_dir, device, backend,
+    cache_bytes ...) and RayOptions fields (replicas, max_categories_per_replica, replica_gpus ...)."""
+    import dataclasses
+
+    server_fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    ray_fields = {f.name for f in dataclasses.fields(RayOptions)}
+    unknown = set(args) - server_fields - ray_fields
+    if unknown:
+        raise ValueError(f"unknown args {sorted(unknown)}; use ServerConfig or RayOptions field names")
+    cfg = ServerConfig(**{k: v for k, v in args.items() if k in server_fields})
+    return build_app(cfg, RayOptions(**{k: v for k, v in args.items() if k in ray_fields}))

@@ -199,3 +199,18 @@ def test_admin_writes_one_shared_store(client, ray_store, tmp_path):
         client.unregister("birds")
     assert not (store / "birds").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_kuberay_manifest_is_a_valid_serve_config_that_builds_the_app():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.ray_app import SERVICER_FUNCTIONS, app_builder
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    service = next(yaml.safe_load_all((root / "deploy" / "kuberay" / "rayservice.yaml").read_text()))
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema(**config)
+    assert config["grpc_options"]["grpc_servicer_functions"] == SERVICER_FUNCTIONS
+    (app,) = config["applications"]
+    app_builder(app["args"])
