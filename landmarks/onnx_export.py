@@ -22,7 +22,7 @@ import io
 import json
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,7 +30,7 @@ from landmarks.adapter_io import Adapter, Core
 from landmarks.geometry import input_to_original
 from landmarks.heatmaps import locate
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
-from landmarks.projection import fold
+from landmarks.projection import fold_state_dict
 
 __all__ = ["HEATMAPS", "INPUTS", "OPSET", "OUTPUTS", "GraphTemplate", "export_adapter", "folded_weights", "metadata",
            "template_for"]
@@ -74,11 +74,12 @@ def _weight_names(model: LandmarkHourglass) -> list[str]:
 
 
 def folded_weights(core_model: LandmarkHourglass, adapter: Adapter) -> dict[str, torch.Tensor]:
-    """The adapter folded into the core (`landmarks.projection.fold`), as float32 tensors by name
-    (raises ValueError if folding produced non-finite weights)."""
-    plain = fold(core_model, adapter.tensors, adapter.config)
-    return {n: t.detach().float().contiguous() for n, t in [*plain.named_parameters(), *plain.named_buffers()]
-            if t.is_floating_point()}
+    """The adapter folded into the core (`landmarks.projection.fold_state_dict`), as float32 tensors
+    by name, with the core's input normalisation; no module is built (raises ValueError if folding
+    produced non-finite weights)."""
+    state = fold_state_dict(core_model.state_dict(), adapter.tensors)
+    state.update(pixel_mean=core_model.pixel_mean, pixel_std=core_model.pixel_std)
+    return {n: t.detach().float().contiguous() for n, t in state.items() if t.is_floating_point()}
 
 
 @dataclass
@@ -88,9 +89,37 @@ class GraphTemplate:
     size: int
     names: list[str]   # weight inputs, in order
     proto: bytes       # serialised onnx.ModelProto
+    _external: dict[tuple, tuple[bytes, list[str]]] = field(default_factory=dict)  # by the dynamic weight shapes
+
+    def with_external_weights(self, weights: dict[str, torch.Tensor]) -> tuple[bytes, list[str]]:
+        """The graph with every weight it reads an initializer of `weights`' shape whose data lies
+        outside the model, and those initializers' names: a runtime given the tensors by name (ONNX
+        Runtime: `SessionOptions.add_external_initializers`) treats them as constants without
+        parsing or copying a model of their size. Made once per K (the head's shape)."""
+        import onnx
+
+        model = onnx.ModelProto()
+        model.ParseFromString(self.proto)
+        graph = model.graph
+        dynamic = [i.name for i in graph.input
+                   if i.name not in INPUTS and any(d.dim_param for d in i.type.tensor_type.shape.dim)]
+        key = tuple(tuple(weights[n].shape) for n in dynamic)
+        if key not in self._external:
+            present = {i.name for i in graph.input}
+            names = [n for n in self.names if n in present]
+            inputs = [i for i in graph.input if i.name in INPUTS]
+            del graph.input[:]
+            graph.input.extend(inputs)
+            for name in names:
+                tensor = graph.initializer.add(name=name, data_type=onnx.TensorProto.FLOAT, dims=weights[name].shape)
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                for k, value in (("location", "weights"), ("offset", "0"), ("length", str(4 * weights[name].numel()))):
+                    tensor.external_data.add(key=k, value=value)
+            self._external[key] = (model.SerializeToString(), names)
+        return self._external[key]
 
     def with_weights(self, weights: dict[str, torch.Tensor], keep_heatmaps: bool = True):
-        """An onnx.ModelProto whose weight inputs are initializers holding `weights`."""
+        """An onnx.ModelProto whose weight inputs are initializers holding `weights` (self-contained)."""
         import onnx
         from onnx import numpy_helper
 

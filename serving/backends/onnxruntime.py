@@ -1,8 +1,9 @@
 """ONNX Runtime backend: one inference session per folded adapter version.
 
-`prepare` folds the adapter into the core, fills the architecture's exported graph with the folded
-weights as constants (`landmarks.onnx_export`: traced once per input size, then milliseconds per
-adapter) and creates a session. With constant weights ONNX Runtime folds batch norms, fuses
+`prepare` folds the adapter into the core and creates a session of the architecture's exported
+graph (`landmarks.onnx_export`: traced once per input size) with the folded weights as its
+initializers, handed to ONNX Runtime as tensors (`add_external_initializers`: no model of their
+size is built, serialised or parsed per adapter). With constant weights ONNX Runtime folds batch norms, fuses
 activations and pre-packs the convolution weights once, at session creation, which is why a
 session is made per version and not per graph. `prepare` runs at registration (the trial forward)
 or on a cache miss, never inside a client's request otherwise; it ends with warm-up runs so the
@@ -47,11 +48,12 @@ class OrtModel:
     size: int
     num_landmarks: int
     weight_bytes: int
+    weights: tuple  # the OrtValues the session's initializers point into: they live as long as it does
 
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    WARMUP_CALLS = 2
+    WARMUP_CALLS = 1  # ORT's first run allocates; the trial forward is the second
 
     def __init__(self, core: Core, device: str = "cpu", threads: int | None = None, spinning: bool = False,
                  precision: str = "fp32") -> None:
@@ -98,10 +100,12 @@ class OnnxRuntimeBackend:
         size = adapter.config.input_size
         with self._lock:
             weights = folded_weights(self._core_model, adapter)  # ValueError if not finite
-        model = template_for(self.core.config, size).with_weights(weights)
-        session = self._ort.InferenceSession(model.SerializeToString(), self.session_options(),
-                                             providers=self.providers)
-        prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()))
+        graph, names = template_for(self.core.config, size).with_external_weights(weights)
+        values = tuple(self._ort.OrtValue.ortvalue_from_numpy(weights[n].numpy()) for n in names)
+        options = self.session_options()
+        options.add_external_initializers(list(names), list(values))
+        session = self._ort.InferenceSession(graph, options, providers=self.providers)
+        prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
         pixels = torch.zeros(1, size, size, 3, dtype=torch.uint8)
         boxes = torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64)
         for _ in range(self.WARMUP_CALLS):
