@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import re
@@ -134,11 +135,13 @@ def _load(cfg: ServerConfig, names: tuple[str, ...]) -> tuple[Lifecycle, Metrics
     return lifecycle, metrics
 
 
-def _start_sync(registry, sync_s: float, stop: threading.Event) -> None:
+def _start_sync(registry, sync_s: float, stop: threading.Event, report=None) -> None:
     def loop() -> None:
         while not stop.wait(sync_s):
             try:
                 registry.sync_store()
+                if report is not None:
+                    report()
             except Exception:  # never let the loop die; the next round retries
                 log.exception("store sync failed")
 
@@ -165,7 +168,7 @@ class _Held:
 class Replica:
     """One model replica: `landmarks serve`'s services and LandmarkServicer, without its gRPC server."""
 
-    def __init__(self, cfg: ServerConfig, opts: RayOptions) -> None:
+    def __init__(self, cfg: ServerConfig, opts: RayOptions, admin=None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.lifecycle, metrics = _load(cfg, (INFERENCE,))
         services = self.lifecycle.require()
@@ -180,11 +183,15 @@ class Replica:
         self._executor = LeadFirstExecutor(lambda fn, args: services.batcher.lead(fn, args), self._handlers)
         self._held: set[str] = set()
         self._stop = threading.Event()
-        _start_sync(services.registry, opts.sync_s, self._stop)
         try:
             self.name = serve.get_replica_context().replica_id.unique_id
         except Exception:  # noqa: BLE001  (outside Serve: tests)
             self.name = f"pid{os.getpid()}"
+
+        def report() -> None:  # the admin sums the replicas' caches into ServerInfo
+            admin.report.remote(self.name, dataclasses.asdict(services.models.stats()))
+
+        _start_sync(services.registry, opts.sync_s, self._stop, report if admin is not None else None)
 
         async def fold(mid: str) -> _Held:  # (a plain function: Ray keeps its LRU as an attribute of it)
             return await asyncio.get_running_loop().run_in_executor(self._handlers, self._fold_now, mid)
@@ -229,12 +236,14 @@ class Admin:
     """The shared store's one writer: `landmarks serve`'s registry (same validation, trial forward and
     atomic writes) behind its AdminServicer."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, opts: RayOptions) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         lifecycle, metrics = _load(replace(cfg, batch_workers=1, cache_bytes=64 << 20), (ADMIN,))
         self.registry = lifecycle.require().registry
         self.servicer = AdminServicer(lifecycle, metrics, cfg.device)
         self._lock = threading.Lock()
+        self._reports: dict[str, tuple[float, dict]] = {}  # replica -> (when, its cache stats)
+        self._fresh_s = 5 * opts.sync_s
 
     def call(self, method: str, request: bytes) -> tuple[str, bytes | str, dict[str, str]]:
         """An AdminService method (serialized) -> (code name or "", response or details, active versions)."""
@@ -242,7 +251,21 @@ class Admin:
         with self._lock:  # the store may have changed under another writer: look first
             self.registry.sync_store()
             code, payload = _invoke(getattr(self.servicer, method), kind.FromString(request))
+            if method == "ServerInfo" and not code:
+                payload = self._with_replicas(pb.ServerInfoResponse.FromString(payload)).SerializeToString()
             return code, payload, self._active()
+
+    def report(self, replica: str, stats: dict) -> None:
+        self._reports[replica] = (time.monotonic(), stats)
+
+    def _with_replicas(self, info: pb.ServerInfoResponse) -> pb.ServerInfoResponse:
+        """ServerInfo's cache figures summed over the replicas that reported lately (not the admin's)."""
+        now = time.monotonic()
+        live = [stats for when, stats in self._reports.values() if now - when < self._fresh_s]
+        fields = ("capacity_bytes", "resident_bytes", "entries", "hits", "misses", "evictions")
+        info.cache.CopyFrom(pb.CacheStats(**{f: sum(s[f] for s in live) for f in fields}))
+        info.versions["serve.replicas_reporting"] = str(len(live))
+        return info
 
     def active_versions(self) -> dict[str, str]:
         with self._lock:
@@ -412,14 +435,14 @@ def build_app(cfg: ServerConfig, opts: RayOptions):
         scaling = {"autoscaling_config": {"min_replicas": opts.min_replicas, "max_replicas": opts.max_replicas,
                                           "target_ongoing_requests": opts.target_ongoing_requests}}
     env = {"runtime_env": {"env_vars": {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "20000")}}}
+    # admin and ingress take no CPU slot: replicas get the cluster's cores
+    admin = serve.deployment(Admin, name="LandmarkAdmin").options(
+        num_replicas=1, graceful_shutdown_timeout_s=5, ray_actor_options={"num_cpus": 0, **env}).bind(cfg, opts)
     replicas = serve.deployment(Replica, name="LandmarkReplica").options(
         max_ongoing_requests=opts.max_ongoing_requests,
         ray_actor_options={"num_cpus": opts.replica_cpus, "num_gpus": opts.replica_gpus, **env},
         health_check_period_s=2, graceful_shutdown_timeout_s=5, **scaling,
-    ).bind(replica_cfg, opts)
-    # admin and ingress take no CPU slot: replicas get the cluster's cores
-    admin = serve.deployment(Admin, name="LandmarkAdmin").options(
-        num_replicas=1, graceful_shutdown_timeout_s=5, ray_actor_options={"num_cpus": 0, **env}).bind(cfg)
+    ).bind(replica_cfg, opts, admin)
     ingress = serve.deployment(Ingress, name="LandmarkIngress").options(
         num_replicas=1, max_ongoing_requests=1000, graceful_shutdown_timeout_s=5,
         ray_actor_options={"num_cpus": 0}).bind(

@@ -169,10 +169,30 @@ def test_a_replica_killed_mid_traffic_loses_no_request_that_the_client_retries(c
                 break
             i += 1
 
+    big = [png_bytes(256, 256, seed=i) for i in range(24)]
+    batch_seen: list[str] = []
+
+    def long_batch() -> None:  # a DetectBatch for the victim's category, likely in flight at the kill
+        with lock:
+            sent[0] += 1
+        for _attempt in range(120):
+            try:
+                client.detect_batch(big, "cats")
+            except grpc.RpcError as exc:
+                batch_seen.append(f"{exc.code().name}: {exc.details()[:100]}")
+                time.sleep(0.25)
+                continue
+            with lock:
+                answered.append(time.monotonic())
+            return
+
     threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
     time.sleep(1.0)
+    threads.append(threading.Thread(target=long_batch))
+    threads[-1].start()
+    time.sleep(0.2)
     killed = time.monotonic()
     ray.kill(victim, no_restart=True)  # Serve starts a replacement; the other replica serves meanwhile
     time.sleep(4.0)
@@ -181,9 +201,10 @@ def test_a_replica_killed_mid_traffic_loses_no_request_that_the_client_retries(c
         t.join(300)
     after = sum(t > killed for t in answered)
     print(f"\nkilled replica {meta['landmarks-replica']} mid-traffic: {len(answered)} of {sent[0]} requests answered "
-          f"({after} after the kill); the client retried {len(seen)} answers: {sorted(set(seen))[:3]}")
+          f"({after} after the kill); the client retried {len(seen)} Detect answers {sorted(set(seen))[:3]} "
+          f"and {len(batch_seen)} DetectBatch answers {batch_seen[:2]}")
     assert len(answered) == sent[0] and after > 0
-    assert all(s.startswith("UNAVAILABLE") for s in seen), seen
+    assert all(s.startswith("UNAVAILABLE") for s in seen + batch_seen), seen + batch_seen
 
 
 def test_admin_writes_one_shared_store(client, ray_store, tmp_path):
@@ -195,6 +216,10 @@ def test_admin_writes_one_shared_store(client, ray_store, tmp_path):
         assert names == {*CATEGORIES, "birds"}
         info = client.server_info()
         assert info.versions["ray"] == ray.__version__ and info.ready
+        # the replicas' folded-weight caches, summed by the admin from their reports
+        assert int(info.versions["serve.replicas_reporting"]) >= 1 and info.cache.capacity_bytes > 0
+        print(f"\nServerInfo: {info.versions['serve.replicas_reporting']} replicas reporting, cache "
+              f"{info.cache.entries} entries, {info.cache.hits} hits, {info.cache.misses} misses")
     finally:
         client.unregister("birds")
     assert not (store / "birds").exists()
