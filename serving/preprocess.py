@@ -11,7 +11,7 @@ input (box filter, so no aliasing and no big intermediate canvas), then resized 
 `landmarks.geometry.crop_resized`, once, at the input size of the adapter version the request
 leased (`landmarks.images.crop_square`, which the in-process `landmarks.Detector` uses too). Each
 request keeps its crop as uint8 pixels, and a batch goes to the backend as such: scaling to [0, 1]
-is the first step of the backend's graph, and mapping the points back to the client's pixels its last (`serving.backend`).
+is the first step of the backend's graph, and mapping the points back to the client's pixels its last (`serving.backends`).
 """
 
 from __future__ import annotations
