@@ -165,6 +165,13 @@ class _Held:
             self.replica.lifecycle.require().models.discard(self.key)
 
 
+def _active_version(registry, category: str) -> str | None:
+    try:
+        return registry.status(category).active_version
+    except ServingError:
+        return None
+
+
 class Replica:
     """One model replica: `landmarks serve`'s services and LandmarkServicer, without its gRPC server."""
 
@@ -202,9 +209,11 @@ class Replica:
         services = self.lifecycle.require()
         category, _, version = mid.partition("@")
         registry = services.registry
+        if version and _active_version(registry, category) != version:
+            registry.sync_store(category)  # activated a moment ago? requests without a version follow it
         try:
             lease = registry.acquire(category, version)
-        except ServingError:  # registered or activated elsewhere a moment ago? read the store, once
+        except ServingError:  # registered elsewhere a moment ago? read the store (that category's files), once
             registry.sync_store(category)
             lease = registry.acquire(category, version)
         with lease, services.models.lease(lease.entry.cache_key, lease.adapter):
@@ -312,13 +321,17 @@ class Ingress:
         except Exception:  # noqa: BLE001  metrics are optional
             self._counter = None
 
-    async def _refresh(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._refreshed > self.opts.sync_s:
+    async def _refresh(self) -> None:
+        """Re-read the active versions every sync_s, in the background: requests route by the last known."""
+        if time.monotonic() - self._refreshed > self.opts.sync_s:
             self._refreshed = time.monotonic()
-            try:
-                self._active = await self.admin.active_versions.remote()
-            except RayError:
-                log.warning("could not read the active versions; routing by the last known", exc_info=True)
+            self._reading = asyncio.get_running_loop().create_task(self._read_active())  # (kept: not collected)
+
+    async def _read_active(self) -> None:
+        try:
+            self._active = await self.admin.active_versions.remote()
+        except RayError:
+            log.warning("could not read the active versions; routing by the last known", exc_info=True)
 
     async def _route(self, method: str, request, mid: str) -> tuple[str, bytes | str, bool, str]:
         try:

@@ -237,7 +237,7 @@ class AdapterRegistry:
         state file. `category`: only that one. `admit`: keep new versions' trial models in the cache
         (else they are folded on first use). Several servers on one store call this every few seconds
         (serving/ray_app.py); True if anything changed."""
-        found = self.store.scan(sweep=False)
+        found = self.store.scan(sweep=False, category=category)
         changed = False
         with self._admin_lock:
             names = {category} if category else set(found) | set(self._categories)

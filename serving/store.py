@@ -78,9 +78,10 @@ class AdapterStore:
     def version_path(self, category: str, version: str) -> Path:
         return self.category_dir(category) / f"{version}{SUFFIX}"
 
-    def scan(self, sweep: bool = True) -> dict[str, dict[str, Path]]:
+    def scan(self, sweep: bool = True, category: str | None = None) -> dict[str, dict[str, Path]]:
         """{category: {version: file}} of everything on disk (start-up), after sweeping temp files.
-        `sweep=False` for a reader that shares the store with a writer (its temp files are live)."""
+        `sweep=False` for a reader that shares the store with a writer (its temp files are live);
+        `category`: only that one's files (a few stat calls, whatever the store's size)."""
         if not self.dir.is_dir():
             if sweep:
                 log.warning("adapters directory %s does not exist; starting with no categories", self.dir)
@@ -88,11 +89,13 @@ class AdapterStore:
         if sweep:
             self._sweep_temp_files()
         found: dict[str, dict[str, Path]] = {}
-        for path in sorted(self.dir.glob(f"*{SUFFIX}")):
+        flat = [self.dir / f"{category}{SUFFIX}"] if category else self.dir.glob(f"*{SUFFIX}")
+        for path in sorted(p for p in flat if p.is_file()):
             name = path.name[: -len(SUFFIX)]
             if name != "core" and CATEGORY_RE.fullmatch(name):
                 found.setdefault(name, {})[SHIPPED] = path
-        for sub in sorted(p for p in self.dir.iterdir() if p.is_dir() and CATEGORY_RE.fullmatch(p.name)):
+        subs = [self.dir / category] if category else self.dir.iterdir()
+        for sub in sorted(p for p in subs if p.is_dir() and CATEGORY_RE.fullmatch(p.name)):
             for path in sorted(sub.glob(f"*{SUFFIX}")):
                 version = path.name[: -len(SUFFIX)]
                 if VERSION_RE.fullmatch(version) and version != SHIPPED:

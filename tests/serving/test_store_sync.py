@@ -34,6 +34,7 @@ def test_a_reader_follows_register_activate_and_unregister(pair, artifacts, stor
     with pytest.raises(ServingError) as err:
         reader.acquire("birds")
     assert err.value.code == grpc.StatusCode.NOT_FOUND
+    assert reader.sync_store("faces") is False  # one category's files only: birds is not looked at
     assert reader.sync_store("birds") is True
     assert active(reader, "birds") == "v1"
 
