@@ -203,6 +203,7 @@ class AdapterRegistry:
         """A stored version, validated (FAILED with the reason if it is bad), and its prepared model;
         None for a shipped file that was unregistered."""
         label = f"{category}/{version} ({path})"
+        created = _now()
         try:
             created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
             data = path.read_bytes()
@@ -210,7 +211,7 @@ class AdapterRegistry:
         except (ServingError, OSError) as exc:
             message = getattr(exc, "message", str(exc))
             log.error("cannot load %s: %s", label, message)
-            return VersionEntry(category, version, None, "", 0, _now(), path, error=message), None
+            return VersionEntry(category, version, None, "", 0, created, path, error=message), None
         if version == SHIPPED and state.get("shipped_removed") == adapter.sha256:
             return None  # unregistered earlier; a different shipped file would come back
         return VersionEntry(category, version, adapter, adapter.sha256, len(data), created, path), prepared
