@@ -53,15 +53,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--replicas", type=int, default=2, help="model replicas (default %(default)s)")
     scale.add_argument("--min-replicas", type=int, default=None,
                        help="autoscale between --min-replicas and --max-replicas instead of a fixed --replicas")
-    scale.add_argument("--max-replicas", type=int, default=None)
+    scale.add_argument("--max-replicas", type=int, default=None,
+                       help="upper autoscaling bound; Ray Serve adds replicas while each has more than "
+                            "--target-ongoing requests in flight")
     scale.add_argument("--target-ongoing", type=float, default=4.0,
                        help="autoscaling target: requests in flight per replica (default %(default)s)")
     scale.add_argument("--max-categories-per-replica", type=int, default=16,
                        help="folded categories a replica keeps; the least recently used goes (default %(default)s)")
     scale.add_argument("--replica-cpus", type=float, default=1.0,
                        help="CPUs each replica reserves, and its torch threads (default %(default)s)")
-    scale.add_argument("--replica-gpus", type=float, default=0.0,
-                       help="GPUs each replica reserves (with --device cuda; default %(default)s)")
+    scale.add_argument("--replica-gpus", type=float, default=None,
+                       help="GPUs each replica reserves (default: 1 with --device cuda, else 0; a fraction "
+                            "shares a GPU between replicas)")
     scale.add_argument("--max-ongoing", type=int, default=32,
                        help="requests a replica takes at once, so its batcher can batch them (default %(default)s)")
     scale.add_argument("--sync-s", type=float, default=1.0,
@@ -103,7 +106,9 @@ def main(args: argparse.Namespace) -> int:
         opts = RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                           target_ongoing_requests=args.target_ongoing,
                           max_categories_per_replica=args.max_categories_per_replica, replica_cpus=args.replica_cpus,
-                          replica_gpus=args.replica_gpus, max_ongoing_requests=args.max_ongoing, sync_s=args.sync_s)
+                          replica_gpus=args.replica_gpus if args.replica_gpus is not None
+                          else float(args.device.startswith("cuda")),
+                          max_ongoing_requests=args.max_ongoing, sync_s=args.sync_s)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
