@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The benchmark runs behind docs/benchmark.md: one server on an empty store with the shipped core,
+# then RUNS runs of `landmarks bench` against it (the README's bench, shipped adapters' size), raw
+# JSON in docs/bench/DATE-TAG-runN.json and the printed summary in runs/bench/TAG-runN.txt.
+#
+#   scripts/bench_runs.sh onnxruntime 3 ort-64px-quiet
+#
+# Compare only numbers measured side by side in one run; the bench prints the load average before
+# and after each run: a shared machine gives other numbers.
+set -u
+cd "$(dirname "$0")/.."
+BACKEND=${1:?backend}; RUNS=${2:-3}; TAG=${3:-$1}; PORT=${PORT:-50081}
+STORE=$(mktemp -d /tmp/bench-store-XXXX)
+mkdir -p runs/bench docs/bench
+export GOMP_SPINCOUNT=20000
+.venv/bin/landmarks serve --adapters "$STORE" --core adapters/core.safetensors --port "$PORT" \
+  --backend "$BACKEND" > "runs/bench/serve-$TAG.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$STORE"' EXIT
+for i in $(seq 1 "$RUNS"); do
+  echo "== run $i $(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)"
+  .venv/bin/landmarks bench --server "localhost:$PORT" --core adapters/core.safetensors \
+    --requests 100 --concurrency 1,16 --categories 1,16 \
+    --json "docs/bench/$(date -u +%F)-$TAG-run$i.json" > "runs/bench/$TAG-run$i.txt" 2>&1
+  tail -7 "runs/bench/$TAG-run$i.txt"
+done
