@@ -381,9 +381,11 @@ class Ingress:
             metadata.append(("landmarks-replica", replica))
             metadata.append(("landmarks-held", str(int(held))))
             if code:
-                m = _ITEM_RE.match(payload)  # the item's index in its sub-batch -> in the client's batch
+                # the item's index in its sub-batch -> in the client's batch; an error about the whole
+                # group (its category, from folding) is about its first item, as the single server says
+                m = _ITEM_RE.match(payload)
                 first = idx[int(m.group(1))] if m and int(m.group(1)) < len(idx) else idx[0]
-                details = f"requests[{first}]." + payload[m.end():] if m else payload
+                details = f"requests[{first}]." + (payload[m.end():] if m else payload)
                 errors.append((first, code, details))
                 continue
             self._count(held, len(idx))

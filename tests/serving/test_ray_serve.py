@@ -97,6 +97,18 @@ def test_health_and_three_categories_answer_what_the_single_server_answers(clien
                 assert (got.category, got.version, got.names) == (want.category, "shipped", want.names)
                 assert got.adapter_sha256 == want.adapter_sha256
                 np.testing.assert_allclose(np.array(got.points), np.array(want.points), atol=1e-3)
+            images = [png_bytes(40, 40, seed=i) for i in range(4)]
+            cats = ["faces", "cats", "faces", "shoes"]
+            got_batch = client.detect_batch(images, cats)  # split by category across replicas, in order
+            for g, w in zip(got_batch, local.detect_batch(images, cats)):
+                assert g.category == w.category
+                np.testing.assert_allclose(np.array(g.points), np.array(w.points), atol=1e-3)
+            errors = []
+            for c in (client, local):  # an unknown category in a batch: the same code and message
+                with pytest.raises(grpc.RpcError) as err:
+                    c.detect_batch(images[:3], ["cats", "faces", "nope"])
+                errors.append((err.value.code(), err.value.details()))
+            assert errors[0] == errors[1], errors
     finally:
         single.shutdown(grace=0)
     with pytest.raises(grpc.RpcError) as err:
