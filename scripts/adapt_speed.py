@@ -1,61 +1,180 @@
-"""Images per second of one adaptation step (detector + generator + perceptual loss) for a few
-settings, on random images, so a schedule can be planned before a long run.
+"""Images per second of `landmarks adapt`'s `cpu` preset, measured side by side on this machine.
 
-    python scripts/adapt_speed.py --core adapters/core.safetensors [--steps 4]
+Two measurements (docs/training_speed.md has the results and the machine):
+
+    # the adaptation step alone, variants alternated round by round in one process, random images
+    python scripts/adapt_speed.py step --core adapters/core.safetensors [--rounds 5 --steps 8]
+    # the whole command (data included), this tree against another (e.g. the previous main,
+    # `git archive <commit> | tar -x -C /tmp/base`), alternated run by run
+    python scripts/adapt_speed.py command --before /tmp/base --images mtfl:../shared/data/mtfl/new_training.txt
+
+Rates are medians over rounds; alternating makes both sides see the same load on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from landmarks.adapter_io import load_core
-from landmarks.heatmaps import render_gaussians
-from training.detectors import build_detector, detect_points
+from training.adapt import PRESETS, AdaptConfig
+from training.adapt_step import AdaptationStep, LossWeights
+from training.detectors import build_detector
+from training.devices import Precision, Processes
 from training.generator import ConditionalGenerator, GeneratorConfig
-from training.pairs import PairConfig, make_pairs
-from training.perceptual import PerceptualLoss, load_perceptual
+from training.optimisers import ClipGroup, Optimisers
+from training.perceptual import MOBILENET_LAYERS, MobileNetV2Features, PerceptualLoss
 
-SETTINGS = [  # (input size, generator channels, generator blocks, equivariance)
-    (128, 32, 6, False),
-    (128, 16, 3, False),
-    (64, 32, 6, False),
-    (64, 32, 6, True),
-    (64, 16, 3, True),
-]
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> changes to the cpu preset's step (everything else as `landmarks adapt --preset cpu`)
+VARIANTS: dict[str, dict] = {
+    "fp32": dict(bf16=False),
+    "bf16 + perceptual in bf16": dict(bf16=True, perceptual_bf16=True),
+    "bf16": dict(bf16=True),
+    "bf16 + channels_last": dict(bf16=True, channels_last=True),
+    "bf16 + compile": dict(bf16=True, compile=True),
+    # these two change the objective (a quality check would have to come with them)
+    "bf16 + perceptual to block 5": dict(bf16=True, perceptual_layers=(0, 2, 5)),
+    "bf16 + generator 16 channels": dict(bf16=True, generator_channels=16),
+}
+
+
+class _Images:
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def batches(self, epoch: int):
+        while True:
+            yield self.images
+
+
+def _under_autocast(loss_fn):
+    def run(pred, target):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(pred, target).float()
+
+    return run
+
+
+def build_step(core, variant: dict, batch: int) -> tuple[AdaptationStep, torch.Tensor]:
+    cfg = AdaptConfig(**{**PRESETS["cpu"], "images": "x"})
+    torch.manual_seed(0)
+    det = build_detector("proposed", core.build(), cfg.num_landmarks, "all", 0, cfg.image_size, "core").train()
+    gen = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, variant.get("generator_channels", 32),
+                                               variant.get("generator_blocks", 6))).train()
+    features = MobileNetV2Features(layers=variant.get("perceptual_layers", MOBILENET_LAYERS))
+    loss_fn = PerceptualLoss(features)
+    if variant.get("channels_last"):
+        for m in (det, gen, loss_fn):
+            m.to(memory_format=torch.channels_last)
+    params = [p for p in det.parameters() if p.requires_grad]
+    head = {id(p) for p in det.head.parameters()}
+    precision = Precision(torch.bfloat16 if variant.get("bf16") else None, "")
+    opts = Optimisers({"detector": torch.optim.Adam([{"params": [p for p in params if id(p) not in head]},
+                                                     {"params": [p for p in params if id(p) in head]}]),
+                       "generator": torch.optim.Adam(gen.parameters())}, precision, Processes(),
+                      torch.device("cpu"), clip=[ClipGroup(params, 1.0), ClipGroup(list(gen.parameters()), 1.0)])
+    images = torch.rand(batch, 3, cfg.image_size, cfg.image_size)
+    if variant.get("channels_last"):
+        images = images.contiguous(memory_format=torch.channels_last)
+    task = AdaptationStep("speed", det, gen, loss_fn, opts, {"detector": (1e-3, 1e-3), "generator": (1e-3,)}, 0,
+                          _Images(images), cfg.pairs(),
+                          LossWeights(cfg.softargmax_beta, cfg.bottleneck_sigma, cfg.equivariance_weight,
+                                      cfg.separation_weight, cfg.separation_sigma),
+                          precision, torch.device("cpu"), 0, None, export=None)
+    if variant.get("perceptual_bf16"):  # the perceptual loss under the step's autocast (not kept)
+        task.run_loss = _under_autocast(loss_fn)
+    if variant.get("compile"):
+        print(f"compile: {task.use_compiled()}", flush=True)
+    return task, images
+
+
+def step_rates(args) -> None:
+    core = load_core(args.core)
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    tasks = {}
+    for name in names:
+        task, _ = build_step(core, VARIANTS[name], args.batch_size)
+        batches = task.batches(0)
+        for _ in range(args.warmup):  # compile and oneDNN kernel selection happen here
+            task.train_step(next(batches), 0)
+        tasks[name] = (task, batches)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            task, batches = tasks[name]
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                float(task.train_step(next(batches), 0)["loss"].detach())
+            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
+        print(f"round {r + 1}: " + "  ".join(f"{n} {rates[n][-1]:.1f}" for n in names), flush=True)
+    _summary(rates)
+
+
+def _summary(rates: dict[str, list[float]]) -> None:
+    """Median rate of each, and the median over rounds of its ratio to the first (same load, same round)."""
+    first = next(iter(rates))
+    print(json.dumps({n: {"img_per_s": round(statistics.median(v), 2),
+                          f"x {first}": round(statistics.median(a / b for a, b in zip(v, rates[first])), 2)}
+                      for n, v in rates.items()}))
+
+
+def _command_rate(tree: Path, images: str, core: str, steps: int, skip: int, extra: list[str]) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        # (-c, not -m landmarks.cli: older trees' cli.py does not run as __main__)
+        cmd = [sys.executable, "-c", "import sys; from landmarks.cli import main; sys.exit(main())", "adapt", images, "--preset", "cpu", "--core", core,
+               "--steps", str(steps), "--out", out, "--picture-every", "100000", "--checkpoint-every", "100000",
+               *extra]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        done = subprocess.run(cmd, cwd=tree, env=env, check=False, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{tree}: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        history = [json.loads(line) for line in (Path(out) / "history.jsonl").read_text().splitlines()]
+    t = {h["step"]: h["time"] for h in history}
+    return (steps - skip) * 16 / (t[steps] - t[skip])
+
+
+def command_rates(args) -> None:
+    core = str(Path(args.core).resolve())
+    sides = {"before": (Path(args.before).resolve(), args.before_args.split()),
+             "after": (ROOT, args.after_args.split())}
+    rates: dict[str, list[float]] = {k: [] for k in sides}
+    for r in range(args.rounds):
+        for name, (tree, extra) in sides.items():
+            rates[name].append(_command_rate(tree, args.images, core, args.steps, args.skip, extra))
+        print(f"round {r + 1}: " + "  ".join(f"{n} {rates[n][-1]:.1f}" for n in rates), flush=True)
+    _summary(rates)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--core", default="adapters/core.safetensors")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
+    sub = parser.add_subparsers(dest="what", required=True)
+    step = sub.add_parser("step", help="the adaptation step alone, variants alternated")
+    step.add_argument("--variants", default="", help=f"comma-separated, from {list(VARIANTS)}")
+    step.add_argument("--warmup", type=int, default=3)
+    command = sub.add_parser("command", help="`landmarks adapt --preset cpu` of two trees, alternated")
+    command.add_argument("--before", required=True, help="the other tree (e.g. the previous main)")
+    command.add_argument("--images", required=True, help="FORMAT:PATH of real images")
+    command.add_argument("--skip", type=int, default=10, help="steps left out of the rate (warm-up)")
+    command.add_argument("--before-args", default="", help="extra flags for the before side")
+    command.add_argument("--after-args", default="", help="extra flags for the after side")
+    for p in (step, command):
+        p.add_argument("--core", default="adapters/core.safetensors")
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--steps", type=int, default=8)
+        p.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    core = load_core(args.core)
-    loss_fn = PerceptualLoss(load_perceptual("mobilenet_v2"))
-    print(f"{'size':>5} {'gen':>7} {'equiv':>6} {'img/s':>7}")
-    for size, channels, blocks, equivariance in SETTINGS:
-        det = build_detector("proposed", core.build(), 10, "all", 0, size).train()
-        gen = ConditionalGenerator(GeneratorConfig(10, channels, blocks)).train()
-        params = [p for p in det.parameters() if p.requires_grad] + list(gen.parameters())
-        opt = torch.optim.Adam(params, 1e-4)
-        images = torch.rand(args.batch_size, 3, size, size)
-        for i in range(args.steps + 1):
-            if i == 1:
-                start = time.perf_counter()
-            pairs = make_pairs(images, PairConfig(tps_sd=0.05))
-            points, _ = detect_points(det, pairs.target, 10.0)
-            recon = gen(pairs.deformed, render_gaussians(points, det.config.heatmap_size))
-            loss = loss_fn(recon, pairs.target)
-            if equivariance:
-                loss = loss + detect_points(det, pairs.deformed_rigid, 10.0)[0].square().mean() * 0
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        rate = args.steps * args.batch_size / (time.perf_counter() - start)
-        print(f"{size:>5} {channels:>3}x{blocks:<3} {equivariance!s:>6} {rate:>7.1f}", flush=True)
+    step_rates(args) if args.what == "step" else command_rates(args)
 
 
 if __name__ == "__main__":

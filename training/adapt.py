@@ -91,6 +91,7 @@ class AdaptConfig:
     workers: int = 2  # processes decoding images (once, into memory; or every epoch if they do not fit)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU)
     bf16: str = "auto"  # auto: where the device runs it natively (GPU, AVX-512-BF16/AMX CPU) | true | false
+    compile: bool = False  # torch.compile the networks (docs/training_speed.md: what it was worth)
     # the images' terms of use, recorded in the file; "" = the dataset reader's (MTFL, 300-W, ...), else
     # a note that the user must check them (a plain folder)
     license: str = ""
@@ -199,6 +200,8 @@ def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torc
     task = AdaptationStep(f"adapt {cfg.category or cfg.images} ({cfg.mode})", detector, generator, loss_fn,
                           optimisers, lrs, cfg.lr_decay_every, images, cfg.pairs(), weights, precision, device,
                           cfg.seed, out / "samples.png" if processes.main else None, export)
+    if cfg.compile:
+        run.log(f"compile: {task.use_compiled()}")
     resumed = run.restore(task, resume)
     if cfg.warm_start and not resumed:
         run.state.provenance["warm_started_from"] = warm_start(cfg.warm_start, cfg.mode, detector, generator)
@@ -227,7 +230,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "license": "the images' terms of use, written into the adapter file; default: the reader's for a "
                    "known dataset (mtfl, 300w, cats, lsp...), else 'user-supplied images; check their licence', "
                    "e.g. --license 'AFHQ (CC BY-NC 4.0; Choi et al. 2020)'",
-        "workers": "processes that decode the images (once, into memory, when they fit)"})
+        "workers": "processes that decode the images (once, into memory, when they fit)",
+        "compile": "torch.compile the detector, generator and perceptual network (needs a C++ compiler on "
+                   "the CPU; a graph that fails to compile runs eagerly); see docs/training_speed.md"})
 
 
 def main(args: argparse.Namespace) -> int:

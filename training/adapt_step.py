@@ -69,10 +69,22 @@ class AdaptationStep:
         self.images, self.pair_config, self.weights = images, pairs, weights
         self.precision, self.device, self.seed, self.pictures = precision, device, seed, pictures
         self.export = export  # (harness.RunState) -> the adapter or network file
+        # what the step calls: the modules, or compiled versions of them (`use_compiled`); checkpoints
+        # and exports always read the modules themselves
+        self.run_detector, self.run_generator, self.run_loss = detector, generator, loss_fn
         self.heat_size = detector.config.heatmap_size
         self.stride = detector.config.input_size / self.heat_size
         self._pair_generator = torch.Generator()
         self._last: tuple[torch.Tensor, ...] | None = None
+
+    def use_compiled(self) -> str:
+        """Run the detector, generator and perceptual loss through torch.compile; returns why or why not."""
+        from training.devices import compiled
+
+        self.run_detector, why = compiled(self.detector, self.device)
+        self.run_generator, _ = compiled(self.generator, self.device)
+        self.run_loss, _ = compiled(self.loss_fn, self.device)
+        return why
 
     # ------------------------------------------------------------------------------ Task protocol
     def state(self) -> dict[str, Any]:
@@ -99,12 +111,13 @@ class AdaptationStep:
         w = self.weights
         pairs = make_pairs(images, self.pair_config, self._pair_generator)
         with self.precision.autocast(self.device):
-            points, _ = detect_points(self.detector, pairs.target, w.softargmax_beta)
+            points, _ = detect_points(self.run_detector, pairs.target, w.softargmax_beta)
             maps = render_gaussians(points, self.heat_size, w.bottleneck_sigma)
-            recon = self.generator(pairs.deformed, maps)
+            recon = self.run_generator(pairs.deformed, maps)
             if w.equivariance:
-                points_deformed, _ = detect_points(self.detector, pairs.deformed_rigid, w.softargmax_beta)
-        reconstruction = self.loss_fn(recon.float(), pairs.target)
+                points_deformed, _ = detect_points(self.run_detector, pairs.deformed_rigid, w.softargmax_beta)
+        # the perceptual network stays in fp32: in bf16 it was no faster (docs/training_speed.md)
+        reconstruction = self.run_loss(recon.float(), pairs.target)
         loss = reconstruction
         equivariance = torch.zeros((), device=self.device)
         if w.equivariance:

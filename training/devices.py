@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["BF16_CHOICES", "Precision", "Processes", "choose_precision", "cpu_bf16_flags", "resolve_device",
-           "start_processes"]
+__all__ = ["BF16_CHOICES", "Precision", "Processes", "choose_precision", "compiled", "cpu_bf16_flags",
+           "resolve_device", "start_processes"]
 
 BF16_CHOICES = ("auto", "true", "false")
 _NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -98,6 +99,17 @@ def choose_precision(device: torch.device, bf16: str = "auto", cpuinfo: str | No
     if flags:
         return Precision(torch.bfloat16, f"bf16 autocast: the CPU has native BF16 ({', '.join(flags)})")
     return Precision(None, "fp32: the CPU has no native BF16 (no avx512_bf16/amx_bf16), where bf16 is slower")
+
+
+def compiled(module: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """`torch.compile(module)` where it can work, else the module itself; with why. On the CPU it needs
+    a C++ compiler; a graph that fails to compile later runs eagerly instead of stopping the run."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        return module, "eager: torch.compile needs a C++ compiler on the CPU and there is none"
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(module), "torch.compile (falls back to eager where a graph fails)"
 
 
 @dataclass(frozen=True)
