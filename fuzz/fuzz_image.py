@@ -48,10 +48,7 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
     from serving.errors import ServingError
     from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
 
-    try:
-        from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
-    except ImportError:  # before the names moved out of serving.registry
-        from serving.registry import CATEGORY_RE, VERSION_RE, validate_category, validate_version
+    from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
 
 torch.set_num_threads(1)
 

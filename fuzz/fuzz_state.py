@@ -27,12 +27,9 @@ import _common  # noqa: F401  puts the repository root on sys.path
 import atheris
 import grpc  # noqa: F401  not instrumented: native, not under test
 
-with atheris.instrument_imports(include=["serving.store", "serving.registry", "serving.names"]):
-    try:
-        from serving.names import VERSION_RE
-        from serving.store import parse_state
-    except ImportError:  # before the store moved out of serving.registry
-        from serving.registry import VERSION_RE, parse_state
+with atheris.instrument_imports(include=["serving.store", "serving.names"]):
+    from serving.names import VERSION_RE
+    from serving.store import parse_state
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 # characters near the edges of the name and digest patterns

@@ -12,7 +12,7 @@ show how stable it is) and the p50 of the server's own timings.
 
 With `--concurrency N` it compares throughput under load instead: `--blocks` rounds in which each
 server in turn serves a closed-loop block of `--block-requests` requests with N in flight (the
-bench's load generator, `serving.bench.load_row`); prints each server's median req/s and the
+bench's load generator, `serving.load.load_row`); prints each server's median req/s and the
 median of the per-round ratios to the first server. `--adapter-size S` registers the same random
 bench adapter (core run at S px; needs `--core`) on every server as category `ab-0` and uses it.
 """
@@ -70,7 +70,7 @@ def main() -> int:
 
 
 def throughput_ab(args, targets: list[str], image: np.ndarray) -> int:
-    from serving.bench import load_row
+    from serving.load import load_row
 
     rates: list[list[float]] = [[] for _ in targets]
     for target in targets:  # warm

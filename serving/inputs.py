@@ -11,7 +11,8 @@ import torch
 
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.preprocess import Box, crop_square, decode_image, resolve_box
-from serving.registry import AdapterRegistry, VersionEntry
+from serving.registry import AdapterRegistry
+from serving.versions import VersionEntry
 
 __all__ = ["DetectInput", "RequestLimits", "prepare_input"]
 

@@ -21,7 +21,6 @@ import datetime as _dt
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,89 +30,24 @@ from serving.errors import ServingError, clip, from_artifact_error, from_os_erro
 from serving.models import FoldedModels
 from serving.names import SHIPPED, validate_category, validate_version
 from serving.store import AdapterStore
+from serving.versions import (
+    FAILED,
+    LOADING,
+    READY,
+    UNLOADING,
+    CategoryRecord,
+    CategoryStatus,
+    VersionEntry,
+    VersionLease,
+)
 
 __all__ = ["AdapterRegistry", "CategoryStatus", "VersionEntry", "VersionLease"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
 
-LOADING, READY, UNLOADING, FAILED = "LOADING", "READY", "UNLOADING", "FAILED"
-
-
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass(eq=False)
-class VersionEntry:
-    category: str
-    version: str
-    adapter: Adapter | None  # None when it failed to load at start-up
-    sha256: str
-    size_bytes: int
-    created: str
-    path: Path | None
-    error: str = ""
-    leases: int = 0
-    retired: bool = False
-
-    @property
-    def cache_key(self) -> tuple[str, str, str]:
-        return (self.category, self.version, self.sha256)
-
-    @property
-    def state(self) -> str:
-        if self.adapter is None:
-            return FAILED
-        return UNLOADING if self.retired else READY
-
-
-@dataclass
-class _Category:
-    name: str
-    versions: dict[str, VersionEntry] = field(default_factory=dict)
-    active: str | None = None
-    loading: bool = False
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class CategoryStatus:
-    name: str
-    state: str
-    num_landmarks: int
-    input_size: int
-    active_version: str
-    active_sha256: str
-    core_sha256: str
-    versions: tuple[VersionEntry, ...]
-    error: str = ""
-
-
-class VersionLease:
-    """A request's hold on the version it started with; `release()` (or the `with` block's end) once."""
-
-    __slots__ = ("_registry", "entry")
-
-    def __init__(self, registry: AdapterRegistry, entry: VersionEntry) -> None:
-        self._registry = registry
-        self.entry = entry
-
-    @property
-    def adapter(self) -> Adapter:
-        assert self.entry.adapter is not None
-        return self.entry.adapter
-
-    def release(self) -> None:
-        registry, self._registry = self._registry, None
-        if registry is not None:
-            registry._release(self.entry)
-
-    def __enter__(self) -> VersionLease:  # noqa: PYI034
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 class AdapterRegistry:
@@ -124,7 +58,7 @@ class AdapterRegistry:
         self.store = store
         self.max_adapter_bytes = max_adapter_bytes
         self.allowed_register_dirs = tuple(Path(os.path.realpath(p)) for p in allowed_register_dirs)
-        self._categories: dict[str, _Category] = {}
+        self._categories: dict[str, CategoryRecord] = {}
         self._retired: list[VersionEntry] = []
         self._state_lock = threading.Lock()
         self._admin_lock = threading.RLock()
@@ -138,7 +72,7 @@ class AdapterRegistry:
             raise from_artifact_error(exc, "adapter") from None
         return adapter, self.models.trial(adapter, label)
 
-    def _check_k(self, cat: _Category | None, adapter: Adapter, label: str) -> None:
+    def _check_k(self, cat: CategoryRecord | None, adapter: Adapter, label: str) -> None:
         if cat is None:
             return
         for other in cat.versions.values():
@@ -183,7 +117,7 @@ class AdapterRegistry:
         """Load every adapter in the store (start-up). Bad files leave their version FAILED."""
         for category, versions in self.store.scan().items():
             state = self.store.read_state(category)
-            cat = _Category(category)
+            cat = CategoryRecord(category)
             for version, path in versions.items():
                 loaded = self._load_file(category, version, path, state)
                 if loaded is None:
@@ -217,7 +151,7 @@ class AdapterRegistry:
         return VersionEntry(category, version, adapter, adapter.sha256, len(data), created, path), prepared
 
     @staticmethod
-    def _pick_active(cat: _Category, state: dict) -> None:
+    def _pick_active(cat: CategoryRecord, state: dict) -> None:
         """The state file's active version, else the newest good one (caller holds the state lock or
         owns `cat`)."""
         active = state.get("active")
@@ -263,7 +197,7 @@ class AdapterRegistry:
                     continue
                 with self._state_lock:
                     if cat is None:
-                        cat = self._categories[name] = _Category(name)
+                        cat = self._categories[name] = CategoryRecord(name)
                     cat.versions.update(added)
                     self._drop(cat, gone)
                     before = cat.active
@@ -279,7 +213,7 @@ class AdapterRegistry:
                              [e.version for e in gone], cat.active)
         return changed
 
-    def _drop(self, cat: _Category, victims: list[VersionEntry]) -> None:
+    def _drop(self, cat: CategoryRecord, victims: list[VersionEntry]) -> None:
         """(Under the state lock.) Take versions out of view; leased ones stay listed as UNLOADING."""
         for entry in victims:
             del cat.versions[entry.version]
@@ -300,7 +234,7 @@ class AdapterRegistry:
                 cat = self._categories.get(category)
                 is_new = cat is None
                 if is_new:
-                    cat = self._categories[category] = _Category(category, loading=True)
+                    cat = self._categories[category] = CategoryRecord(category, loading=True)
             try:
                 adapter, prepared = self._validate_bytes(raw, label)
                 existing = cat.versions.get(version)
@@ -334,7 +268,7 @@ class AdapterRegistry:
                     if is_new and not cat.versions and self._categories.get(category) is cat:
                         del self._categories[category]  # a failed first registration leaves nothing behind
 
-    def _activate(self, cat: _Category, version: str) -> None:
+    def _activate(self, cat: CategoryRecord, version: str) -> None:
         """Caller holds the admin lock. The state file first: if it cannot be written nothing changes."""
         try:
             self.store.write_state(cat.name, active=version)
@@ -395,13 +329,13 @@ class AdapterRegistry:
             return [e.version for e in victims]
 
     # ---------------------------------------------------------------------------- queries
-    def _require(self, category: str) -> _Category:
+    def _require(self, category: str) -> CategoryRecord:
         cat = self._categories.get(category)
         if cat is None or (cat.loading and not cat.versions):
             raise ServingError(Code.NOT_FOUND, f"category: no adapter registered for {category!r}")
         return cat
 
-    def _status(self, cat: _Category) -> CategoryStatus:
+    def _status(self, cat: CategoryRecord) -> CategoryStatus:
         with self._state_lock:
             versions = tuple(cat.versions.values())
             active = cat.versions.get(cat.active) if cat.active else None
@@ -478,7 +412,7 @@ class AdapterRegistry:
                 raise ServingError(Code.UNAVAILABLE,
                                    f"category: {category}/{entry.version} failed to load: {entry.error}")
             entry.leases += 1
-        return VersionLease(self, entry)
+        return VersionLease(self._release, entry)
 
     def _release(self, entry: VersionEntry) -> None:
         with self._state_lock:

@@ -22,8 +22,8 @@ from serving.engine import Detection
 from serving.errors import ServingError
 from serving.inputs import RequestLimits, prepare_input
 from serving.metrics import Metrics
-from serving.registry import CategoryStatus, VersionEntry
 from serving.services import Lifecycle
+from serving.versions import CategoryStatus, VersionEntry
 
 __all__ = ["AdminServicer", "LandmarkServicer", "category_to_proto"]
 
