@@ -9,13 +9,13 @@
 #   OUT/summary.txt                  the headline numbers, one line each
 #
 # usage: scripts/gpu_recipe.sh OUT [--dry-run]
-#   --dry-run   the same commands on the tiny preset on the CPU, in seconds (tests/training runs it)
+#   --dry-run   the same commands on the tiny preset on the CPU, in a minute or two (a test runs it)
 # environment: DATA (default ../shared/data: lspet/, mtfl/, cats/, shoes/ as in its README),
 #   LANDMARKS (default: the `landmarks` command), CORE_STEPS, ADAPT_STEPS (override the schedule)
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -h || $1 == --help ]]; then
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
 fi
 OUT=$1

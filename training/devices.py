@@ -174,6 +174,8 @@ def start_processes(device_spec: str = "auto") -> tuple[Processes, torch.device]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_spec, local_rank)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     if world == 1:
         return Processes(), device
     if not torch.distributed.is_initialized():
