@@ -131,3 +131,14 @@ def test_a_core_step_runs_wholly_on_the_device(tmp_path):
         record = task.train_step(batch, 0)
     _assert_on_meta(devices)
     assert record["loss"].device == meta
+
+
+def test_compile_falls_back_without_a_cpp_compiler(monkeypatch):
+    import shutil
+
+    from training.devices import compiled
+
+    module = torch.nn.Linear(2, 2)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    same, why = compiled(module, torch.device("cpu"))
+    assert same is module and "no" in why and "C++" in why
