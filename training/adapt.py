@@ -95,14 +95,18 @@ class AdaptConfig:
     # the images' terms of use, recorded in the file; "" = the dataset reader's (MTFL, 300-W, ...), else
     # a note that the user must check them (a plain folder)
     license: str = ""
-    picture_every: int = 500
-    checkpoint_every: int = 500
+    names: str = ""  # comma-separated landmark names written into the adapter; "" = p1 .. pK
+    picture_every: int = 500  # 0 = only at the end
+    checkpoint_every: int = 500  # 0 = only at the end
     seed: int = 0
     max_minutes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.names and len(self.landmark_names) != self.num_landmarks:
+            raise ValueError(f"--names gives {len(self.landmark_names)} names for --num-landmarks "
+                             f"{self.num_landmarks}; give one per landmark, comma-separated")
         if self.init_head not in ("scratch", "core"):
             raise ValueError(f"init_head must be 'scratch' or 'core', got {self.init_head!r}")
         if self.targets not in ("all", "3x3"):
@@ -113,6 +117,10 @@ class AdaptConfig:
             raise ValueError(f"bf16 must be one of {BF16_CHOICES}, got {self.bf16!r}")
         if self.num_landmarks < 1 or self.steps < 1 or self.batch_size < 2:
             raise ValueError("num_landmarks >= 1, steps >= 1 and batch_size >= 2 (batch-norm) are required")
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return [n.strip() for n in self.names.split(",")] if self.names else []
 
     def pairs(self) -> PairConfig:
         return PairConfig(self.target_rotation_sd, self.deformed_rotation_sd, 40.0,
@@ -188,7 +196,7 @@ def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torc
         if cfg.mode == "proposed":
             return save_adapter(out / "adapter.safetensors", adapter_state_dict(detector), detector.config,
                                 category=cfg.category or "unnamed", core_sha256=core.sha256, targets=cfg.targets,
-                                **provenance)
+                                landmark_names=cfg.landmark_names, **provenance)
         return save_network(out / "network.safetensors", detector, cfg.category or "unnamed",
                             core_sha256=core.sha256, **provenance)
 
@@ -231,8 +239,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "known dataset (mtfl, 300w, cats, lsp...), else 'user-supplied images; check their licence', "
                    "e.g. --license 'AFHQ (CC BY-NC 4.0; Choi et al. 2020)'",
         "workers": "processes that decode the images (once, into memory, when they fit)",
+        "names": "landmark names for the adapter file, comma-separated, one per landmark "
+                 "(e.g. 'left-eye,right-eye,nose,...'; default p1 .. pK); servers and Detector report them",
         "compile": "torch.compile the detector, generator and perceptual network (needs a C++ compiler on "
-                   "the CPU; a graph that fails to compile runs eagerly); see docs/training_speed.md"})
+                   "the CPU; a graph that fails to compile runs eagerly); see docs/training_speed.md"}, presets=PRESETS)
 
 
 def main(args: argparse.Namespace) -> int:

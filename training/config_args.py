@@ -17,16 +17,26 @@ def _parse_bool(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
+def _defaults(f: dataclasses.Field, presets: Mapping[str, Mapping[str, Any]]) -> str:
+    """What each preset sets a field to: '(default X)' when they agree, else '(cpu: X, paper: Y, ...)'."""
+    values = {name: preset.get(f.name, f.default) for name, preset in presets.items()}
+    if not values or len({repr(v) for v in values.values()}) == 1:
+        return f"(default {next(iter(values.values()), f.default)!r})"
+    return "(" + ", ".join(f"{name}: {value!r}" for name, value in values.items()) + ")"
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: Sequence[str] = (),
                          choices: Mapping[str, Sequence[str]] | None = None,
-                         help: Mapping[str, str] | None = None) -> None:
+                         help: Mapping[str, str] | None = None,
+                         presets: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """One --flag per field; its help says what each preset sets it to (`presets`: name -> values)."""
     choices, help = choices or {}, help or {}
     for f in dataclasses.fields(config_cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{help[f.name]} " if f.name in help else ""
-        help_text += f"(default from preset or {f.default!r})"
+        help_text += _defaults(f, presets or {})
         if f.type in ("bool", bool):
             parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
         else:

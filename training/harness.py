@@ -33,7 +33,7 @@ __all__ = ["LoopSettings", "RunState", "Task", "TrainingRun", "read_checkpoint"]
 class LoopSettings:
     steps: int
     validate_every: int  # 0 = only at the end
-    checkpoint_every: int
+    checkpoint_every: int  # 0 = only at the end
     max_minutes: float = 0.0  # 0 = run the schedule
     seed: int = 0
 
@@ -180,7 +180,7 @@ class TrainingRun:
                 s.history.append(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3g}", ips=f"{rate:.1f}")
-                if s.step % cfg.checkpoint_every == 0:
+                if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0:  # 0: only at the end
                     self.save(task)
                 out_of_time = bool(cfg.max_minutes) and s.elapsed > cfg.max_minutes * 60
                 if self.processes.agree(out_of_time, self.device):

@@ -222,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "avx512_bf16 or amx_bf16; the log says which), fp16 + loss scaling on GPUs "
                                        "without bf16; true / false force it",
                                "license": "terms of use of the images, written into the core file "
-                                          "(default: the dataset reader's)"})
+                                          "(default: the dataset reader's)"}, presets=PRESETS)
 
 
 def main(args: argparse.Namespace) -> int:

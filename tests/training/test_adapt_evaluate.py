@@ -163,3 +163,25 @@ def test_warm_start_rejects_a_missing_or_mismatched_checkpoint(tmp_path, core_fi
                              "warm_start": str(tmp_path / "proposed" / "checkpoint.pt")})
     with pytest.raises(ValueError, match="does not fit"):
         adapt(wrong_k, command="test")
+
+
+def test_names_and_zero_meaning_never(tmp_path, core_file, face_data):
+    """`--names` writes the landmark names into the adapter; `--picture-every 0` and `--checkpoint-every 0`
+    mean "only at the end" (they used to divide by zero)."""
+    cfg = AdaptConfig(**{**_cfg(tmp_path, core_file, face_data, "proposed").__dict__,
+                         "names": "a, b,c,d", "picture_every": 0, "checkpoint_every": 0})
+    adapter = load_adapter(adapt(cfg, command="test"), load_core(core_file))
+    assert adapter.landmark_names == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="--names"):
+        AdaptConfig(**{**cfg.__dict__, "names": "a,b"})
+
+
+def test_help_shows_what_each_preset_sets():
+    import argparse
+
+    from training.adapt import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    assert "(cpu: 1500, paper: 200000, smoke: 3)" in " ".join(text.split()) and "default from preset" not in text
