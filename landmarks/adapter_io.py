@@ -49,6 +49,7 @@ __all__ = [
     "TensorMismatchError",
     "TooLargeError",
     "default_landmark_names",
+    "find_core",
     "load_adapter",
     "load_core",
     "load_network",
@@ -418,3 +419,29 @@ def load_adapter(
         raise MetadataError(f"{label}: input_size {adapter.config.input_size} is over {largest}, "
                             f"{MAX_INPUT_SIZE_FACTOR}x its core's {core.config.input_size}; adapt at a smaller size")
     return adapter  # type: ignore[return-value]
+
+
+def find_core(adapter_path: Path | str, core_sha256: str, elsewhere: tuple[Path | str, ...] = ()) -> Path:
+    """The core an adapter names (`core_sha256`): core.safetensors beside the adapter, else any core
+    file beside it or in `elsewhere` (e.g. the shipped adapters/) whose fingerprint matches. Only
+    headers are read until one matches; ArtifactError listing where it looked if none does."""
+    folders = [Path(adapter_path).resolve().parent, *(Path(f) for f in elsewhere)]
+    looked = []
+    for folder in folders:
+        candidates = [folder / "core.safetensors"] + sorted(set(folder.glob("*.safetensors")) - {folder / "core.safetensors"})
+        for candidate in candidates:
+            if not candidate.is_file():
+                continue
+            looked.append(str(candidate))
+            try:
+                with open(candidate, "rb") as fh:
+                    head = fh.read(8)
+                    size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+                    meta = json.loads(fh.read(min(size, _MAX_HEADER))).get("__metadata__") or {}
+            except (OSError, ValueError, RecursionError, struct.error, AttributeError):
+                continue
+            if meta.get("kind") == "core" and meta.get("core_sha256") == core_sha256:
+                return candidate
+    raise ArtifactError(f"no core with fingerprint {core_sha256[:12]} beside {adapter_path} or in "
+                        f"{', '.join(map(str, folders[1:])) or 'no other folder'} (looked at {len(looked)} files); "
+                        "give it with --core FILE")

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landmarks.adapter_io import ArtifactError, load_adapter, load_core, read_artifact
+from landmarks.adapter_io import ArtifactError, find_core, load_adapter, load_core, read_artifact
+from landmarks.detector import default_adapters_dir
 from landmarks.geometry import apply_affine, similarity_matrix, warp_images
 from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
 from landmarks.hourglass import LandmarkHourglass
@@ -66,7 +67,8 @@ def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHo
     art = read_artifact(path)
     kind = art.metadata["kind"]
     if kind == "adapter":
-        core_file = core_path or Path(path).parent / "core.safetensors"
+        # the core the adapter names: beside it, else the shipped adapters/ (landmarks.Detector's default)
+        core_file = core_path or find_core(path, art.metadata["core_sha256"], (default_adapters_dir(),))
         core = load_core(core_file)
         adapter = load_adapter(path, core)
         return fold(core.build(), adapter.tensors, adapter.config), dict(adapter.metadata)
@@ -256,7 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--adapter", type=Path, help="an adapter file (folded with --core)")
     what.add_argument("--network", type=Path, help="a baseline's full network file (finetune / scratch)")
     parser.add_argument("--core", type=Path, default=None,
-                        help="core for --adapter (default: core.safetensors beside the adapter)")
+                        help="core for --adapter (default: the core whose fingerprint the adapter names, "
+                             "beside it or in the shipped adapters/)")
     parser.add_argument("--train", help="annotated regressor-training data, e.g. mtfl:.../new_training.txt")
     parser.add_argument("--test", help="annotated test data, e.g. mtfl:.../new_testing.txt or 300w:<folder>")
     parser.add_argument("--images", help="unlabelled images for consistency only, e.g. folder:.../cats")

@@ -158,3 +158,20 @@ def test_channels_last_models_save_and_fingerprint_like_row_major_ones(tmp_path)
     plain = save_core(tmp_path / "a.safetensors", core)
     nhwc = save_core(tmp_path / "b.safetensors", core.to(memory_format=torch.channels_last))
     assert plain == nhwc
+
+
+def test_find_core_by_fingerprint(files, tmp_path):
+    from landmarks.adapter_io import ArtifactError, find_core, load_core
+
+    core_path, adapter_path = files[0], files[1]
+    sha = load_core(core_path).sha256
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "my-core.safetensors").write_bytes(core_path.read_bytes())
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "adapter.safetensors").write_bytes(adapter_path.read_bytes())
+    (lonely / "core.safetensors").write_bytes(b"not a core")  # skipped, not fatal
+    assert find_core(lonely / "adapter.safetensors", sha, (elsewhere,)) == elsewhere / "my-core.safetensors"
+    with pytest.raises(ArtifactError, match="--core"):
+        find_core(lonely / "adapter.safetensors", sha)
