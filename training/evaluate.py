@@ -37,6 +37,7 @@ from landmarks.projection import fold
 from training.datasets import Dataset, DatasetError, open_dataset
 from training.devices import resolve_device
 from training.image_data import ObjectCrops
+from training.metrics import background_points
 
 __all__ = [
     "add_arguments",
@@ -224,6 +225,11 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
         result.update(images=images)
     else:
         raise DatasetError("give --train and --test (annotated data), or --images (consistency only)")
+    if images:  # unlabelled photos: how many points sit on a near-white background (shoes on white)
+        on_white = background_points(cons_det.tensors.numpy(), cons_det.points[:len(cons_det.tensors)])
+        result.update(background_points_per_image=round(float(on_white.mean()), 3),
+                      background_points_protocol="points whose 7x7 neighbourhood is >= 90% near-white "
+                                                 "(every channel >= 0.92), or outside the crop")
     per_landmark = consistency_error(model, cons_det.tensors, seed)
     result.update(consistency=float(per_landmark.mean()), consistency_per_landmark=per_landmark.round(3).tolist(),
                   consistency_images=len(cons_det.tensors),
@@ -250,6 +256,9 @@ def markdown(result: dict) -> str:
         lines += ["", reference, ""]
     lines.append(f"Consistency: {result['consistency']:.2f} px at 128 ({result['consistency_images']} images; "
                  f"{result['consistency_protocol']}).")
+    if "background_points_per_image" in result:
+        lines.append(f"Points on the background: {result['background_points_per_image']:.2f} of "
+                     f"{result['num_landmarks']} per image ({result['background_points_protocol']}).")
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["LSP_TORSO", "pck"]
+__all__ = ["LSP_TORSO", "background_points", "pck"]
 
 LSP_TORSO = (8, 3)  # right shoulder - left hip: the LSP convention for PCK's torso size
 
@@ -29,3 +29,23 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, torso: tuple[int,
     per_joint = 100.0 * hit.sum(0) / np.maximum(counted.sum(0), 1)
     mean = 100.0 * hit.sum() / max(counted.sum(), 1)
     return per_joint, float(mean)
+
+
+def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, white: float = 0.92,
+                      share: float = 0.9) -> np.ndarray:
+    """How many of each image's points sit on a near-white background (on-white product photos such
+    as UT-Zappos shoes): a point counts when at least `share` of the pixels within `radius` of it
+    have every channel >= `white`. `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
+    (x, y); points outside the image count as background. Returns (N,) counts."""
+    n, _, height, width = images.shape
+    counts = np.zeros(n, dtype=np.int64)
+    near_white = (images >= white).all(axis=1)  # (N, S, S)
+    for i in range(n):
+        for x, y in points[i]:
+            cx, cy = round(float(x)), round(float(y))
+            if not (0 <= cx < width and 0 <= cy < height):
+                counts[i] += 1
+                continue
+            patch = near_white[i, max(0, cy - radius):cy + radius + 1, max(0, cx - radius):cx + radius + 1]
+            counts[i] += int(patch.mean() >= share)
+    return counts

@@ -185,3 +185,13 @@ def test_help_shows_what_each_preset_sets():
     add_arguments(parser)
     text = parser.format_help()
     assert "(cpu: 1500, paper: 200000, smoke: 3)" in " ".join(text.split()) and "default from preset" not in text
+
+
+def test_background_points_counts_points_on_white():
+    from training.metrics import background_points
+
+    images = np.ones((2, 3, 32, 32), dtype=np.float32)  # white
+    images[:, :, 8:24, 8:24] = 0.3  # a dark object in the middle
+    points = np.array([[[16, 16], [2, 2], [40, 5]], [[10, 10], [20, 20], [12, 22]]], dtype=np.float32)
+    # image 0: one point on the object, one on white, one outside the crop; image 1: all on the object
+    assert background_points(images, points).tolist() == [2, 0]
