@@ -85,7 +85,8 @@ class AdaptConfig:
     image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
     init_head: str = "scratch"  # scratch (the paper) | core: start from the core's first K maps (proposed)
     # A previous run's checkpoint.pt to start from (its detector's trainable tensors and its generator;
-    # not its optimiser or step). Re-adapting a category to a retrained core this way takes a fraction
+    # not its optimiser or step), or an adapter / network file (e.g. a shipped one; the generator then
+    # starts fresh). Re-adapting a category to a retrained core this way takes a fraction
     # of the steps: for `proposed` only the adapter's tensors are taken, the frozen core is the new one.
     warm_start: str = ""
     workers: int = 2  # processes decoding images (once, into memory; or every epoch if they do not fit)

@@ -53,7 +53,10 @@ def warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn.
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"--warm-start {path}: no such file (give a run's checkpoint.pt, "
-                                "e.g. runs/adapt/faces/checkpoint.pt)")
+                                "e.g. runs/adapt/faces/checkpoint.pt, or an adapter file such as "
+                                "adapters/faces.safetensors)")
+    if path.endswith(".safetensors"):
+        return _warm_start_from_file(path, mode, detector)
     ckpt = read_checkpoint(Path(path))
     if not {"detector", "generator"} <= set(ckpt):
         raise ValueError(f"--warm-start {path}: not a `landmarks adapt` checkpoint (no detector/generator state)")
@@ -68,3 +71,31 @@ def warm_start(path: str, mode: str, detector: LandmarkHourglass, generator: nn.
     except RuntimeError as exc:  # shape mismatches
         raise ValueError(f"--warm-start {path} does not fit this run: {exc}") from None
     return f"{path}: {ckpt.get('step', '?')} steps, {float(ckpt.get('elapsed', 0)):.0f} s of training"
+
+
+def _warm_start_from_file(path: str, mode: str, detector: LandmarkHourglass) -> str:
+    """An adapter (proposed) or network (finetune/scratch) file, e.g. a shipped one: its tensors, not
+    its core (re-adapting to a retrained core is the point); the generator starts fresh. Checkpoints
+    do not travel with the repository, the shipped files do."""
+    from landmarks.adapter_io import ArtifactError, read_artifact
+
+    try:
+        art = read_artifact(path)
+    except ArtifactError as exc:
+        raise ValueError(f"--warm-start {path}: {exc}") from None
+    wanted = "adapter" if mode == "proposed" else "network"
+    if art.metadata["kind"] != wanted:
+        raise ValueError(f"--warm-start {path} is a {art.metadata['kind']} file; --mode {mode} starts from "
+                         f"an {wanted} file or a checkpoint.pt")
+    keys = set(adapter_state_dict(detector)) if mode == "proposed" else set(detector.state_dict())
+    device = detector.head.weight.device
+    state = {k: v.to(device) for k, v in art.tensors.items() if k in keys}
+    missing = keys - set(state)
+    try:
+        if missing:
+            raise RuntimeError(f"it lacks {sorted(missing)[:3]}")
+        detector.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"--warm-start {path} does not fit this run ({exc}); was it made with another "
+                         "--num-landmarks, --targets or core architecture?") from None
+    return f"{path}: {art.metadata.get('training_steps', '?')} steps (generator started fresh)"

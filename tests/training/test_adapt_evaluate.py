@@ -195,3 +195,19 @@ def test_background_points_counts_points_on_white():
     points = np.array([[[16, 16], [2, 2], [40, 5]], [[10, 10], [20, 20], [12, 22]]], dtype=np.float32)
     # image 0: one point on the object, one on white, one outside the crop; image 1: all on the object
     assert background_points(images, points).tolist() == [2, 0]
+
+
+def test_warm_start_from_an_adapter_file(tmp_path, core_file, face_data):
+    """A shipped adapter file (no checkpoint) starts a run on another core: its tensors, a fresh generator."""
+    first = adapt(_cfg(tmp_path, core_file, face_data, "proposed"), command="test")
+    old = load_adapter(first, load_core(core_file))
+    other_core = tmp_path / "core2.safetensors"
+    save_core(other_core, make_tiny_core(seed=1))
+    cfg = AdaptConfig(**{**_cfg(tmp_path, core_file, face_data, "proposed").__dict__, "core": str(other_core),
+                         "out": str(tmp_path / "warm"), "steps": 1, "lr": 1e-12, "warm_start": str(first)})
+    new = load_adapter(adapt(cfg, command="test"), load_core(other_core))
+    for key in (k for k in old.tensors if k.endswith(".proj")):
+        torch.testing.assert_close(new.tensors[key], old.tensors[key], atol=1e-6, rtol=0)
+    assert "generator started fresh" in new.metadata["warm_started_from"]
+    with pytest.raises(ValueError, match="network file"):
+        adapt(AdaptConfig(**{**cfg.__dict__, "mode": "finetune", "out": str(tmp_path / "ft")}), command="test")
