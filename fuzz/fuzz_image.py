@@ -46,9 +46,8 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
 
     from landmarks.geometry import crop_resized
     from serving.errors import ServingError
-    from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
-
     from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
+    from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
 
 torch.set_num_threads(1)
 
@@ -96,14 +95,19 @@ def check_square(square: object, width: int, height: int) -> None:
         raise AssertionError(f"resolve_box returned {square!r}, outside the {width}x{height} image")
 
 
-def crop_and_check(image: Image.Image, box: tuple[float, ...] | None, size: int) -> None:
-    width, height = image.size
+def resolved(box: tuple[float, ...] | None, width: int, height: int) -> tuple[float, ...] | None:
+    """`resolve_box`'s square, checked; None where it (rightly) refused the box."""
     try:
         square = resolve_box(box, width, height)
     except ServingError as exc:
         allowed(exc)
-        return
+        return None
     check_square(square, width, height)
+    return square
+
+
+def crop_and_check(image: Image.Image, square: tuple[float, ...], size: int) -> None:
+    width, height = image.size
     pixels = crop_square(image, square, size)
     if not (
         isinstance(pixels, torch.Tensor)
@@ -158,7 +162,9 @@ def fuzz_decode(mode: int, params: bytes, payload: bytes) -> None:
         allowed(exc)
         return
     check_decoded(image, min_side)
-    crop_and_check(image, box_from(fdp, *image.size), size)
+    square = resolved(box_from(fdp, *image.size), *image.size)
+    if square is not None:
+        crop_and_check(image, square, size)
 
 
 def fuzz_box(params: bytes, payload: bytes) -> None:
@@ -171,14 +177,9 @@ def fuzz_box(params: bytes, payload: bytes) -> None:
         box = struct.unpack("<4f", payload[:16])  # what the wire format carries
     else:
         box = tuple(atheris.FuzzedDataProvider(payload).ConsumeFloat() for _ in range(4))
-    try:
-        square = resolve_box(box, width, height)
-    except ServingError as exc:
-        allowed(exc)
-        return
-    check_square(square, width, height)
-    if width * height <= 4096:
-        crop_and_check(Image.new("RGB", (width, height), (10, 20, 30)), box, size)
+    square = resolved(box, width, height)
+    if square is not None and width * height <= 4096:
+        crop_and_check(Image.new("RGB", (width, height), (10, 20, 30)), square, size)
 
 
 def fuzz_names(params: bytes, payload: bytes) -> None:

@@ -34,6 +34,7 @@ from safetensors.torch import save as _st_save
 
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
 from landmarks.projection import expected_adapter_shapes
+from landmarks.text import clip
 
 __all__ = [
     "FORMAT_VERSION",
@@ -344,19 +345,15 @@ def read_artifact(
     return artifact
 
 
-def _clip(text: str, limit: int = 60) -> str:
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
-
-
 def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: HourglassConfig) -> None:
     """Every metadata value a reader of ours uses, by type and range, before anything uses it."""
     for key, value in meta.items():
         limit = MAX_METADATA_VALUE_CHARS
         if len(key) > 256 or len(value) > limit:
-            raise MetadataError(f"{label}: metadata {_clip(key)} is over {limit} characters")
+            raise MetadataError(f"{label}: metadata {clip(key)} is over {limit} characters")
     for key, expected in (("num_landmarks", config.num_landmarks), ("input_size", config.input_size)):
         if key in meta and meta[key] != str(expected):
-            raise MetadataError(f"{label}: metadata {key} is {_clip(meta[key])} but its config says {expected}")
+            raise MetadataError(f"{label}: metadata {key} is {clip(meta[key])} but its config says {expected}")
     try:
         names = json.loads(meta.get("landmark_names", "[]"))
     except (ValueError, RecursionError):  # (ValueError: also a 5,000-digit integer)
@@ -365,13 +362,13 @@ def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: Hour
             or len(names) not in (0, config.num_landmarks)):
         raise MetadataError(
             f"{label}: landmark_names must be a JSON list of {config.num_landmarks} names (1-{MAX_NAME_CHARS} "
-            f"characters each) or [], got {_clip(meta.get('landmark_names', ''))}; fix it with "
+            f"characters each) or [], got {clip(meta.get('landmark_names', ''))}; fix it with "
             "landmarks.adapter_io.save_adapter(..., landmark_names=[...])")
     if kind == "adapter":
         if meta["targets"] not in ("all", "3x3"):
-            raise MetadataError(f"{label}: targets {_clip(meta['targets'])} must be 'all' or '3x3'")
+            raise MetadataError(f"{label}: targets {clip(meta['targets'])} must be 'all' or '3x3'")
         if not re.fullmatch(r"[0-9a-f]{64}", meta["core_sha256"]):
-            raise MetadataError(f"{label}: core_sha256 {_clip(meta['core_sha256'])} is not a sha256 hex digest")
+            raise MetadataError(f"{label}: core_sha256 {clip(meta['core_sha256'])} is not a sha256 hex digest")
 
 
 def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -437,9 +434,11 @@ def find_core(adapter_path: Path | str, core_sha256: str, elsewhere: tuple[Path 
                 with open(candidate, "rb") as fh:
                     head = fh.read(8)
                     size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-                    meta = json.loads(fh.read(min(size, _MAX_HEADER))).get("__metadata__") or {}
-            except (OSError, ValueError, RecursionError, struct.error, AttributeError):
+                    header = _parse_header(head + fh.read(min(size, _MAX_HEADER)), str(candidate))
+            except (OSError, ArtifactError):
                 continue
+            meta = header.get("__metadata__")
+            meta = meta if isinstance(meta, dict) else {}
             if meta.get("kind") == "core" and meta.get("core_sha256") == core_sha256:
                 return candidate
     raise ArtifactError(f"no core with fingerprint {core_sha256[:12]} beside {adapter_path} or in "

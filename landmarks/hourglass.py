@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landmarks.text import clip
+
 __all__ = [
     "ARCHITECTURES",
     "ConvBlock",
@@ -38,11 +40,6 @@ _INT_LIMITS = (
     ("depth", 1, 6),
     ("input_size", 8, 1024),
 )
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,7 @@ class HourglassConfig:
         for name, low, high in _INT_LIMITS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {_short(value)} ({type(value).__name__})")
+                raise ValueError(f"{name} must be an integer, got {clip(value)} ({type(value).__name__})")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be in {low}..{high}, got {value}")
         for name in ("stem_channels", "mid_channels", "features"):
@@ -87,7 +84,7 @@ class HourglassConfig:
             if (not isinstance(values, (list, tuple)) or len(values) != 3
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                for v in values)):
-                raise ValueError(f"{name} needs 3 finite numbers, got {_short(values)}")
+                raise ValueError(f"{name} needs 3 finite numbers, got {clip(values)}")
         # Stem /2, pool /2, then `depth` halvings inside the hourglass must stay integral.
         if self.input_size % (4 * 2**self.depth):
             raise ValueError(f"input_size {self.input_size} must be divisible by 4 * 2**depth = {4 * 2**self.depth}")

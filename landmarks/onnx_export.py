@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 import torch
 
 from landmarks.adapter_io import Adapter, Core
-from landmarks.geometry import input_to_original
-from landmarks.heatmaps import locate
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
+from landmarks.images import locate_in_boxes, pixels_to_images
 from landmarks.projection import fold_state_dict
+from landmarks.weight_slots import WeightSlots
 
 __all__ = ["HEATMAPS", "INPUTS", "OPSET", "OUTPUTS", "GraphTemplate", "export_adapter", "folded_weights", "metadata",
            "template_for"]
@@ -49,23 +49,13 @@ class _LocateGraph(torch.nn.Module):
         super().__init__()
         self.model = model
         self.size = size
-        self._slots = []
-        for name in names:
-            owner, _, attr = name.rpartition(".")
-            module = model.get_submodule(owner)
-            self._slots.append((module._parameters if attr in module._parameters else module._buffers, attr))
+        self._weights = WeightSlots(model, names)
 
     def forward(self, pixels: torch.Tensor, boxes: torch.Tensor, *weights: torch.Tensor):
-        saved = [table[attr] for table, attr in self._slots]
-        try:
-            for (table, attr), tensor in zip(self._slots, weights):
-                table[attr] = tensor
-            heatmaps = self.model(pixels.permute(0, 3, 1, 2).float().div(255))
-            points, confidence = locate(heatmaps, self.size)
-            return input_to_original(points, boxes.unsqueeze(1), self.size), confidence, heatmaps
-        finally:
-            for (table, attr), tensor in zip(self._slots, saved):
-                table[attr] = tensor
+        with self._weights.holding(weights):
+            heatmaps = self.model(pixels_to_images(pixels))
+            points, confidence = locate_in_boxes(heatmaps, boxes, self.size)
+        return points, confidence, heatmaps
 
 
 def _weight_names(model: LandmarkHourglass) -> list[str]:

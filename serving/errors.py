@@ -10,6 +10,7 @@ import errno
 
 import grpc
 
+from landmarks import text
 from landmarks.adapter_io import ArtifactError, CoreMismatchError, TooLargeError
 
 __all__ = ["ServingError", "clip", "from_artifact_error", "from_os_error"]
@@ -40,11 +41,9 @@ def from_artifact_error(exc: ArtifactError, field: str = "adapter") -> ServingEr
     return ServingError(code, f"{field}: {exc}")
 
 
-def clip(text: object, limit: int = 80) -> str:
-    """`repr(text)`, cut to `limit` characters: a client string repeated in an error must not make the
-    error longer than gRPC's metadata limit (the client would then see RESOURCE_EXHAUSTED instead)."""
-    shown = repr(text)
-    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(str(text))} characters)"
+def clip(value: object, limit: int = 80) -> str:
+    """`landmarks.text.clip` at the server's length for a client's string in an error."""
+    return text.clip(value, limit)
 
 
 def from_os_error(exc: OSError, what: str) -> ServingError:

@@ -82,7 +82,6 @@ class Ingress:
         self.max_batch_items = max_batch_items
         self._active: dict[str, str] = {}
         self._refreshed = 0.0
-        self.served = {"held": 0, "folded": 0}
         try:
             from ray.serve.metrics import Counter
 
@@ -118,7 +117,6 @@ class Ingress:
         return model_id(req.category, req.version or self._active.get(req.category, ""))
 
     def _count(self, held: bool, n: int = 1) -> None:
-        self.served["held" if held else "folded"] += n
         if self._counter is not None:
             self._counter.inc(n, tags={"held": "1" if held else "0"})
 
@@ -203,10 +201,6 @@ class Ingress:
 
     async def Watch(self, request, grpc_context):
         _fail(grpc_context, Code.UNIMPLEMENTED, "Watch is not served through Ray Serve; poll Check")
-
-    def multiplex_counts(self) -> dict[str, int]:
-        """Detect items answered by a replica that held their category, and by one that folded it."""
-        return dict(self.served)
 
 
 # ---------------------------------------------------------------------------------- the app

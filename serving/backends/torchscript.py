@@ -23,6 +23,7 @@ from landmarks.hourglass import LandmarkHourglass
 from landmarks.images import locate_in_boxes as _locate_in_boxes
 from landmarks.images import pixels_to_images  # shared with landmarks.Detector
 from landmarks.projection import fold
+from landmarks.weight_slots import WeightSlots
 
 __all__ = ["EagerBackend", "ScriptedModel", "TorchScriptBackend"]
 
@@ -90,23 +91,13 @@ class _WeightsAsInputs(torch.nn.Module):
         super().__init__()
         self.model = model
         self.locate_size = locate_size
-        self._slots = []
-        for name in names:
-            owner, _, attr = name.rpartition(".")
-            module = model.get_submodule(owner)
-            self._slots.append((module._parameters if attr in module._parameters else module._buffers, attr))
+        self._weights = WeightSlots(model, names)
 
     def forward(self, images: torch.Tensor, tensors: tuple[torch.Tensor, ...], boxes: torch.Tensor | None = None):
-        saved = [table[attr] for table, attr in self._slots]
-        try:
-            for (table, attr), tensor in zip(self._slots, tensors):
-                table[attr] = tensor
+        with self._weights.holding(tensors):
             if boxes is None:
                 return self.model(images)
             return _locate_in_boxes(self.model(pixels_to_images(images)), boxes, self.locate_size)
-        finally:
-            for (table, attr), tensor in zip(self._slots, saved):
-                table[attr] = tensor
 
 
 class TorchScriptBackend(EagerBackend):
