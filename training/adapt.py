@@ -14,6 +14,7 @@ The same code runs on a CPU, a GPU (`--device cuda`) or several (`torchrun --npr
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from torch import nn
 from landmarks.adapter_io import ArtifactError, load_core, save_adapter, save_network
 from landmarks.heatmaps import PAPER_BETA, PAPER_BOTTLENECK_SIGMA
 from landmarks.projection import adapter_state_dict
-from training.adapt_step import AdaptationStep, LossWeights
+from training.adapt_step import AdaptationStep, LossWeights, learning_rate_factor
 from training.config_args import add_config_arguments, invocation, values_from_args
 from training.datasets import DatasetError, open_dataset
 from training.detectors import MODES, build_detector, warm_start
@@ -36,6 +37,7 @@ from training.image_bank import ImageBank
 from training.optimisers import ClipGroup, Optimisers
 from training.pairs import PairConfig
 from training.perceptual import PerceptualLoss, load_perceptual
+from training.validation import Validation, ValidationSpec
 
 __all__ = ["PRESETS", "AdaptConfig", "adapt", "add_arguments", "main"]
 
@@ -58,12 +60,19 @@ class AdaptConfig:
     generator_lr: float = 1e-3
     beta1: float = 0.0  # Adam betas (0, 0.9) as in the official code
     beta2: float = 0.9
-    lr_decay_every: int = 0  # x0.1 every N steps (paper: every 30 epochs); 0 = constant
+    # every learning rate times: constant | step (x0.1 every --lr-decay-every steps; the paper: every 30
+    # epochs) | cosine (half a cosine from 1 to 0.01 over --steps, the whole planned run; resume keeps it)
+    lr_schedule: str = "constant"
+    lr_decay_every: int = 0
     clip: float = 1.0  # gradient-norm clipping, detector and generator separately
     generator_channels: int = 32
     generator_blocks: int = 6
+    generator_upsample: str = "transposed"  # transposed (official) | resize (nearest x2 + 3x3 conv)
+    generator_skips: bool = False  # the encoder's features of y' at S and S/2 into the decoder (U-Net)
     perceptual: str = "auto"  # auto | vgg19 | mobilenet_v2 | none
     pixel_weight: float = 1.0
+    # each reconstruction term (pixel, each perceptual layer) divided by a running mean of itself
+    perceptual_normalise: bool = False
     softargmax_beta: float = PAPER_BETA
     bottleneck_sigma: float = PAPER_BOTTLENECK_SIGMA
     target_rotation_sd: float = 30.0
@@ -81,6 +90,14 @@ class AdaptConfig:
     # collapsing onto one place, which is what the bottleneck alone does at our budget (RESULTS.md).
     separation_weight: float = 0.0
     separation_sigma: float = 0.06
+    # Not in the paper: weight of the heatmaps' spatial variance (heatmap px^2; Zhang et al. 2018's
+    # concentration term): sharp maps give precise points
+    concentration_weight: float = 0.0
+    # Validation on held-out rows (training.validation): FORMAT:PATH, the rows scored (outside
+    # --train-split) and, for annotated images, the rows the regressor is fitted on; every --picture-every
+    val: str = ""
+    val_split: str = ""
+    val_fit_split: str = ""
     head_lr: float = 0.0  # learning rate of the new head (0 = --lr)
     image_size: int = 0  # run the core at this input size (0 = the core's own, 128)
     init_head: str = "scratch"  # scratch (the paper) | core: start from the core's first K maps (proposed)
@@ -114,6 +131,15 @@ class AdaptConfig:
             raise ValueError(f"targets must be 'all' or '3x3', got {self.targets!r}")
         if self.separation_sigma <= 0 or self.separation_weight < 0 or self.head_lr < 0:
             raise ValueError("separation_sigma > 0, separation_weight >= 0 and head_lr >= 0 are required")
+        if self.lr_schedule not in ("constant", "step", "cosine"):
+            raise ValueError(f"lr_schedule must be constant, step or cosine, got {self.lr_schedule!r}")
+        if (self.lr_schedule == "step") != (self.lr_decay_every > 0):
+            raise ValueError("--lr-schedule step and --lr-decay-every N (> 0) go together")
+        if self.concentration_weight < 0:
+            raise ValueError("concentration_weight must be >= 0")
+        if self.val and not self.val_split:
+            raise ValueError("--val needs --val-split: the rows to score, which adaptation must not use "
+                             "(e.g. --train-split :6655 --val-split 6655:)")
         if self.bf16 not in BF16_CHOICES:
             raise ValueError(f"bf16 must be one of {BF16_CHOICES}, got {self.bf16!r}")
         if self.num_landmarks < 1 or self.steps < 1 or self.batch_size < 2:
@@ -135,7 +161,7 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(steps=1_500, batch_size=16, image_size=64, init_head="core", separation_weight=1.0,
                 equivariance_weight=1.0, tps_sd=0.08, picture_every=250, checkpoint_every=250),
     # The paper's schedule (80 epochs x 2,500 iterations, batch 48, lr x0.1 every 30 epochs), for GPUs.
-    "paper": dict(steps=200_000, batch_size=48, lr_decay_every=75_000, workers=8,
+    "paper": dict(steps=200_000, batch_size=48, lr_schedule="step", lr_decay_every=75_000, workers=8,
                   picture_every=2_500, checkpoint_every=2_500),
     # Seconds on synthetic images (tests).
     "smoke": dict(steps=3, batch_size=2, workers=0, picture_every=2, checkpoint_every=2, generator_channels=4,
@@ -173,10 +199,10 @@ def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torc
 
     detector = build_detector(cfg.mode, core_model, cfg.num_landmarks, cfg.targets, cfg.seed, size,
                               init_head=cfg.init_head).train()
-    generator = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, cfg.generator_channels,
-                                                     cfg.generator_blocks)).to(device).train()
+    generator = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, cfg.generator_channels, cfg.generator_blocks,
+                                                     cfg.generator_upsample, cfg.generator_skips)).to(device).train()
     features = _NoFeatures() if cfg.perceptual == "none" else load_perceptual(cfg.perceptual)
-    loss_fn = PerceptualLoss(features, pixel_weight=cfg.pixel_weight).to(device)
+    loss_fn = PerceptualLoss(features, pixel_weight=cfg.pixel_weight, normalise=cfg.perceptual_normalise).to(device)
     det_params = [p for p in detector.parameters() if p.requires_grad]
     head_ids = {id(p) for p in detector.head.parameters()}
     betas = (cfg.beta1, cfg.beta2)
@@ -204,11 +230,19 @@ def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torc
     images = ImageBank(data, size, device, processes, cfg.batch_size, cfg.seed, cfg.workers)
     run.log(f"images: {images.description}")
     weights = LossWeights(cfg.softargmax_beta, cfg.bottleneck_sigma, cfg.equivariance_weight,
-                          cfg.separation_weight, cfg.separation_sigma)
+                          cfg.separation_weight, cfg.separation_sigma, cfg.concentration_weight)
     lrs = {"detector": (cfg.lr, cfg.head_lr or cfg.lr), "generator": (cfg.generator_lr,)}
+    validation = None
+    if cfg.val and processes.main:
+        validation = Validation(ValidationSpec(cfg.val, cfg.val_split, cfg.val_fit_split), size)
+        run.log(validation.description)
     task = AdaptationStep(f"adapt {cfg.category or cfg.images} ({cfg.mode})", detector, generator, loss_fn,
-                          optimisers, lrs, cfg.lr_decay_every, images, cfg.pairs(), weights, precision, device,
-                          cfg.seed, out / "samples.png" if processes.main else None, export)
+                          optimisers, lrs,
+                          functools.partial(learning_rate_factor, cfg.lr_schedule, steps=cfg.steps,
+                                            decay_every=cfg.lr_decay_every),
+                          images, cfg.pairs(), weights, precision, device, cfg.seed,
+                          out / "samples.png" if processes.main else None, export,
+                          validation, validation.metric if validation else None)
     if cfg.compile:
         run.log(f"compile: {task.use_compiled()}")
     resumed = run.restore(task, resume)
@@ -231,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "smoke: seconds")
     add_config_arguments(parser, AdaptConfig, skip=("images",), choices={
         "mode": MODES, "targets": ("all", "3x3"), "init_head": ("scratch", "core"),
+        "lr_schedule": ("constant", "step", "cosine"), "generator_upsample": ("transposed", "resize"),
         "perceptual": ("auto", "vgg19", "mobilenet_v2", "none"), "bf16": BF16_CHOICES}, help={
         "device": "auto (a GPU if there is one), cpu, cuda or cuda:N; several GPUs: "
                   "torchrun --nproc_per_node N -m landmarks.cli adapt ...",

@@ -6,6 +6,7 @@
     y_hat  = generator(y', maps)                                (training.generator)
     loss   = pixel + perceptual(y_hat, y)                       (training.perceptual)
            [+ separation(points) + equivariance(points, points of y')]   cpu preset, RESULTS.md
+           [+ concentration(maps of y)]                                 optional
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import torch
 from torch import nn
 
 from landmarks.geometry import apply_affine
-from landmarks.heatmaps import heatmap_to_input, input_to_heatmap, render_gaussians
+import math
+
+from landmarks.heatmaps import expected_location, heatmap_to_input, input_to_heatmap, render_gaussians, spatial_softmax
 from training.detectors import detect_points
 from training.devices import Precision
 from training.image_bank import ImageBank
 from training.optimisers import Optimisers
 from training.pairs import PairConfig, make_pairs
 
-__all__ = ["AdaptationStep", "LossWeights", "equivariance_loss", "separation_loss"]
+__all__ = ["AdaptationStep", "LossWeights", "concentration_loss", "equivariance_loss", "learning_rate_factor",
+           "separation_loss"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,31 @@ class LossWeights:
     equivariance: float = 0.0
     separation: float = 0.0
     separation_sigma: float = 0.06
+    concentration: float = 0.0
+
+
+def learning_rate_factor(schedule: str, step: int, steps: int, decay_every: int) -> float:
+    """The multiplier of every learning rate at `step`: constant; step (x0.1 every `decay_every`);
+    cosine (from 1 at step 0 to 0.01 at `steps`, half a cosine over the whole planned run)."""
+    if schedule == "step" and decay_every:
+        return 0.1 ** (step // decay_every)
+    if schedule == "cosine":
+        t = min(step / max(steps, 1), 1.0)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+    return 1.0
+
+
+def concentration_loss(heatmaps: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean spatial variance (heatmap px^2) of softmax(beta * heatmap) per landmark (Zhang et al. 2018):
+    a diffuse map pulls the soft-argmax towards the map's centre and makes the point imprecise."""
+    probs = spatial_softmax(heatmaps, beta)
+    mean = expected_location(probs)  # (B, K, 2) as (x, y)
+    h, w = probs.shape[-2:]
+    ys = torch.arange(h, device=probs.device, dtype=probs.dtype)
+    xs = torch.arange(w, device=probs.device, dtype=probs.dtype)
+    var_x = (probs.sum(-2) * (xs - mean[..., :1]).square()).sum(-1)
+    var_y = (probs.sum(-1) * (ys - mean[..., 1:]).square()).sum(-1)
+    return (var_x + var_y).mean()
 
 
 def separation_loss(points: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -61,11 +90,14 @@ class AdaptationStep:
     metric = None
 
     def __init__(self, name: str, detector: nn.Module, generator: nn.Module, loss_fn: nn.Module,
-                 optimisers: Optimisers, lrs: dict[str, tuple[float, ...]], lr_decay_every: int,
+                 optimisers: Optimisers, lrs: dict[str, tuple[float, ...]], schedule: Callable[[int], float],
                  images: ImageBank, pairs: PairConfig, weights: LossWeights, precision: Precision,
-                 device: torch.device, seed: int, pictures: Path | None, export: Callable[[Any], Path]) -> None:
+                 device: torch.device, seed: int, pictures: Path | None, export: Callable[[Any], Path],
+                 validation: Callable[[nn.Module], dict[str, float]] | None = None,
+                 metric: tuple[str, str] | None = None) -> None:
         self.name, self.detector, self.generator, self.loss_fn = name, detector, generator, loss_fn
-        self.optimisers, self.lrs, self.lr_decay_every = optimisers, lrs, lr_decay_every
+        self.optimisers, self.lrs, self.schedule = optimisers, lrs, schedule  # schedule: step -> lr factor
+        self.validation, self.metric = validation, metric
         self.images, self.pair_config, self.weights = images, pairs, weights
         self.precision, self.device, self.seed, self.pictures = precision, device, seed, pictures
         self.export = export  # (harness.RunState) -> the adapter or network file
@@ -90,11 +122,13 @@ class AdaptationStep:
     def state(self) -> dict[str, Any]:
         opt = self.optimisers.state()
         return {"detector": self.detector.state_dict(), "generator": self.generator.state_dict(),
-                "opt_det": opt["detector"], "opt_gen": opt["generator"]}
+                "opt_det": opt["detector"], "opt_gen": opt["generator"], "loss": self.loss_fn.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.detector.load_state_dict(state["detector"])
         self.generator.load_state_dict(state["generator"])
+        if "loss" in state:  # the perceptual term's running scales (checkpoints before them have none)
+            self.loss_fn.load_state_dict(state["loss"], strict=False)
         self.optimisers.load_state({"detector": state["opt_det"], "generator": state["opt_gen"]})
 
     def steps_per_epoch(self) -> int:
@@ -105,13 +139,13 @@ class AdaptationStep:
         return self.images.batches(epoch)
 
     def train_step(self, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        decay = 0.1 ** (step // self.lr_decay_every) if self.lr_decay_every else 1.0
+        decay = self.schedule(step)
         for name, lrs in self.lrs.items():
             self.optimisers.set_lr(name, [lr * decay for lr in lrs])
         w = self.weights
         pairs = make_pairs(images, self.pair_config, self._pair_generator)
         with self.precision.autocast(self.device):
-            points, _ = detect_points(self.run_detector, pairs.target, w.softargmax_beta)
+            points, heat = detect_points(self.run_detector, pairs.target, w.softargmax_beta)
             maps = render_gaussians(points, self.heat_size, w.bottleneck_sigma)
             recon = self.run_generator(pairs.deformed, maps)
             if w.equivariance:
@@ -126,18 +160,24 @@ class AdaptationStep:
         separation = separation_loss(points / self.heat_size, w.separation_sigma)
         if w.separation:
             loss = loss + w.separation * separation
+        concentration = concentration_loss(heat, w.softargmax_beta)
+        if w.concentration:
+            loss = loss + w.concentration * concentration
         self.optimisers.step(loss)
         self._last = (pairs.target.detach(), pairs.deformed.detach(), recon.detach(), points.detach())
         # spread: of the landmarks in heatmap px; near zero means they collapsed onto one place
         return {"loss": loss, "reconstruction": reconstruction, "equivariance": equivariance,
-                "separation": separation, "spread": points.detach().std(dim=1).mean()}
+                "separation": separation, "concentration": concentration.detach(),
+                "spread": points.detach().std(dim=1).mean(), "lr_factor": decay}
 
     def validate(self, step: int) -> dict[str, float]:
-        """No labels to score: a picture of the last batch (y, y', reconstruction, landmarks)."""
+        """Scores on held-out images (`training.validation`, if given), and a picture of the last batch
+        (y, y', reconstruction, landmarks)."""
+        metrics = self.validation(self.detector) if self.validation is not None else {}
         if self.pictures is not None and self._last is not None:
             from training.plots import save_pair_samples
 
             target, deformed, recon, points = self._last
             save_pair_samples(self.pictures, target, deformed, recon.float(),
                               heatmap_to_input(points, self.stride).cpu().numpy())
-        return {}
+        return metrics

@@ -43,6 +43,8 @@ __all__ = [
     "add_arguments",
     "consistency_error",
     "detect_dataset",
+    "detect_points_px",
+    "iod_indices",
     "evaluate",
     "load_detector",
     "main",
@@ -91,7 +93,7 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def _detect(model: LandmarkHourglass, images: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tensor:
+def detect_points_px(model: LandmarkHourglass, images: torch.Tensor, beta: float = PAPER_BETA) -> torch.Tensor:
     """Points in input pixels, on the CPU (the images go to the model's device)."""
     heat = model(images.to(_device_of(model), non_blocking=True)).float()
     stride = model.config.input_size / model.config.heatmap_size
@@ -112,7 +114,7 @@ def detect_dataset(model: LandmarkHourglass, data: Dataset, points_margin: float
         pass
     for images, pts, _, ok in loader:
         images, pts = images[ok], pts[ok]
-        points.append(_detect(model, images).numpy())
+        points.append(detect_points_px(model, images).numpy())
         truth.append(pts.numpy())
         if sum(len(k) for k in kept) < keep_tensors:
             kept.append(images)
@@ -131,7 +133,7 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float = RIDGE_LAMBDA):
     return lambda xn: (xn - mx) @ coef + my
 
 
-def _iod_indices(num_points: int) -> tuple[int, int]:
+def iod_indices(num_points: int) -> tuple[int, int]:
     if num_points == 5:
         return (0, 1)  # MTFL/AFLW: eye centres
     if num_points == 68:
@@ -148,7 +150,7 @@ def regression_error(src_train, dst_train, src_test, dst_test, iod: np.ndarray, 
 
 
 def forward_backward(train: Detections, test: Detections, size: int, seed: int = 0) -> dict:
-    a, b = _iod_indices(test.truth.shape[1])
+    a, b = iod_indices(test.truth.shape[1])
     iod = np.linalg.norm(test.truth[:, a] - test.truth[:, b], axis=-1)
     rng = np.random.default_rng(seed)
     rows = []
@@ -179,8 +181,8 @@ def consistency_error(model: LandmarkHourglass, images: torch.Tensor, seed: int 
         n = len(chunk)
         m = similarity_matrix(torch.randn(n, generator=g) * rotation_sd, torch.ones(n), torch.zeros(n, 2),
                               center=(size - 1) / 2)
-        moved = apply_affine(_detect(model, chunk), m)
-        found = _detect(model, warp_images(chunk, m))
+        moved = apply_affine(detect_points_px(model, chunk), m)
+        found = detect_points_px(model, warp_images(chunk, m))
         errors.append(torch.linalg.norm(found - moved, dim=-1))
     return (torch.cat(errors).mean(0) * (128 / size)).numpy()
 

@@ -23,10 +23,18 @@ class GeneratorConfig:
     num_landmarks: int = 10
     base_channels: int = 32
     num_res_blocks: int = 6
+    # "transposed" (the official layout) or "resize": nearest-neighbour x2 then a 3x3 conv, which cannot
+    # leave the checkerboard pattern transposed convs with stride 2 print (Odena et al. 2016)
+    upsample: str = "transposed"
+    # concatenate the encoder's features of y' at S and S/2 into the decoder (a U-Net from y' only;
+    # never from y, whose appearance would leak past the landmark bottleneck)
+    skips: bool = False
 
     def __post_init__(self) -> None:
         if self.num_landmarks < 1 or self.base_channels < 4 or self.num_res_blocks < 0:
             raise ValueError(f"invalid generator config {self}")
+        if self.upsample not in ("transposed", "resize"):
+            raise ValueError(f"upsample must be 'transposed' or 'resize', got {self.upsample!r}")
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -61,17 +69,48 @@ class ConditionalGenerator(nn.Module):
         )
         self.fuse = nn.Sequential(*_conv_bn_relu(4 * c + config.num_landmarks, 4 * c, 3))
         self.blocks = nn.Sequential(*[_ResBlock(4 * c) for _ in range(config.num_res_blocks)])
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(2 * c),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c, 3, 7, padding=3),
-        )
+        if config.upsample == "transposed" and not config.skips:
+            self.decoder = nn.Sequential(
+                nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(2 * c),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c, 3, 7, padding=3),
+            )
+        else:
+            skip = 1 if config.skips else 0
+            self.up = nn.ModuleList([_Up(4 * c, 2 * c, config.upsample), _Up(2 * c, c, config.upsample)])
+            self.merge = nn.ModuleList([nn.Sequential(*_conv_bn_relu(2 * c * (1 + skip), 2 * c, 3)),
+                                        nn.Sequential(*_conv_bn_relu(c * (1 + skip), c, 3))])
+            self.to_rgb = nn.Conv2d(c, 3, 7, padding=3)
 
     def forward(self, deformed: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(deformed * 2 - 1)
+        if not hasattr(self, "up"):
+            features = self.encoder(deformed * 2 - 1)
+            x = self.blocks(self.fuse(torch.cat((features, maps.to(features.dtype)), dim=1)))
+            return 0.5 * (torch.tanh(self.decoder(x)) + 1)
+        full = self.encoder[:3](deformed * 2 - 1)  # S
+        half = self.encoder[3:6](full)  # S/2
+        features = self.encoder[6:](half)  # S/4
         x = self.blocks(self.fuse(torch.cat((features, maps.to(features.dtype)), dim=1)))
-        return 0.5 * (torch.tanh(self.decoder(x)) + 1)
+        for up, merge, skip in zip(self.up, self.merge, (half, full)):
+            x = up(x)
+            x = merge(torch.cat((x, skip), dim=1) if self.config.skips else x)
+        return 0.5 * (torch.tanh(self.to_rgb(x)) + 1)
+
+
+class _Up(nn.Module):
+    """x2 upsampling: a stride-2 transposed conv, or nearest-neighbour resize then a 3x3 conv."""
+
+    def __init__(self, cin: int, cout: int, mode: str) -> None:
+        super().__init__()
+        if mode == "transposed":
+            conv: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=False)]
+        else:
+            conv = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+        self.body = nn.Sequential(*conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

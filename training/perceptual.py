@@ -225,6 +225,7 @@ class PerceptualLoss(nn.Module):
         layer_weights: list[float] | tuple[float, ...] | None = None,
         pixel_weight: float = 1.0,
         pixel_loss: str = "mse",
+        normalise: bool = False,
     ):
         super().__init__()
         if pixel_loss not in ("mse", "l1"):
@@ -235,6 +236,20 @@ class PerceptualLoss(nn.Module):
         self.layer_weights = None if layer_weights is None else [float(w) for w in layer_weights]
         self.pixel_weight = float(pixel_weight)
         self.pixel_loss = pixel_loss
+        # normalise: each term (the pixel loss, each layer) divided by a running mean of itself, so that
+        # every term starts at ~1 whatever its scale (L1 of deep features ~10, MSE of pixels ~0.05) and
+        # the weights say how much each counts, as in Jakab et al. (2018)'s code; the running means are
+        # state (saved with the checkpoint), updated without a gradient, momentum 0.99
+        self.normalise = normalise
+        self.register_buffer("scales", torch.zeros(0))
+
+    def _normalised(self, terms: list[torch.Tensor]) -> list[torch.Tensor]:
+        values = torch.stack([t.detach().float() for t in terms])
+        if self.scales.numel() != len(terms):
+            self.scales = values.clone()
+        elif self.training:
+            self.scales.mul_(0.99).add_(0.01 * values)
+        return [t / self.scales[i].clamp(min=1e-8) for i, t in enumerate(terms)]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -246,14 +261,17 @@ class PerceptualLoss(nn.Module):
             raise ValueError(f"shape mismatch: {tuple(pred.shape)} vs {tuple(target.shape)}")
         target = target.detach()
         pix = F.mse_loss(pred, target) if self.pixel_loss == "mse" else F.l1_loss(pred, target)
-        loss = self.pixel_weight * pix
         fp = self.feature_net(pred)
         with torch.no_grad():
             ft = self.feature_net(target)
         weights = self.layer_weights if self.layer_weights is not None else [1.0] * len(fp)
         if len(weights) != len(fp) or len(ft) != len(fp):
             raise ValueError(f"{len(weights)} layer weights for {len(fp)} feature maps")
-        for w, a, b in zip(weights, fp, ft):
+        terms = [pix] + [F.l1_loss(a, b) for a, b in zip(fp, ft)]
+        if self.normalise:
+            terms = self._normalised(terms)
+        loss = self.pixel_weight * terms[0]
+        for w, term in zip(weights, terms[1:]):
             if w:
-                loss = loss + w * F.l1_loss(a, b)
+                loss = loss + w * term
         return loss

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 18's recipe probes on faces, one after another (never two trainings at once on 2 cores).
+# Each starts from the shipped face adapter (--warm-start; the generator starts fresh), adapts on
+# MTFL training rows :6655 and is scored every 250 steps on rows 6655: (regressor fitted on rows
+# :2000); nothing reads the AFLW_M test list. Usage, in the background:
+#   setsid nohup scripts/faces_probes.sh STEPS NAME... > runs/probes/queue.log 2>&1 &
+# NAME: control | cosine | teach | teach-norm | conc ; results in runs/probes/NAME/history.jsonl.
+# While the queue runs, `scripts/paused.sh CMD` runs CMD with it stopped (SIGSTOP/SIGCONT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+M=${MTFL:-../shared/data/mtfl}
+steps=$1; shift
+echo $$ > runs/training.pid  # the process group paused.sh stops
+common=(mtfl:$M/new_training.txt --preset cpu --category faces --warm-start adapters/faces.safetensors
+        --train-split :6655 --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :2000
+        --steps "$steps" --picture-every 250 --checkpoint-every 250)
+for name in "$@"; do
+  case $name in
+    control)    extra=() ;;
+    cosine)     extra=(--lr-schedule cosine) ;;
+    teach)      extra=(--lr-schedule cosine --generator-upsample resize --generator-skips true) ;;
+    teach-norm) extra=(--lr-schedule cosine --generator-upsample resize --generator-skips true
+                       --perceptual-normalise true) ;;
+    conc)       extra=(--lr-schedule cosine --concentration-weight 0.1) ;;
+    *) echo "unknown probe $name"; exit 2 ;;
+  esac
+  out=runs/probes/$name
+  resume=(); [[ -f $out/checkpoint.pt ]] && resume=(--resume)
+  echo "$(date -u +%FT%TZ) start $name: ${extra[*]}"
+  .venv/bin/landmarks adapt "${common[@]}" "${extra[@]}" --out "$out" "${resume[@]}" > "runs/probes/$name.log" 2>&1
+  echo "$(date -u +%FT%TZ) done $name: $(tail -n 1 "$out/history.jsonl")"
+done
+rm -f runs/training.pid
