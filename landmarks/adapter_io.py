@@ -20,6 +20,7 @@ names, shapes, dtypes, finiteness, version and fingerprint with a message that s
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import re
@@ -33,7 +34,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
-from landmarks.projection import expected_adapter_shapes
+from landmarks.projection import expected_adapter_shapes, first_non_finite
 from landmarks.text import clip
 
 __all__ = [
@@ -136,9 +137,10 @@ class _Artifact:
     def num_landmarks(self) -> int:
         return self.config.num_landmarks
 
-    @property
+    @functools.cached_property
     def landmark_names(self) -> list[str]:
-        """K names: the file's own (checked when it was read), else p1 .. pK."""
+        """K names: the file's own (checked when it was read), else p1 .. pK. Parsed once (a server
+        reads them for every answer); callers must not change the list."""
         names = json.loads(self.metadata.get("landmark_names", "[]"))
         return names or default_landmark_names(self.num_landmarks)
 
@@ -385,8 +387,9 @@ def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Ma
             raise TensorMismatchError(f"{label}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
         if tensor.dtype not in _ALLOWED_DTYPES:
             raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/bfloat16/float32")
-        if not torch.isfinite(tensor).all():
-            raise NonFiniteError(f"{label}: tensor {key} contains NaN or Inf values; the file is broken")
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteError(f"{label}: tensor {bad} contains NaN or Inf values; the file is broken")
 
 
 def load_core(source: Path | str | bytes) -> Core:

@@ -93,7 +93,8 @@ class ServerConfig:
         "waiting requests before RESOURCE_EXHAUSTED (a DetectBatch that does not fit waits for room)",
         group="batching"))
     batch_workers: int = field(default=2, metadata=_flag(
-        "forward passes that may run at once; under load each gets --threads / N threads", group="batching"))
+        "forward passes that may run at once; under load each gets --threads / N threads (onnxruntime: "
+        "every session has --threads / N threads)", group="batching"))
     lone_on_lead: bool = field(default=True, metadata=_flag(
         "send every Detect through the batching queue; by default a call that would be the only one "
         "computing runs whole on the lead batch worker, saving two thread hand-offs", group="batching",

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from landmarks.adapter_io import ArtifactError, Core, load_core
-from serving.backends import Backend, make_backend
+from serving.backends import Backend, make_backend, session_threads
 from serving.batching import DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
@@ -60,7 +60,7 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
     except ArtifactError as exc:
         raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
     # ORT has its own thread pools (serving.threads governs torch's); torch backends take their threads per call
-    options = {"threads": cfg.torch_threads} if cfg.backend == "onnxruntime" else {}
+    options = {"threads": session_threads(cfg.torch_threads, cfg.batch_workers)} if cfg.backend == "onnxruntime" else {}
     try:
         backend = make_backend(cfg.backend, core, cfg.device, **options)
     except ValueError as exc:  # e.g. --device cuda without onnxruntime-gpu

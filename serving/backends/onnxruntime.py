@@ -113,8 +113,8 @@ class OnnxRuntimeBackend:
         return prepared
 
     def _run(self, prepared: OrtModel, pixels: torch.Tensor, boxes: torch.Tensor, outputs: list[str]) -> list:
-        feeds = {"pixels": np.ascontiguousarray(pixels.cpu().numpy()),
-                 "boxes": np.ascontiguousarray(boxes.cpu().numpy(), dtype=np.float64)}
+        feeds = {"pixels": np.ascontiguousarray(pixels.numpy(force=True)),
+                 "boxes": np.ascontiguousarray(boxes.numpy(force=True), dtype=np.float64)}
         if self.device == "cpu":
             return prepared.session.run(outputs, feeds)
         binding = prepared.session.io_binding()
