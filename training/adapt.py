@@ -93,6 +93,9 @@ class AdaptConfig:
     # Not in the paper: weight of the heatmaps' spatial variance (heatmap px^2; Zhang et al. 2018's
     # concentration term): sharp maps give precise points
     concentration_weight: float = 0.0
+    # Not in the paper, for objects photographed on white (product photos such as UT-Zappos shoes):
+    # weight of the landmarks' heatmap mass on near-white background cells of y (from the pixels alone)
+    foreground_weight: float = 0.0
     # Validation on held-out rows (training.validation): FORMAT:PATH, the rows scored (outside
     # --train-split) and, for annotated images, the rows the regressor is fitted on; every --picture-every
     val: str = ""
@@ -135,8 +138,8 @@ class AdaptConfig:
             raise ValueError(f"lr_schedule must be constant, step or cosine, got {self.lr_schedule!r}")
         if (self.lr_schedule == "step") != (self.lr_decay_every > 0):
             raise ValueError("--lr-schedule step and --lr-decay-every N (> 0) go together")
-        if self.concentration_weight < 0:
-            raise ValueError("concentration_weight must be >= 0")
+        if self.concentration_weight < 0 or self.foreground_weight < 0:
+            raise ValueError("concentration_weight and foreground_weight must be >= 0")
         if self.val and not self.val_split:
             raise ValueError("--val needs --val-split: the rows to score, which adaptation must not use "
                              "(e.g. --train-split :6655 --val-split 6655:)")
@@ -230,7 +233,8 @@ def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torc
     images = ImageBank(data, size, device, processes, cfg.batch_size, cfg.seed, cfg.workers)
     run.log(f"images: {images.description}")
     weights = LossWeights(cfg.softargmax_beta, cfg.bottleneck_sigma, cfg.equivariance_weight,
-                          cfg.separation_weight, cfg.separation_sigma, cfg.concentration_weight)
+                          cfg.separation_weight, cfg.separation_sigma, cfg.concentration_weight,
+                          cfg.foreground_weight)
     lrs = {"detector": (cfg.lr, cfg.head_lr or cfg.lr), "generator": (cfg.generator_lr,)}
     validation = None
     if cfg.val and processes.main:

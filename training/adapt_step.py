@@ -7,30 +7,45 @@
     loss   = pixel + perceptual(y_hat, y)                       (training.perceptual)
            [+ separation(points) + equivariance(points, points of y')]   cpu preset, RESULTS.md
            [+ concentration(maps of y)]                                 optional
+           [+ background mass(maps of y)]                               on-white photos (shoes)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from landmarks.geometry import apply_affine
-import math
-
-from landmarks.heatmaps import expected_location, heatmap_to_input, input_to_heatmap, render_gaussians, spatial_softmax
+from landmarks.geometry import apply_affine, warp_images
+from landmarks.heatmaps import (
+    expected_location,
+    heatmap_to_input,
+    input_to_heatmap,
+    render_gaussians,
+    spatial_softmax,
+)
 from training.detectors import detect_points
 from training.devices import Precision
 from training.image_bank import ImageBank
 from training.optimisers import Optimisers
 from training.pairs import PairConfig, make_pairs
 
-__all__ = ["AdaptationStep", "LossWeights", "concentration_loss", "equivariance_loss", "learning_rate_factor",
-           "separation_loss"]
+__all__ = [
+    "AdaptationStep",
+    "LossWeights",
+    "background_mass",
+    "concentration_loss",
+    "equivariance_loss",
+    "foreground_mask",
+    "learning_rate_factor",
+    "separation_loss",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,7 @@ class LossWeights:
     separation: float = 0.0
     separation_sigma: float = 0.06
     concentration: float = 0.0
+    foreground: float = 0.0
 
 
 def learning_rate_factor(schedule: str, step: int, steps: int, decay_every: int) -> float:
@@ -82,6 +98,21 @@ def equivariance_loss(points: torch.Tensor, points_moved: torch.Tensor, transfor
     """||A p(y) - p(A y)||^2 in heatmap pixels, A (B,2,3) the known warp in input pixels."""
     moved = input_to_heatmap(apply_affine(heatmap_to_input(points, stride), transform), stride)
     return (moved - points_moved).square().sum(-1).mean()
+
+
+def foreground_mask(images: torch.Tensor, white: float = 0.92) -> torch.Tensor:
+    """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 where a pixel is not near-white (every channel >= `white`,
+    the threshold of `training.metrics.background_points`), i.e. the object of an on-white photo."""
+    return (images < white).any(dim=1, keepdim=True).to(images.dtype)
+
+
+def background_mass(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float, share: float = 0.1) -> torch.Tensor:
+    """Mean over landmarks of the softmax(beta * heatmap) mass on background cells: heatmap cells
+    whose pixels are less than `share` foreground (`foreground` (B,1,S,S), 0 outside the image).
+    For on-white product photos, where a point in the white says nothing about the object."""
+    probs = spatial_softmax(heatmaps, beta)
+    cells = F.adaptive_avg_pool2d(foreground.float(), probs.shape[-2:])  # (B,1,h,w) foreground share
+    return (probs * (cells < share).to(probs.dtype)).sum((-2, -1)).mean()
 
 
 class AdaptationStep:
@@ -163,12 +194,18 @@ class AdaptationStep:
         concentration = concentration_loss(heat, w.softargmax_beta)
         if w.concentration:
             loss = loss + w.concentration * concentration
+        record = {}
+        if w.foreground:
+            # the source's foreground moved as y was (zero, i.e. background, outside the image)
+            foreground = warp_images(foreground_mask(images), pairs.target_transform)
+            record["background_mass"] = background_mass(heat, foreground, w.softargmax_beta)
+            loss = loss + w.foreground * record["background_mass"]
         self.optimisers.step(loss)
         self._last = (pairs.target.detach(), pairs.deformed.detach(), recon.detach(), points.detach())
         # spread: of the landmarks in heatmap px; near zero means they collapsed onto one place
         return {"loss": loss, "reconstruction": reconstruction, "equivariance": equivariance,
                 "separation": separation, "concentration": concentration.detach(),
-                "spread": points.detach().std(dim=1).mean(), "lr_factor": decay}
+                "spread": points.detach().std(dim=1).mean(), "lr_factor": decay, **record}
 
     def validate(self, step: int) -> dict[str, float]:
         """Scores on held-out images (`training.validation`, if given), and a picture of the last batch

@@ -89,6 +89,7 @@ class Pairs:
     deformed: torch.Tensor  # y' as the generator sees it (similarity, then TPS if enabled)
     deformed_rigid: torch.Tensor  # y' before TPS: exactly `transform` of y
     transform: torch.Tensor  # (B, 2, 3): pixels of y -> pixels of deformed_rigid
+    target_transform: torch.Tensor  # (B, 2, 3): pixels of the source image -> pixels of y
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
@@ -104,4 +105,4 @@ def make_pairs(images: torch.Tensor, cfg: PairConfig, generator: torch.Generator
     target = warp_images(images, a_target)
     rigid = warp_images(images, a_deformed)
     deformed = tps_warp(rigid, cfg.tps_sd, generator=generator) if cfg.tps_sd > 0 else rigid
-    return Pairs(target, deformed, rigid, compose(a_deformed, invert_affine(a_target)))
+    return Pairs(target, deformed, rigid, compose(a_deformed, invert_affine(a_target)), a_target)

@@ -1,6 +1,7 @@
 """Issue 18's recipe options: validation during adaptation, schedules, concentration, generator
 variants and the normalised reconstruction terms."""
 
+import itertools
 import json
 import math
 
@@ -20,7 +21,7 @@ def test_learning_rate_schedules():
     assert learning_rate_factor("step", 250, 1000, 100) == pytest.approx(0.01)
     cosine = [learning_rate_factor("cosine", s, 1000, 0) for s in range(0, 1001, 100)]
     assert cosine[0] == 1.0 and cosine[-1] == pytest.approx(0.01) and cosine[5] == pytest.approx(0.505)
-    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert all(a > b for a, b in itertools.pairwise(cosine))
     assert learning_rate_factor("cosine", 5000, 1000, 0) == pytest.approx(0.01)  # past the plan: stays low
 
 
@@ -40,7 +41,7 @@ def test_generator_variants(upsample, skips):
     generator = ConditionalGenerator(GeneratorConfig(5, 8, 1, upsample, skips))
     deformed, maps = torch.rand(2, 3, 32, 32, requires_grad=True), torch.rand(2, 5, 8, 8, requires_grad=True)
     out = generator(deformed, maps)
-    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     out.mean().backward()
     assert maps.grad.abs().sum() > 0 and deformed.grad.abs().sum() > 0
     transposed = any(isinstance(m, nn.ConvTranspose2d) for m in generator.modules())
@@ -115,3 +116,30 @@ def test_adapt_refuses_inconsistent_schedule_flags():
         AdaptConfig(images="folder:x", lr_schedule="step")
     with pytest.raises(ValueError, match="--val-split"):
         AdaptConfig(images="folder:x", val="folder:y")
+
+
+def test_background_mass_counts_heatmap_mass_on_white_cells():
+    from training.adapt_step import background_mass, foreground_mask
+
+    images = torch.ones(1, 3, 32, 32)
+    images[:, :, 8:24, 8:24] = 0.3  # a grey object on white
+    foreground = foreground_mask(images)
+    assert foreground.sum() == 16 * 16
+    maps = torch.zeros(1, 2, 8, 8)
+    maps[0, 0, 4, 4] = 5.0  # on the object
+    maps[0, 1, 0, 0] = 5.0  # in the white corner
+    mass = background_mass(maps, foreground, beta=10.0)
+    assert mass.item() == pytest.approx(0.5, abs=0.01)  # one of two landmarks wholly on the background
+    soft = (maps * 0.1).requires_grad_(True)  # not saturated, so there is a gradient
+    background_mass(soft, foreground, beta=10.0).backward()
+    assert soft.grad[0, 1, 0, 0] > 0  # lowering the corner's peak lowers the term
+    assert soft.grad[0, 1, 4, 4] < 0  # raising the map on the object lowers it
+
+
+def test_adapt_with_the_foreground_term(tmp_path, core_file, face_data):
+    cfg = AdaptConfig(**{**PRESETS["smoke"], "images": f"mtfl:{face_data / 'train.txt'}", "core": str(core_file),
+                         "category": "things", "out": str(tmp_path / "run"), "num_landmarks": 4,
+                         "foreground_weight": 1.0})
+    adapt(cfg, command="test")
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert all(0 <= h["background_mass"] <= 1 for h in history)
