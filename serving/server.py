@@ -20,6 +20,7 @@ before, and a missing or broken core raises `CoreLoadError` with a message sayin
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from concurrent import futures
@@ -213,6 +214,9 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
 def _load(cfg: ServerConfig, lifecycle: Lifecycle, metrics: Metrics, reraise: bool) -> None:
     try:
         lifecycle.publish(load_services(cfg, metrics))
+        # what loading made lives as long as the server, so the collector need not scan it: a full
+        # collection over it (registrations trigger one now and then) added ~80 ms to one of them
+        gc.freeze()
     except Exception as exc:
         lifecycle.fail(str(exc))  # requests answer UNAVAILABLE with it
         if reraise:
