@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 18's recipe probes on faces, one after another (never two trainings at once on 2 cores).
 # Each starts from the shipped face adapter (--warm-start; the generator starts fresh), adapts on
-# MTFL training rows :6655 and is scored every 250 steps on rows 6655: (regressor fitted on rows
-# :2000); nothing reads the AFLW_M test list. Usage, in the background:
+# MTFL training rows :6655 and is scored every 250 steps on rows 6655: (the regressor fitted on
+# 2,000 rows spread over :6655, LFW and web faces alike); nothing reads the AFLW_M test list. Usage, in the background:
 #   setsid nohup scripts/faces_probes.sh STEPS NAME... > runs/probes/queue.log 2>&1 &
 # NAME: control | cosine | teach | teach-norm | conc ; results in runs/probes/NAME/history.jsonl.
 # While the queue runs, `scripts/paused.sh CMD` runs CMD with it stopped (SIGSTOP/SIGCONT).
@@ -12,7 +12,7 @@ M=${MTFL:-../shared/data/mtfl}
 steps=$1; shift
 echo $$ > runs/training.pid  # the process group paused.sh stops
 common=(mtfl:$M/new_training.txt --preset cpu --category faces --warm-start adapters/faces.safetensors
-        --train-split :6655 --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :2000
+        --train-split :6655 --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :6655
         --steps "$steps" --picture-every 250 --checkpoint-every 250)
 for name in "$@"; do
   case $name in
