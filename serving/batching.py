@@ -10,7 +10,8 @@ Queued work: each worker thread (`workers`, default 2) takes the oldest queued r
 every queued request of the same group (leased adapter version) up to `max_batch_size`, and runs
 them as one forward pass. Batches form by themselves while the previous batch computes; on top of
 that the worker waits up to `max_queue_delay` for more of a group *only while other requests are
-still being prepared*, so a lone request is never delayed for company that is not coming.
+still being prepared and no other group is queued*, so a lone request is never delayed for company
+that is not coming, and a worker never idles while other categories' requests wait.
 
 Lone requests: gRPC schedules Detect and DetectBatch through `LeadFirstExecutor`; an RPC that
 arrives while nothing is queued, preparing or computing becomes a `LeadTask`, a work item of its
@@ -304,7 +305,9 @@ class DynamicBatcher:
                 same = [p for p in self._queue if p.key == head.key]
                 due = head.enqueued + delay
                 now = time.monotonic()
-                if (len(same) >= cfg.max_batch_size or self._draining or now >= due
+                # wait for company only with nothing else to do: when other groups are queued (mixed
+                # categories), idling for the head's would leave a core unused
+                if (len(same) >= cfg.max_batch_size or self._draining or now >= due or len(same) < len(self._queue)
                         or self._arriving <= 0 or len(self._queue) >= cfg.max_queue):
                     batch = self._pop_group(head.key, cfg.max_batch_size)
                     alone = lead and self._computing == 0 and not self._queue and self._arriving <= 0
