@@ -129,6 +129,7 @@ class AdaptationStep:
         self.name, self.detector, self.generator, self.loss_fn = name, detector, generator, loss_fn
         self.optimisers, self.lrs, self.schedule = optimisers, lrs, schedule  # schedule: step -> lr factor
         self.validation, self.metric = validation, metric
+        self.best_is = "min"  # errors: forward or consistency
         self.images, self.pair_config, self.weights = images, pairs, weights
         self.precision, self.device, self.seed, self.pictures = precision, device, seed, pictures
         self.export = export  # (harness.RunState) -> the adapter or network file

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -52,6 +53,7 @@ class Task(Protocol):
 
     name: str  # progress bar and curve title
     metric: tuple[str, str] | None  # (history key, axis label) of the validation metric on the curve
+    best_is: str  # "min" or "max": the metric's best value; the export at the best one is kept as best-<file>
 
     def state(self) -> dict[str, Any]: ...  # state dicts by name, everything a resume needs
 
@@ -153,7 +155,20 @@ class TrainingRun:
             f.writelines(json.dumps(h) + "\n" for h in s.history)
         key, label = task.metric or (None, "")
         plot_curves(s.history, self.out / "curve.png", task.name, metric_key=key, metric_label=label)
-        return task.export(s)
+        path = task.export(s)
+        if path is not None and key and self._best_so_far(key, task.best_is):
+            # model selection on validation: the file at the best score survives later, worse steps
+            shutil.copyfile(path, path.with_name(f"best-{path.name}"))
+            self.log(f"step {s.step}: best {key} so far ({s.history[-1][key]:.4g}): {path.with_name('best-' + path.name)}")
+        return path
+
+    def _best_so_far(self, key: str, best_is: str) -> bool:
+        """Whether this step was validated and scored at least as well as every earlier validation."""
+        scores = [h[key] for h in self.state.history if key in h]
+        if not scores or self.state.history[-1].get(key) is None:
+            return False
+        pick = min if best_is == "min" else max
+        return scores[-1] == pick(scores)
 
     # --------------------------------------------------------------------------------------- loop
     def train(self, task: Task) -> Path | None:

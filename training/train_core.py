@@ -100,6 +100,7 @@ class CoreStep:
     """`harness.Task` of train-core: weighted heatmap MSE on augmented person crops, PCK on validation."""
 
     metric = ("val_pck", "val PCK@0.2 (%)")
+    best_is = "max"
 
     def __init__(self, cfg: CoreTrainConfig, model: LandmarkHourglass, optimisers: Optimisers,
                  train_data: PoseCrops, val_data: PoseCrops, device: torch.device, precision: Precision,

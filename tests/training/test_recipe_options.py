@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from landmarks.adapter_io import load_adapter, load_core
 from training.adapt import PRESETS, AdaptConfig, adapt
 from training.adapt_step import concentration_loss, learning_rate_factor
 from training.generator import ConditionalGenerator, GeneratorConfig
@@ -109,6 +110,10 @@ def test_adapt_records_the_validation_curve(tmp_path, core_file, face_data):
     validated = [h for h in history if "val_forward" in h]
     assert validated and validated[-1]["step"] == 3
     assert history[-1]["lr_factor"] < history[0]["lr_factor"]
+    # the export at the best validation score is kept beside the last one
+    best = min(validated, key=lambda h: h["val_forward"])
+    kept = load_adapter(tmp_path / "run" / "best-adapter.safetensors", load_core(core_file))
+    assert kept.metadata["training_steps"] == str(best["step"])
 
 
 def test_adapt_refuses_inconsistent_schedule_flags():
