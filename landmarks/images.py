@@ -45,7 +45,8 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     ix0, iy0 = max(0, math.floor(x0) - margin), max(0, math.floor(y0) - margin)
     ix1, iy1 = min(width, math.ceil(x1) + margin), min(height, math.ceil(y1) + margin)
     ix0, iy0 = ix0 - ix0 % factor, iy0 - iy0 % factor  # align to the reduction grid
-    sub = image.crop((ix0, iy0, ix1, iy1))
+    region = (ix0, iy0, ix1, iy1)
+    sub = image if region == (0, 0, width, height) else image.crop(region)  # the whole image: no copy
     if factor > 1:
         sub = sub.reduce(factor)
     local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
