@@ -279,6 +279,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "known dataset (mtfl, 300w, cats, lsp...), else 'user-supplied images; check their licence', "
                    "e.g. --license 'AFHQ (CC BY-NC 4.0; Choi et al. 2020)'",
         "workers": "processes that decode the images (once, into memory, when they fit)",
+        "lr_schedule": "every learning rate times: constant; step (x0.1 every --lr-decay-every steps); cosine "
+                       "(from 1 to 0.01 over --steps, the whole planned run; a resumed run keeps its place)",
+        "generator_upsample": "the generator's x2 upsampling: transposed (the official code's stride-2 transposed "
+                              "convs) or resize (nearest-neighbour x2 then a 3x3 conv: no checkerboard)",
+        "generator_skips": "feed the encoder's features of y' at full and half size into the decoder (a U-Net "
+                           "from y' only; never from y, whose appearance would bypass the landmarks)",
+        "perceptual_normalise": "divide the pixel term and each perceptual layer by a running mean of itself, "
+                                "so each counts ~1 and --pixel-weight is their ratio (RESULTS.md: reconstructions "
+                                "then carry the target's colours)",
+        "concentration_weight": "weight of the heatmaps' spatial variance (sharp maps, Zhang et al. 2018); 0 = off",
+        "foreground_weight": "for objects photographed on white (product photos): weight of the landmarks' heatmap "
+                             "mass on near-white cells, from the pixels alone; 0 = off",
+        "val": "FORMAT:PATH of images to validate on every --picture-every steps (history.jsonl, curve.png; "
+               "best-adapter.safetensors keeps the export at the best score), e.g. the same list as the images",
+        "val_split": "the rows of --val to score, outside --train-split; write negative ones with '=', e.g. "
+                     "--train-split=:-1000 --val-split=-1000:-500",
+        "val_fit_split": "annotated --val only: the rows the forward/backward regressor is fitted on (up to 2,000 "
+                         "spread over them), e.g. the adaptation rows; without it, consistency only",
         "names": "landmark names for the adapter file, comma-separated, one per landmark "
                  "(e.g. 'left-eye,right-eye,nose,...'; default p1 .. pK); servers and Detector report them",
         "compile": "torch.compile the detector, generator and perceptual network (needs a C++ compiler on "
