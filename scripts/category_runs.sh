@@ -14,7 +14,7 @@ echo $$ > runs/training.pid  # the process group scripts/paused.sh stops
 for name in "$@"; do
   cat=${name%%-*}
   common=(folder:$D/$cat --preset cpu --category "$cat" --warm-start "adapters/$cat.safetensors"
-          --train-split :-1000 --val "folder:$D/$cat" --val-split -1000:-500 --steps "$steps"
+          --train-split=:-1000 --val "folder:$D/$cat" --val-split=-1000:-500 --steps "$steps"
           --picture-every 250 --checkpoint-every 250 --lr-schedule cosine)
   case $name in
     shoes-fg)     extra=(--foreground-weight 1.0) ;;

@@ -94,7 +94,8 @@ class AdaptConfig:
     # concentration term): sharp maps give precise points
     concentration_weight: float = 0.0
     # Not in the paper, for objects photographed on white (product photos such as UT-Zappos shoes):
-    # weight of the landmarks' heatmap mass on near-white background cells of y (from the pixels alone)
+    # weight of the landmarks' expected distance (heatmap cells) from the object in y, the object being
+    # what is not near-white (from the pixels alone)
     foreground_weight: float = 0.0
     # Validation on held-out rows (training.validation): FORMAT:PATH, the rows scored (outside
     # --train-split) and, for annotated images, the rows the regressor is fitted on; every --picture-every
@@ -289,8 +290,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "so each counts ~1 and --pixel-weight is their ratio (RESULTS.md: reconstructions "
                                 "then carry the target's colours)",
         "concentration_weight": "weight of the heatmaps' spatial variance (sharp maps, Zhang et al. 2018); 0 = off",
-        "foreground_weight": "for objects photographed on white (product photos): weight of the landmarks' heatmap "
-                             "mass on near-white cells, from the pixels alone; 0 = off",
+        "foreground_weight": "for objects photographed on white (product photos): weight of the landmarks' expected "
+                             "distance (heatmap cells) from the object, which is what is not near-white; 0 = off",
         "val": "FORMAT:PATH of images to validate on every --picture-every steps (history.jsonl, curve.png; "
                "best-adapter.safetensors keeps the export at the best score), e.g. the same list as the images",
         "val_split": "the rows of --val to score, outside --train-split; write negative ones with '=', e.g. "

@@ -7,7 +7,7 @@
     loss   = pixel + perceptual(y_hat, y)                       (training.perceptual)
            [+ separation(points) + equivariance(points, points of y')]   cpu preset, RESULTS.md
            [+ concentration(maps of y)]                                 optional
-           [+ background mass(maps of y)]                               on-white photos (shoes)
+           [+ distance from the foreground(maps of y)]                  on-white photos (shoes)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from training.pairs import PairConfig, make_pairs
 __all__ = [
     "AdaptationStep",
     "LossWeights",
-    "background_mass",
+    "background_distance",
     "concentration_loss",
     "equivariance_loss",
     "foreground_mask",
@@ -106,13 +106,26 @@ def foreground_mask(images: torch.Tensor, white: float = 0.92) -> torch.Tensor:
     return (images < white).any(dim=1, keepdim=True).to(images.dtype)
 
 
-def background_mass(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float, share: float = 0.1) -> torch.Tensor:
-    """Mean over landmarks of the softmax(beta * heatmap) mass on background cells: heatmap cells
-    whose pixels are less than `share` foreground (`foreground` (B,1,S,S), 0 outside the image).
-    For on-white product photos, where a point in the white says nothing about the object."""
+def background_distance(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float,
+                        share: float = 0.1) -> torch.Tensor:
+    """Mean over landmarks of the expected distance (heatmap cells) from the nearest foreground cell,
+    under softmax(beta * heatmap): 0 for a point on the object, larger the further into the white it
+    sits. A cell is foreground when at least `share` of its pixels are (`foreground` (B,1,S,S), 0
+    outside the image). Unlike the mass on background cells, its gradient does not vanish when a
+    landmark's whole distribution is in the white: nearer cells always cost less. For on-white
+    product photos, where a point in the white says nothing about the object."""
     probs = spatial_softmax(heatmaps, beta)
-    cells = F.adaptive_avg_pool2d(foreground.float(), probs.shape[-2:])  # (B,1,h,w) foreground share
-    return (probs * (cells < share).to(probs.dtype)).sum((-2, -1)).mean()
+    b, _, h, w = probs.shape
+    cells = F.adaptive_avg_pool2d(foreground.float(), (h, w)).reshape(b, h * w) >= share  # (B, hw)
+    ys, xs = torch.meshgrid(torch.arange(h, device=probs.device), torch.arange(w, device=probs.device),
+                            indexing="ij")
+    grid = torch.stack((xs, ys), -1).reshape(h * w, 2).to(probs.dtype)
+    pairwise = torch.cdist(grid, grid)  # (hw, hw) between cell centres
+    far = pairwise.max() + 1
+    # per image: each cell's distance to its nearest foreground cell (0 where there is no foreground)
+    nearest = torch.where(cells[:, None, :], pairwise[None], far).amin(-1)  # (B, hw)
+    nearest = torch.where(cells.any(-1, keepdim=True), nearest, torch.zeros_like(nearest))
+    return (probs.reshape(b, -1, h * w) * nearest[:, None]).sum(-1).mean()
 
 
 class AdaptationStep:
@@ -199,8 +212,8 @@ class AdaptationStep:
         if w.foreground:
             # the source's foreground moved as y was (zero, i.e. background, outside the image)
             foreground = warp_images(foreground_mask(images), pairs.target_transform)
-            record["background_mass"] = background_mass(heat, foreground, w.softargmax_beta)
-            loss = loss + w.foreground * record["background_mass"]
+            record["background_distance"] = background_distance(heat, foreground, w.softargmax_beta)
+            loss = loss + w.foreground * record["background_distance"]
         self.optimisers.step(loss)
         self._last = (pairs.target.detach(), pairs.deformed.detach(), recon.detach(), points.detach())
         # spread: of the landmarks in heatmap px; near zero means they collapsed onto one place

@@ -123,22 +123,25 @@ def test_adapt_refuses_inconsistent_schedule_flags():
         AdaptConfig(images="folder:x", val="folder:y")
 
 
-def test_background_mass_counts_heatmap_mass_on_white_cells():
-    from training.adapt_step import background_mass, foreground_mask
+def test_background_distance_is_zero_on_the_object_and_pulls_points_towards_it():
+    from training.adapt_step import background_distance, foreground_mask
 
     images = torch.ones(1, 3, 32, 32)
-    images[:, :, 8:24, 8:24] = 0.3  # a grey object on white
+    images[:, :, 8:24, 8:24] = 0.3  # a grey object on white: heatmap cells 2..5 of 8
     foreground = foreground_mask(images)
     assert foreground.sum() == 16 * 16
     maps = torch.zeros(1, 2, 8, 8)
     maps[0, 0, 4, 4] = 5.0  # on the object
-    maps[0, 1, 0, 0] = 5.0  # in the white corner
-    mass = background_mass(maps, foreground, beta=10.0)
-    assert mass.item() == pytest.approx(0.5, abs=0.01)  # one of two landmarks wholly on the background
-    soft = (maps * 0.1).requires_grad_(True)  # not saturated, so there is a gradient
-    background_mass(soft, foreground, beta=10.0).backward()
-    assert soft.grad[0, 1, 0, 0] > 0  # lowering the corner's peak lowers the term
-    assert soft.grad[0, 1, 4, 4] < 0  # raising the map on the object lowers it
+    maps[0, 1, 0, 0] = 5.0  # in the white corner: sqrt(2^2 + 2^2) cells from the object's corner cell
+    distance = background_distance(maps, foreground, beta=10.0)
+    assert distance.item() == pytest.approx(math.sqrt(8) / 2, abs=0.01)  # mean over the two landmarks
+    soft = maps.clone().requires_grad_(True)
+    background_distance(soft, foreground, beta=1.0).backward()  # beta 1: not saturated
+    assert soft.grad[0, 1, 0, 0] > 0  # the far corner costs more than the average cell
+    assert soft.grad[0, 1, 1, 1] < soft.grad[0, 1, 0, 1] < soft.grad[0, 1, 0, 0]  # nearer cells cost less
+    assert soft.grad[0, 1, 4, 4] < 0
+    empty = background_distance(maps, torch.zeros_like(foreground), beta=10.0)
+    assert empty.item() == 0  # no object in the picture: no pull anywhere
 
 
 def test_adapt_with_the_foreground_term(tmp_path, core_file, face_data):
@@ -147,4 +150,4 @@ def test_adapt_with_the_foreground_term(tmp_path, core_file, face_data):
                          "foreground_weight": 1.0})
     adapt(cfg, command="test")
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    assert all(0 <= h["background_mass"] <= 1 for h in history)
+    assert all(h["background_distance"] >= 0 for h in history)
