@@ -52,7 +52,7 @@ def _shared_cpu_arena(ort) -> bool:
                 info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
                 ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
                 _ARENA.append(True)
-            except Exception:  # an ORT build without it: each session keeps its own arena
+            except (AttributeError, RuntimeError):  # an ORT build without it: each session keeps its own arena
                 _ARENA.append(False)
         return _ARENA[0]
 
