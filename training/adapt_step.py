@@ -101,9 +101,10 @@ def equivariance_loss(points: torch.Tensor, points_moved: torch.Tensor, transfor
 
 
 def foreground_mask(images: torch.Tensor, white: float = 0.92) -> torch.Tensor:
-    """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 where a pixel is not near-white (every channel >= `white`,
-    the threshold of `training.metrics.background_points`), i.e. the object of an on-white photo."""
-    return (images < white).any(dim=1, keepdim=True).to(images.dtype)
+    """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 where a pixel is neither near-white (every channel >= `white`,
+    the threshold of `training.metrics.background_points`) nor exactly black (the padding that makes
+    a wide photo's crop square), i.e. the object of an on-white photo."""
+    return ((images < white).any(dim=1, keepdim=True) & (images > 0).any(dim=1, keepdim=True)).to(images.dtype)
 
 
 def background_distance(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float,

@@ -35,11 +35,12 @@ def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, w
                       share: float = 0.9) -> np.ndarray:
     """How many of each image's points sit on a near-white background (on-white product photos such
     as UT-Zappos shoes): a point counts when at least `share` of the pixels within `radius` of it
-    have every channel >= `white`. `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
-    (x, y); points outside the image count as background. Returns (N,) counts."""
+    have every channel >= `white` or are exactly black (the padding that squares a wide photo's
+    crop: outside the photo). `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
+    (x, y); points outside the crop count as background. Returns (N,) counts."""
     n, _, height, width = images.shape
     counts = np.zeros(n, dtype=np.int64)
-    near_white = (images >= white).all(axis=1)  # (N, S, S)
+    near_white = (images >= white).all(axis=1) | (images <= 0).all(axis=1)  # (N, S, S)
     for i in range(n):
         for x, y in points[i]:
             cx, cy = round(float(x)), round(float(y))

@@ -195,6 +195,8 @@ def test_background_points_counts_points_on_white():
     points = np.array([[[16, 16], [2, 2], [40, 5]], [[10, 10], [20, 20], [12, 22]]], dtype=np.float32)
     # image 0: one point on the object, one on white, one outside the crop; image 1: all on the object
     assert background_points(images, points).tolist() == [2, 0]
+    images[:, :, :6, :] = 0.0  # the black bar that squares a wide photo's crop: outside the photo
+    assert background_points(images, np.array([[[16, 2]], [[16, 2]]], dtype=np.float32)).tolist() == [1, 1]
 
 
 def test_warm_start_from_an_adapter_file(tmp_path, core_file, face_data):
