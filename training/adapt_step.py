@@ -102,9 +102,12 @@ def equivariance_loss(points: torch.Tensor, points_moved: torch.Tensor, transfor
 
 def foreground_mask(images: torch.Tensor, white: float = 0.92) -> torch.Tensor:
     """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 where a pixel is neither near-white (every channel >= `white`,
-    the threshold of `training.metrics.background_points`) nor exactly black (the padding that makes
-    a wide photo's crop square), i.e. the object of an on-white photo."""
-    return ((images < white).any(dim=1, keepdim=True) & (images > 0).any(dim=1, keepdim=True)).to(images.dtype)
+    the threshold of `training.metrics.background_points`) nor padding: the exactly black bars that
+    make a wide photo's crop square, and the 2 px beside them, where resizing blends bar and photo
+    into a grey seam (a shoe point learned to sit on it)."""
+    black = (images <= 0).all(dim=1, keepdim=True).float()
+    padding = F.max_pool2d(black, 5, stride=1, padding=2) > 0
+    return ((images < white).any(dim=1, keepdim=True) & ~padding).to(images.dtype)
 
 
 def background_distance(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float,

@@ -31,16 +31,31 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, torso: tuple[int,
     return per_joint, float(mean)
 
 
+def _padding(images: np.ndarray, reach: int = 2) -> np.ndarray:
+    """(N, 3, S, S) -> (N, S, S): exactly black pixels (the bars that square a wide photo's crop) and
+    those within `reach` px of one (resizing blends bar and photo into a grey seam)."""
+    black = (images <= 0).all(axis=1)
+    out = black.copy()
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            shifted = np.zeros_like(black)
+            h, w = black.shape[1:]
+            shifted[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
+                black[:, max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
+            out |= shifted
+    return out
+
+
 def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, white: float = 0.92,
                       share: float = 0.9) -> np.ndarray:
     """How many of each image's points sit on a near-white background (on-white product photos such
     as UT-Zappos shoes): a point counts when at least `share` of the pixels within `radius` of it
-    have every channel >= `white` or are exactly black (the padding that squares a wide photo's
-    crop: outside the photo). `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
+    have every channel >= `white` or are padding (exactly black, the bars that square a wide photo's
+    crop, or within 2 px of it: the grey seam resizing leaves between bar and photo). `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
     (x, y); points outside the crop count as background. Returns (N,) counts."""
     n, _, height, width = images.shape
     counts = np.zeros(n, dtype=np.int64)
-    near_white = (images >= white).all(axis=1) | (images <= 0).all(axis=1)  # (N, S, S)
+    near_white = (images >= white).all(axis=1) | _padding(images)  # (N, S, S)
     for i in range(n):
         for x, y in points[i]:
             cx, cy = round(float(x)), round(float(y))

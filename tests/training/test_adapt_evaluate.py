@@ -196,7 +196,9 @@ def test_background_points_counts_points_on_white():
     # image 0: one point on the object, one on white, one outside the crop; image 1: all on the object
     assert background_points(images, points).tolist() == [2, 0]
     images[:, :, :6, :] = 0.0  # the black bar that squares a wide photo's crop: outside the photo
-    assert background_points(images, np.array([[[16, 2]], [[16, 2]]], dtype=np.float32)).tolist() == [1, 1]
+    images[:, :, 6, :] = 0.5  # and the grey seam resizing leaves between bar and photo
+    on_seam = np.array([[[16, 2]], [[3, 6]]], dtype=np.float32)
+    assert background_points(images, on_seam).tolist() == [1, 1]
 
 
 def test_warm_start_from_an_adapter_file(tmp_path, core_file, face_data):

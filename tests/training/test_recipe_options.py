@@ -141,7 +141,8 @@ def test_background_distance_is_zero_on_the_object_and_pulls_points_towards_it()
     assert soft.grad[0, 1, 1, 1] < soft.grad[0, 1, 0, 1] < soft.grad[0, 1, 0, 0]  # nearer cells cost less
     assert soft.grad[0, 1, 4, 4] < 0
     padded = images.clone()
-    padded[:, :, :4] = 0.0  # letterbox padding is not the object
+    padded[:, :, :3] = 0.0  # letterbox padding is not the object, nor the grey seam beside it
+    padded[:, :, 3] = 0.5
     assert foreground_mask(padded).sum() == 16 * 16
     empty = background_distance(maps, torch.zeros_like(foreground), beta=10.0)
     assert empty.item() == 0  # no object in the picture: no pull anywhere
