@@ -5,7 +5,9 @@
 # the last 500 (consistency, and points on a near-white background); the last 500 stay the test
 # split of `landmarks evaluate`. Usage, in the background:
 #   setsid nohup scripts/category_runs.sh STEPS NAME... > runs/probes/categories.log 2>&1 &
-# NAME: shoes-fg | shoes-cosine | cats-cosine; results in runs/probes/NAME/history.jsonl.
+# NAME: shoes-fg | shoes-cosine | cats-cosine; results in runs/probes/NAME/history.jsonl. The
+# shipped shoes adapter is `shoes-fg` at 500 steps (its licence line was written by this script's
+# --license after the run; the tensors are the run's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
@@ -13,9 +15,13 @@ steps=$1; shift
 echo $$ > runs/training.pid  # the process group scripts/paused.sh stops
 for name in "$@"; do
   cat=${name%%-*}
+  case $cat in
+    shoes) license="Trained on UT-Zappos50K images (research use only; Yu & Grauman 2014)" ;;
+    cats)  license="Trained on AFHQ cats (CC BY-NC 4.0; Choi et al. 2020)" ;;
+  esac
   common=(folder:$D/$cat --preset cpu --category "$cat" --warm-start "adapters/$cat.safetensors"
           --train-split=:-1000 --val "folder:$D/$cat" --val-split=-1000:-500 --steps "$steps"
-          --picture-every 250 --checkpoint-every 250 --lr-schedule cosine)
+          --picture-every 250 --checkpoint-every 250 --lr-schedule cosine --license "$license")
   case $name in
     shoes-fg)     extra=(--foreground-weight 1.0) ;;
     shoes-cosine) extra=() ;;
