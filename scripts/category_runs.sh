@@ -6,8 +6,8 @@
 # split of `landmarks evaluate`. Usage, in the background:
 #   setsid nohup scripts/category_runs.sh STEPS NAME... > runs/probes/categories.log 2>&1 &
 # NAME: shoes-fg | shoes-cosine | cats-cosine; results in runs/probes/NAME/history.jsonl. The
-# shipped shoes adapter is `shoes-fg` at 500 steps (its licence line was written by this script's
-# --license after the run; the tensors are the run's).
+# shipped shoes adapter is `shoes-fg` at 500 steps; this script did not pass --license then, so its
+# licence line was set afterwards (metadata only, the run's tensors, the same fingerprint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
