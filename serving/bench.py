@@ -58,8 +58,9 @@ from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.client import LandmarkClient
 from landmarks.images import crop_square, pixels_to_images
 from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
-from serving.backends import BACKEND_NAMES, make_backend, session_threads
+from serving.backends import BACKEND_NAMES, make_backend
 from serving.load import grpc_round_trip_ms, load_row, percentile, time_calls
+from serving.threads import DEFAULT_COMPUTE_THREADS, ComputeThreads
 
 __all__ = ["run"]
 
@@ -104,9 +105,9 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     # bare = exactly what the server's backend runs for this request: its folded model on the crop
     # the server cuts (uint8, adapter size), points mapped into the image's pixels
     name = backend_name if backend_name in BACKEND_NAMES else "eager"
-    # an ORT session with the threads the server gives each of its (default 2) batch workers' sessions
-    backend = make_backend(name, core, **({"threads": session_threads(args.torch_threads, args.batch_workers)}
-                                          if name == "onnxruntime" else {}))
+    # an ORT session with the threads the server gives each session: a batch worker's share
+    shared = ComputeThreads.split(args.torch_threads or DEFAULT_COMPUTE_THREADS, max(1, args.batch_workers), None).shared
+    backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {}))
     folded = backend.prepare(adapter)
     height, width = image.shape[:2]
     pixels = crop_square(Image.fromarray(image), (0.0, 0.0, float(width), float(height)), adapter_size)[None]

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from landmarks.adapter_io import ArtifactError, Core, load_core
-from serving.backends import Backend, make_backend, session_threads
+from serving.backends import Backend, make_backend
 from serving.batching import DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
@@ -59,8 +59,12 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
         core = load_core(path)
     except ArtifactError as exc:
         raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
-    # ORT has its own thread pools (serving.threads governs torch's); torch backends take their threads per call
-    options = {"threads": session_threads(cfg.torch_threads, cfg.batch_workers)} if cfg.backend == "onnxruntime" else {}
+    threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, cfg.batch_workers, compute_thread)
+    # ORT has its own thread pools (serving.threads governs torch's; torch backends take their threads per
+    # call), fixed when a session is made: each gets a batch worker's share, since on 2 cores one thread
+    # per worker was faster both ways (docs/benchmark.md): a lone batch-1 forward at 64 px as fast on one
+    # thread as on two, and two workers' forwards side by side gave more crops/s than one on two threads
+    options = {"threads": threads.shared} if cfg.backend == "onnxruntime" else {}
     try:
         backend = make_backend(cfg.backend, core, cfg.device, **options)
     except ValueError as exc:  # e.g. --device cuda without onnxruntime-gpu
@@ -70,9 +74,7 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
                                cfg.allowed_register_dirs)
     registry.load_store()
     engine = InferenceEngine(models, backend)
-    batching = cfg.batching
-    threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, batching.workers, compute_thread)
-    batcher = DynamicBatcher(engine, batching, metrics, threads)
+    batcher = DynamicBatcher(engine, cfg.batching, metrics, threads)
     log.info("core %s loaded on %s; %d categories", core.sha256[:12], backend.device, len(registry.list()))
     return Services(core, backend, models, registry, engine, batcher)
 

@@ -73,17 +73,6 @@ def backend_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def session_threads(threads: int | None, batch_workers: int) -> int:
-    """Intra-op threads of each ONNX Runtime session: the compute threads (default: torch's choice,
-    the physical cores) shared among the batch workers, whose forwards run at once. A session's
-    thread count is fixed when it is made, and on 2 cores one thread per worker was the faster
-    both ways (docs/benchmark.md): a lone batch-1 forward at 64 px as fast on one thread as on two,
-    and two workers' concurrent forwards gave more crops/s than one on two threads."""
-    from serving.threads import DEFAULT_COMPUTE_THREADS
-
-    return max(1, (threads or DEFAULT_COMPUTE_THREADS) // max(1, batch_workers))
-
-
 def make_backend(name: str, core: Core, device: str = "cpu", **options: Any) -> Backend:
     """The backend called `name` (one of BACKEND_NAMES) for `core` on `device`; `options` go to its
     constructor (onnxruntime: `threads`, `precision`)."""
