@@ -33,6 +33,7 @@ from landmarks.heatmaps import (
 from training.detectors import detect_points
 from training.devices import Precision
 from training.image_bank import ImageBank
+from training.metrics import background_pixels
 from training.optimisers import Optimisers
 from training.pairs import PairConfig, make_pairs
 
@@ -100,14 +101,11 @@ def equivariance_loss(points: torch.Tensor, points_moved: torch.Tensor, transfor
     return (moved - points_moved).square().sum(-1).mean()
 
 
-def foreground_mask(images: torch.Tensor, white: float = 0.92) -> torch.Tensor:
-    """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 where a pixel is neither near-white (every channel >= `white`,
-    the threshold of `training.metrics.background_points`) nor padding: the exactly black bars that
-    make a wide photo's crop square, and the 2 px beside them, where resizing blends bar and photo
-    into a grey seam (a shoe point learned to sit on it)."""
-    black = (images <= 0).all(dim=1, keepdim=True).float()
-    padding = F.max_pool2d(black, 5, stride=1, padding=2) > 0
-    return ((images < white).any(dim=1, keepdim=True) & ~padding).to(images.dtype)
+def foreground_mask(images: torch.Tensor) -> torch.Tensor:
+    """(B,3,S,S) in [0,1] -> (B,1,S,S): 1 on the object of an on-white photo, i.e. what the background
+    measure does not count as background (`training.metrics.background_pixels`: near-white, and the
+    padding bars of a wide photo's crop with the seam beside them, where a shoe point learned to sit)."""
+    return (~background_pixels(images))[:, None].to(images.dtype)
 
 
 def background_distance(heatmaps: torch.Tensor, foreground: torch.Tensor, beta: float,

@@ -231,9 +231,8 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
         on_white = background_points(cons_det.tensors.numpy(), cons_det.points[:len(cons_det.tensors)])
         result.update(background_points_per_image=round(float(on_white.mean()), 3),
                       background_points_protocol="points whose 7x7 neighbourhood is >= 90% near-white "
-                                                 "(every channel >= 0.92) or padding (exactly black, or within 2 px of "
-                                                 "it), or "
-                                                 "outside the crop")
+                                                 "(every channel >= 0.92) or padding (exactly black, or within "
+                                                 "2 px of it), or outside the crop")
     per_landmark = consistency_error(model, cons_det.tensors, seed)
     result.update(consistency=float(per_landmark.mean()), consistency_per_landmark=per_landmark.round(3).tolist(),
                   consistency_images=len(cons_det.tensors),

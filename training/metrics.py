@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-__all__ = ["LSP_TORSO", "background_points", "pck"]
+__all__ = ["LSP_TORSO", "PADDING_REACH", "WHITE", "background_pixels", "background_points", "pck"]
 
 LSP_TORSO = (8, 3)  # right shoulder - left hip: the LSP convention for PCK's torso size
+WHITE = 0.92  # every channel at least this: the white of a product photo
+PADDING_REACH = 2  # px beside a crop's black padding bars that count as padding (the resized seam)
 
 
 def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, torso: tuple[int, int] = LSP_TORSO,
@@ -31,31 +35,28 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, torso: tuple[int,
     return per_joint, float(mean)
 
 
-def _padding(images: np.ndarray, reach: int = 2) -> np.ndarray:
-    """(N, 3, S, S) -> (N, S, S): exactly black pixels (the bars that square a wide photo's crop) and
-    those within `reach` px of one (resizing blends bar and photo into a grey seam)."""
-    black = (images <= 0).all(axis=1)
-    out = black.copy()
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            shifted = np.zeros_like(black)
-            h, w = black.shape[1:]
-            shifted[:, max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = \
-                black[:, max(0, -dy):h + min(0, -dy), max(0, -dx):w + min(0, -dx)]
-            out |= shifted
-    return out
+def background_pixels(images: torch.Tensor, white: float = WHITE) -> torch.Tensor:
+    """(N, 3, S, S) in [0, 1] -> (N, S, S) bool: the background of an on-white product photo, i.e.
+    near-white pixels (every channel >= `white`) and padding: the exactly black bars that square a
+    wide photo's crop and the `PADDING_REACH` px beside them, where resizing blends bar and photo into
+    a grey seam. One definition for the measure below and the training term that pulls points off it
+    (`training.adapt_step.foreground_mask`)."""
+    black = (images <= 0).all(dim=1, keepdim=True).float()
+    size = 2 * PADDING_REACH + 1
+    padding = F.max_pool2d(black, size, stride=1, padding=PADDING_REACH)[:, 0] > 0
+    return (images >= white).all(dim=1) | padding
 
 
-def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, white: float = 0.92,
+def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, white: float = WHITE,
                       share: float = 0.9) -> np.ndarray:
-    """How many of each image's points sit on a near-white background (on-white product photos such
-    as UT-Zappos shoes): a point counts when at least `share` of the pixels within `radius` of it
-    have every channel >= `white` or are padding (exactly black, the bars that square a wide photo's
-    crop, or within 2 px of it: the grey seam resizing leaves between bar and photo). `images` (N, 3, S, S) in [0, 1], `points` (N, K, 2) in their pixels
-    (x, y); points outside the crop count as background. Returns (N,) counts."""
+    """How many of each image's points sit on the background of an on-white product photo (such as
+    UT-Zappos shoes): a point counts when at least `share` of the pixels within `radius` of it are
+    background (`background_pixels`: near-white or padding). `images` (N, 3, S, S) in [0, 1],
+    `points` (N, K, 2) in their pixels (x, y); points outside the crop count as background.
+    Returns (N,) counts."""
     n, _, height, width = images.shape
     counts = np.zeros(n, dtype=np.int64)
-    near_white = (images >= white).all(axis=1) | _padding(images)  # (N, S, S)
+    near_white = background_pixels(torch.from_numpy(np.ascontiguousarray(images)), white).numpy()  # (N, S, S)
     for i in range(n):
         for x, y in points[i]:
             cx, cy = round(float(x)), round(float(y))
