@@ -48,6 +48,7 @@ __all__ = [
     "iod_indices",
     "load_detector",
     "main",
+    "points_margin",
     "regression_error",
     "ridge_fit",
 ]
@@ -63,6 +64,12 @@ PAPER = {  # Sanchez & Tzimiropoulos 2019, K = 10 (Tables 1-3); % of inter-ocula
     "cats_consistency": 2.44,
     "shoes_consistency": 2.14,
 }
+
+
+def points_margin(images: str) -> float | None:
+    """How an annotated set is cropped: MTFL/AFLW images are face crops already (None: whole), others
+    to the box of their points plus POINTS_MARGIN."""
+    return None if images.startswith("mtfl:") else POINTS_MARGIN
 
 
 def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHourglass, dict]:
@@ -172,16 +179,18 @@ def forward_backward(train: Detections, test: Detections, size: int, seed: int =
 
 @torch.no_grad()
 def consistency_error(model: LandmarkHourglass, images: torch.Tensor, seed: int = 0,
-                      rotation_sd: float = CONSISTENCY_ROTATION_SD) -> np.ndarray:
-    """(K,) mean ||detect(A(y)) - A(detect(y))|| per landmark in px of a 128 input."""
+                      rotation_sd: float = CONSISTENCY_ROTATION_SD, points: np.ndarray | None = None) -> np.ndarray:
+    """(K,) mean ||detect(A(y)) - A(detect(y))|| per landmark in px of a 128 input. `points`: detect(y)
+    where the caller has them already (N, K, 2), so they are not computed again."""
     g = torch.Generator().manual_seed(seed)
     size = model.config.input_size
     errors = []
-    for chunk in images.split(64):
+    for start, chunk in zip(range(0, len(images), 64), images.split(64)):
         n = len(chunk)
         m = similarity_matrix(torch.randn(n, generator=g) * rotation_sd, torch.ones(n), torch.zeros(n, 2),
                               center=(size - 1) / 2)
-        moved = apply_affine(detect_points_px(model, chunk), m)
+        found_here = detect_points_px(model, chunk) if points is None else torch.from_numpy(points[start:start + n])
+        moved = apply_affine(found_here, m)
         found = detect_points_px(model, warp_images(chunk, m))
         errors.append(torch.linalg.norm(found - moved, dim=-1))
     return (torch.cat(errors).mean(0) * (128 / size)).numpy()
@@ -215,7 +224,7 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
                     "category": meta.get("category", ""), "num_landmarks": model.config.num_landmarks}
     if train and test:
         train_data, test_data = open_dataset(train).subset(train_split), open_dataset(test).subset(test_split)
-        margin = None if train.startswith("mtfl:") else POINTS_MARGIN
+        margin = points_margin(train)
         train_det = detect_dataset(model, train_data, margin)
         test_det = detect_dataset(model, test_data, margin, keep_tensors=consistency_images)
         result.update(forward_backward(train_det, test_det, size, seed))
@@ -233,7 +242,7 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
                       background_points_protocol="points whose 7x7 neighbourhood is >= 90% near-white "
                                                  "(every channel >= 0.92) or padding (exactly black, or within "
                                                  "2 px of it), or outside the crop")
-    per_landmark = consistency_error(model, cons_det.tensors, seed)
+    per_landmark = consistency_error(model, cons_det.tensors, seed, points=cons_det.points[:len(cons_det.tensors)])
     result.update(consistency=float(per_landmark.mean()), consistency_per_landmark=per_landmark.round(3).tolist(),
                   consistency_images=len(cons_det.tensors),
                   consistency_protocol=f"rotation N(0, {CONSISTENCY_ROTATION_SD} deg) about the centre, px at 128")

@@ -16,13 +16,20 @@ are 49 MB); each validation is a few batched forwards in eval mode.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from training.datasets import DatasetError, open_dataset
-from training.evaluate import consistency_error, detect_points_px, iod_indices, regression_error
+from training.evaluate import (
+    consistency_error,
+    detect_points_px,
+    iod_indices,
+    points_margin,
+    regression_error,
+)
 from training.image_data import ObjectCrops
 from training.metrics import background_points
 
@@ -49,10 +56,8 @@ def _load(images: str, split: str, size: int, limit: int) -> tuple[torch.Tensor,
     # at most `limit` rows, evenly spread over the split (lists are often sorted by source: MTFL's
     # LFW faces come before its web faces)
     keep = np.unique(np.linspace(0, len(data) - 1, min(limit, len(data))).round().astype(int))
-    data = type(data)(data.name, [data.samples[i] for i in keep], data.report, data.landmark_names, data.flip_pairs,
-                      data.license)
-    margin = None if images.startswith("mtfl:") else 0.25
-    crops = ObjectCrops(data, size, margin if data.samples[0].points is not None else None)
+    data = dataclasses.replace(data, samples=[data.samples[i] for i in keep])
+    crops = ObjectCrops(data, size, points_margin(images) if data.samples[0].points is not None else None)
     tensors, points = [], []
     for i in range(len(crops)):
         image, pts, _, ok = crops[i]
@@ -64,7 +69,7 @@ def _load(images: str, split: str, size: int, limit: int) -> tuple[torch.Tensor,
 
 
 def _points(detector: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
-    return torch.cat([detect_points_px(detector, chunk) for chunk in images.split(128)]).numpy()
+    return torch.cat([detect_points_px(detector, chunk) for chunk in images.split(64)]).numpy()
 
 
 class Validation:
@@ -97,7 +102,7 @@ class Validation:
         detector.eval()
         try:
             points = _points(detector, self.images)
-            result = {"val_consistency": float(consistency_error(detector, self.images).mean())}
+            result = {"val_consistency": float(consistency_error(detector, self.images, points=points).mean())}
             if self.fit_images is not None:
                 fit_points = _points(detector, self.fit_images)
                 a, b = iod_indices(self.truth.shape[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,7 @@ class Dataset:
             raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'") from None
         if len(parts) != 2:
             raise DatasetError(f"split {spec!r} must look like START:STOP, e.g. ':9000' or '9000:'")
-        return Dataset(self.name, self.samples[slice(*parts)], self.report, self.landmark_names, self.flip_pairs,
-                       self.license)
+        return dataclasses.replace(self, samples=self.samples[slice(*parts)])
 
 
 def flip_permutation(num_points: int, flip_pairs: list[tuple[int, int]]) -> list[int]:
