@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${DATA:-../shared/data}
 steps=$1; shift
-echo $$ > runs/training.pid  # the process group scripts/paused.sh stops
+source scripts/adapt_queue.sh
 for name in "$@"; do
   cat=${name%%-*}
   case $cat in
@@ -28,10 +28,5 @@ for name in "$@"; do
     cats-cosine)  extra=() ;;
     *) echo "unknown run $name"; exit 2 ;;
   esac
-  out=runs/probes/$name
-  resume=(); [[ -f $out/checkpoint.pt ]] && resume=(--resume)
-  echo "$(date -u +%FT%TZ) start $name: ${extra[*]}"
-  .venv/bin/landmarks adapt "${common[@]}" "${extra[@]}" --out "$out" "${resume[@]}" > "runs/probes/$name.log" 2>&1
-  echo "$(date -u +%FT%TZ) done $name: $(tail -n 1 "$out/history.jsonl")"
+  queue_run "$name" "${common[@]}" "${extra[@]}"
 done
-rm -f runs/training.pid

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${MTFL:-../shared/data/mtfl}
 steps=$1; shift
-echo $$ > runs/training.pid  # the process group paused.sh stops
+source scripts/adapt_queue.sh
 common=(mtfl:$M/new_training.txt --preset cpu --category faces --warm-start adapters/faces.safetensors
         --train-split :6655 --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :6655
         --steps "$steps" --picture-every 250 --checkpoint-every 250)
@@ -24,10 +24,5 @@ for name in "$@"; do
     conc)       extra=(--lr-schedule cosine --concentration-weight 0.1) ;;
     *) echo "unknown probe $name"; exit 2 ;;
   esac
-  out=runs/probes/$name
-  resume=(); [[ -f $out/checkpoint.pt ]] && resume=(--resume)
-  echo "$(date -u +%FT%TZ) start $name: ${extra[*]}"
-  .venv/bin/landmarks adapt "${common[@]}" "${extra[@]}" --out "$out" "${resume[@]}" > "runs/probes/$name.log" 2>&1
-  echo "$(date -u +%FT%TZ) done $name: $(tail -n 1 "$out/history.jsonl")"
+  queue_run "$name" "${common[@]}" "${extra[@]}"
 done
-rm -f runs/training.pid
