@@ -36,6 +36,11 @@ class GeneratorConfig:
         if self.upsample not in ("transposed", "resize"):
             raise ValueError(f"upsample must be 'transposed' or 'resize', got {self.upsample!r}")
 
+    @property
+    def official_decoder(self) -> bool:
+        """The official layout (one Sequential; its checkpoints' keys) rather than the U-Net decoder."""
+        return self.upsample == "transposed" and not self.skips
+
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.Module]:
     pad = (kernel - stride + 1) // 2 if stride > 1 else kernel // 2
@@ -69,7 +74,7 @@ class ConditionalGenerator(nn.Module):
         )
         self.fuse = nn.Sequential(*_conv_bn_relu(4 * c + config.num_landmarks, 4 * c, 3))
         self.blocks = nn.Sequential(*[_ResBlock(4 * c) for _ in range(config.num_res_blocks)])
-        if config.upsample == "transposed" and not config.skips:
+        if config.official_decoder:
             self.decoder = nn.Sequential(
                 nn.ConvTranspose2d(4 * c, 2 * c, 4, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(2 * c),
@@ -87,7 +92,7 @@ class ConditionalGenerator(nn.Module):
             self.to_rgb = nn.Conv2d(c, 3, 7, padding=3)
 
     def forward(self, deformed: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "up"):
+        if self.config.official_decoder:
             features = self.encoder(deformed * 2 - 1)
             x = self.blocks(self.fuse(torch.cat((features, maps.to(features.dtype)), dim=1)))
             return 0.5 * (torch.tanh(self.decoder(x)) + 1)
