@@ -140,18 +140,28 @@ def test_registered_at_run_time_is_served_then_activate_and_unregister_reach_eve
 
 
 def test_the_share_of_requests_served_by_a_replica_holding_the_category_is_measured(client):
+    """Steady state: once every category is folded somewhere and the router has heard so, a request goes
+    to a replica that holds its category. Reaching it is not timed: the replicas' reports travel through
+    Ray's controller, and until they arrive the router places a category by how few models a replica
+    holds, which can fold it a second time and evict another (a slow CI machine once read 21 of 30)."""
     images = [png_bytes(48, 48, seed=i) for i in range(3)]
-    for name in CATEGORIES:  # fold each once somewhere, and let the replicas report what they hold
-        detect(client, images[0], name)
-    time.sleep(1.0)
-    held = []
+    names = list(CATEGORIES)
+    settling = []  # rounds of one request per category, until one round is all held (at most 30 rounds)
+    while len(settling) < 30:
+        metas = [detect(client, images[0], name)[1] for name in names]
+        settling.append([(n, m["landmarks-replica"][-6:], m["landmarks-held"]) for n, m in zip(names, metas)])
+        if all(m["landmarks-held"] == "1" for m in metas):
+            break
+        time.sleep(0.5)
+    rounds = len(settling)
+    seen = []
     for i in range(30):
-        _, meta = detect(client, images[i % 3], list(CATEGORIES)[i % 3])
-        held.append(meta["landmarks-held"] == "1")
-    share = sum(held) / len(held)
-    print(f"\nmultiplexing: {sum(held)} of {len(held)} requests served by a replica that held the category "
-          f"({share:.0%}); 3 categories, 2 replicas x 2 categories")
-    assert share >= 0.8
+        _, meta = detect(client, images[i % 3], names[i % 3])
+        seen.append((names[i % 3], meta["landmarks-replica"][-6:], meta["landmarks-held"]))
+    share = sum(held == "1" for *_, held in seen) / len(seen)
+    print(f"\nmultiplexing: settled after {rounds} round(s); then {share:.0%} of {len(seen)} requests served by a "
+          f"replica that held the category; 3 categories, 2 replicas x 2 categories")
+    assert share >= 0.8, f"(category, replica, held) while settling: {settling}; then per request: {seen}"
 
 
 def test_a_replica_killed_mid_traffic_loses_no_request_that_the_client_retries(client):
