@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 18's long runs and the paper's comparison, one after another (never two trainings at once on
+# 2 cores). Usage, in the background:
+#   setsid nohup scripts/long_runs.sh NAME... > runs/probes/long.log 2>&1 &
+# NAME:
+#   faces-10k      the shipped face adapter's run continued to 10,000 steps in all: 4,500 more steps
+#                  from runs/faces-long/checkpoint.pt (its adapter and generator; the shipped file,
+#                  generator fresh, when that checkpoint is gone), cosine from 1 to 0.01 over the 4,500
+#                  (a warm restart of the schedule), scored every 500 steps on MTFL rows 6655:.
+#   proposed | finetune | scratch
+#                  the paper's comparison on the shipped core: fresh runs of the cpu preset, 1,500 steps
+#                  each, the same images (MTFL rows :6655), seed and validation (rows 6655:).
+# Results in runs/probes/NAME/ (history.jsonl, curve.png, best-adapter.safetensors); each run resumes
+# from its checkpoint when the queue is started again. `scripts/paused.sh CMD` runs CMD with it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+M=${MTFL:-../shared/data/mtfl}
+source scripts/adapt_queue.sh
+faces=(mtfl:$M/new_training.txt --preset cpu --category faces --train-split :6655
+       --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :6655 --checkpoint-every 500)
+for name in "$@"; do
+  case $name in
+    faces-10k)
+      start=runs/faces-long/checkpoint.pt
+      [[ -f $start ]] || start=adapters/faces.safetensors
+      queue_run "$name" "${faces[@]}" --warm-start "$start" --lr-schedule cosine --steps 4500 --picture-every 500 ;;
+    proposed|finetune|scratch)
+      queue_run "$name" "${faces[@]}" --mode "$name" --steps 1500 --picture-every 250 --seed 0 ;;
+    *) echo "unknown run $name"; exit 2 ;;
+  esac
+done
