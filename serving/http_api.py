@@ -9,7 +9,10 @@
 
 A detect goes where a gRPC Detect goes: the body becomes a `DetectRequest` and runs through
 `DynamicBatcher.run` with `serving.inputs.prepare_input`, so validation, messages, batching and
-the numbers are the gRPC plane's. A `ServingError` answers with its gRPC code mapped to an HTTP
+the numbers are the gRPC plane's. So do its deadline and cancellation: the `X-Server-Timeout`
+header (seconds, as Google's HTTP APIs take it) is the gRPC deadline (504 once it passes, and a
+queued request past it is never computed), and a client that disconnects cancels its request as a
+gRPC client's cancel does (`_ClientGone`). A `ServingError` answers with its gRPC code mapped to an HTTP
 status (`HTTP_STATUS`: 400, 404, 429, 503, ...) and a body {"code": "INVALID_ARGUMENT", "message":
 ...} carrying the gRPC message; a body over --max-message-mb answers 413 before it is read.
 Tokens: `Authorization: Bearer <token>`, checked as gRPC checks its metadata (`serving.auth.authorize`;
@@ -24,6 +27,7 @@ at once and port 0 is known), TLS, and a bounded graceful shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -117,6 +121,33 @@ async def _send_error(send, status: int, code: str, message: str) -> None:
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
+
+
+class _ClientGone:
+    """gRPC's `context.add_callback` for an HTTP request: `watch` waits on the event loop for the
+    client to disconnect, then runs the callbacks the batcher registered (a request not computed yet
+    is dropped); one registered after that runs at once (add_callback answers False)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list = []
+        self._gone = False
+
+    def add_callback(self, callback) -> bool:
+        with self._lock:
+            if not self._gone:
+                self._callbacks.append(callback)
+            return not self._gone
+
+    async def watch(self, request: Request) -> None:
+        # the body has been read: what the server receives next is the disconnect (uvicorn also sends
+        # it once the response is complete, by when this task has been cancelled)
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        with self._lock:
+            self._gone, callbacks, self._callbacks = True, self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
@@ -265,7 +296,7 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
         where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return JSONResponse({"code": "INVALID_ARGUMENT", "message": where}, status_code=400)
 
-    def detect_blocking(request: pb.DetectRequest) -> dict[str, Any]:
+    def detect_blocking(request: pb.DetectRequest, deadline: float | None, on_cancel) -> dict[str, Any]:
         t0 = time.perf_counter()
         outcome = "internal"
         if metrics is not None:
@@ -274,7 +305,7 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
             services = lifecycle.require_serving()
             with ExitStack() as leases:  # the version leased is kept until the answer is made
                 prepare = partial(prepare_input, registry=services.registry, leases=leases, limits=limits)
-                (det,) = services.batcher.run([request], prepare, None, None)
+                (det,) = services.batcher.run([request], prepare, deadline, on_cancel)
             if metrics is not None:
                 metrics.detection(det.category, det.queue_ms, det.compute_ms)
             outcome = "ok"
@@ -312,7 +343,11 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
     async def detect(request: Request,
                      category: str = Query("", description="e.g. faces, cats (a form field wins)"),
                      version: str = Query("", description="adapter version (default: the active one)"),
-                     box: str | None = Query(None, description="x0,y0,x1,y1 in image pixels")):
+                     box: str | None = Query(None, description="x0,y0,x1,y1 in image pixels"),
+                     x_server_timeout: float | None = Header(
+                         None, gt=0, le=86400, description="seconds this request may take (as a gRPC deadline): "
+                         "past it the answer is 504 DEADLINE_EXCEEDED, and a request still queued is dropped")):
+        deadline = None if x_server_timeout is None else time.monotonic() + x_server_timeout
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form(max_files=1, max_fields=8)
             try:
@@ -328,7 +363,13 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
                 await form.close()
         else:
             data = await request.body()
-        return await run_in_threadpool(detect_blocking, _detect_request(data, category, version, box))
+        gone = _ClientGone()
+        watcher = asyncio.get_running_loop().create_task(gone.watch(request))
+        try:
+            return await run_in_threadpool(detect_blocking, _detect_request(data, category, version, box), deadline,
+                                           gone.add_callback)
+        finally:
+            watcher.cancel()
 
     @app.get("/v1/categories", response_model=Categories, responses={k: errors[k] for k in (401, 503)},
              tags=["inference"], dependencies=[Depends(inference_plane)],

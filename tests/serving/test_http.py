@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
 from landmarks.client import LandmarkClient
 from serving.http_api import HTTP_STATUS, http_status
-from tests.serving.helpers import jpeg_bytes, png_bytes, start_server
+from tests.serving.helpers import Gate, jpeg_bytes, metric_value, png_bytes, scrape, start_server, wait_for
 
 Code = grpc.StatusCode
 
@@ -180,6 +182,37 @@ def test_draining_refuses_new_work_with_grpcs_message(store):
         assert status == 503 and body["message"].startswith("server is shutting down")
         assert headers["retry-after"] == "1"
         assert call(f"{base}/v1/health")[:2] == (503, {"status": "NOT_SERVING", "message": "shutting down"})
+    finally:
+        handle.shutdown(grace=0)
+
+
+def test_deadline_and_disconnect_as_on_grpc(store):
+    """X-Server-Timeout is the gRPC deadline, and a client that hangs up cancels: neither request is
+    computed while the model is busy (a plugged batch worker), as on the gRPC plane."""
+    handle = start_server(store, http_port=0, metrics_port=0, batch_workers=1)
+    base = f"http://127.0.0.1:{handle.http_port}"
+    try:
+        gate, batcher = Gate(handle), handle.services.batcher
+        url, image = f"{base}/v1/detect?category=cats", png_bytes(seed=1)
+        for bad in ("soon", "0", "-1", "nan"):
+            status, body, _ = call(url, image, {"X-Server-Timeout": bad})
+            assert status == 400 and "x-server-timeout" in body["message"], (bad, body)
+        with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(2) as pool:
+            plug = gate.plug(client, pool)
+            status, body, _ = call(url, image, {"X-Server-Timeout": "0.3"})  # waits behind the plug
+            assert status == 504 and body["code"] == "DEADLINE_EXCEEDED", body
+            with socket.create_connection(("127.0.0.1", handle.http_port)) as hasty:
+                hasty.sendall(b"POST /v1/detect?category=cats HTTP/1.1\r\nHost: test\r\nContent-Type: image/png\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(image), image))
+                wait_for(lambda: batcher.queued() == 2, "the second request queued")
+            wait_for(lambda: all(p.done for p in list(batcher._queue)), "the hung-up request dropped")
+            gate.open()
+            plug.result(60)
+            wait_for(lambda: batcher.queued() == 0, "queue drained")
+        assert [cats for _, cats in gate.calls] == [["cats"]]  # the plug only
+        text = scrape(handle.metrics_port)
+        assert metric_value(text, "landmarks_dropped_total", category="cats", reason="deadline_exceeded") == 1
+        assert metric_value(text, "landmarks_dropped_total", category="cats", reason="cancelled") == 1
     finally:
         handle.shutdown(grace=0)
 
