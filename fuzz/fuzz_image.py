@@ -21,7 +21,7 @@ Contract (anything else is a finding):
 - the only exception is `serving.errors.ServingError` with code INVALID_ARGUMENT;
 - a decode returns an RGB PIL image within MAX_PIXELS and min_side whose pixels can be read;
 - resolve_box returns 4 finite floats forming a square of side >= 1 that overlaps the image;
-- crop_square returns a (size, size, 3) uint8 tensor, within one 8-bit level of `crop_resized`
+- crop_square returns a (size, size, 3) uint8 array, within one 8-bit level of `crop_resized`
   (what training uses) when the box is at most 2x size;
 - an accepted category / version is exactly the input, matches CATEGORY_RE / VERSION_RE and is
   safe as a file name (no '/', '\\', NUL, no leading '.', at most 64 characters).
@@ -110,8 +110,8 @@ def crop_and_check(image: Image.Image, square: tuple[float, ...], size: int) -> 
     width, height = image.size
     pixels = crop_square(image, square, size)
     if not (
-        isinstance(pixels, torch.Tensor)
-        and pixels.dtype == torch.uint8
+        isinstance(pixels, np.ndarray)
+        and pixels.dtype == np.uint8
         and tuple(pixels.shape) == (size, size, 3)
     ):
         raise AssertionError(
@@ -122,7 +122,7 @@ def crop_and_check(image: Image.Image, square: tuple[float, ...], size: int) -> 
         # within one 8-bit level: PIL's fixed-point resampling of a sub-image differs from that of
         # the whole by 1 now and then (fuzz/regressions/fuzz_image/README.md), never by more
         reference = np.asarray(crop_resized(image, square, size)).astype(int)
-        diff = np.abs(pixels.numpy().astype(int) - reference).max()
+        diff = np.abs(pixels.astype(int) - reference).max()
         if diff > 1:
             raise AssertionError(
                 f"crop_square differs from crop_resized by up to {diff} for box {square} "

@@ -159,7 +159,7 @@ class Detector:
         out: list[Landmarks] = []
         for start in range(0, len(images), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(images)))
-            pixels = torch.stack([crop_square(images[i], squares[i], size) for i in chunk])
+            pixels = torch.from_numpy(np.stack([crop_square(images[i], squares[i], size) for i in chunk]))
             box_tensor = torch.tensor([squares[i] for i in chunk], dtype=torch.float64)
             with torch.inference_mode():
                 x = pixels_to_images(pixels.to(self.device)).contiguous(memory_format=torch.channels_last)

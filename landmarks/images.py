@@ -24,7 +24,7 @@ __all__ = ["Box", "crop_square", "locate_in_boxes", "pixels_to_images"]
 Box = tuple[float, float, float, float]
 
 
-def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
+def crop_square(image: Image.Image, box: Box, size: int) -> np.ndarray:
     """`box` (square, edge coordinates, may extend past the image) -> (size, size, 3) uint8 pixels.
 
     The pixels of `crop_resized(image, box, size)` (and so `crop_to_tensor` once scaled to [0, 1],
@@ -38,7 +38,7 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     width, height = image.size
     if (x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0
             and x1 <= width and y1 <= height):
-        return torch.from_numpy(np.array(image.crop((int(x0), int(y0), int(x1), int(y1)))))
+        return np.array(image.crop((int(x0), int(y0), int(x1), int(y1))))
     factor = max(1, int((x1 - x0) // (2 * size)))
     # keep the resampling filter's support around the box (its radius is the downscale ratio)
     margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)
@@ -50,7 +50,7 @@ def crop_square(image: Image.Image, box: Box, size: int) -> torch.Tensor:
     if factor > 1:
         sub = sub.reduce(factor)
     local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
-    return torch.from_numpy(np.array(crop_resized(sub, local, size)))
+    return np.array(crop_resized(sub, local, size))
 
 
 def pixels_to_images(pixels: torch.Tensor) -> torch.Tensor:

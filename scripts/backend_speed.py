@@ -23,6 +23,7 @@ import time
 
 # isort: off
 import serving  # noqa: F401  (first: GOMP_SPINCOUNT, as in the server, must be set when torch loads)
+import numpy as np
 import torch
 # isort: on
 
@@ -79,8 +80,8 @@ def main() -> None:
                         {"threads": threads} if name == "onnxruntime" else {})) for name in names}
         prepared = {name: b.prepare(adapter) for name, b in backends.items()}
         for batch in map(int, args.batches.split(",")):
-            pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-            boxes = torch.tensor([[0.0, 0.0, size, size]] * batch, dtype=torch.float64)
+            pixels = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).numpy()
+            boxes = np.array([[0.0, 0.0, size, size]] * batch, dtype=np.float64)
             times: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
                 for load in ("idle", "busy"):

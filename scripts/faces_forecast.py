@@ -82,11 +82,11 @@ def main() -> int:
         slope, intercept = np.polyfit(np.log10(steps[ok]), values[ok], 1)  # error = intercept + slope log10(steps)
         gap = float(np.mean([test[i] - val[i] for val, test in pairs])) if pairs else 0.0
         fits[name] = (intercept, slope, gap)
-        at = lambda s, a=intercept, b=slope: a + b * math.log10(s)  # noqa: E731
         print(f"{name}: {values[ok][0]:.2f} -> {values[ok][-1]:.2f}; fit {intercept:.2f} {slope:+.2f} x log10(steps); "
               f"AFLW_M = validation {gap:+.2f} (mean of {len(pairs)} adapters)")
         for s in (10_000, 20_000, 50_000, 100_000, PAPER_STEPS):
-            print(f"  {s:>7,} steps: validation {at(s):5.2f}, AFLW_M ~{at(s) + gap:5.2f}  ({hours(s):5.1f} h)")
+            at = intercept + slope * math.log10(s)
+            print(f"  {s:>7,} steps: validation {at:5.2f}, AFLW_M ~{at + gap:5.2f}  ({hours(s):5.1f} h)")
         need = 10 ** ((args.target - gap - intercept) / slope) if slope < 0 else math.inf
         needs[name] = need
         print(f"  AFLW_M {name} {args.target:g} (validation {args.target - gap:.2f}): " + (

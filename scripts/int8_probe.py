@@ -44,7 +44,7 @@ def crops(root: Path, listing: str, n: int, size: int, skip: int = 0) -> tuple[n
         image = Image.open(root / line.split()[0]).convert("RGB")
         side = max(image.width, image.height)  # the whole image, made square as the server does
         square = ((image.width - side) / 2, (image.height - side) / 2, (image.width + side) / 2, (image.height + side) / 2)
-        pixels.append(crop_square(image, square, size).numpy())
+        pixels.append(crop_square(image, square, size))
         boxes.append(square)
     return np.stack(pixels), np.asarray(boxes, np.float64)
 

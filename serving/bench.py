@@ -111,11 +111,11 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     folded = backend.prepare(adapter)
     height, width = image.shape[:2]
     pixels = crop_square(Image.fromarray(image), (0.0, 0.0, float(width), float(height)), adapter_size)[None]
-    boxes = torch.tensor([[0.0, 0.0, width, height]], dtype=torch.float64)
+    boxes = np.array([[0.0, 0.0, width, height]], dtype=np.float64)
     official = build_adapted(core.build(), adapter.num_landmarks, input_size=adapter_size)
     load_adapter_state(official, adapter.tensors)
     official.eval()
-    x = pixels_to_images(pixels).contiguous()
+    x = pixels_to_images(torch.from_numpy(pixels)).contiguous()
 
     def official_forward():
         with torch.no_grad():

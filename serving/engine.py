@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from serving.backends import Backend
 from serving.inputs import DetectInput
@@ -47,10 +46,10 @@ class InferenceEngine:
         entry = items[0].entry
         adapter = entry.adapter
         assert adapter is not None and all(it.entry is entry for it in items)
-        # numpy, then one from_numpy: after an idle gap every torch op paid ~40 us of dispatch on the
-        # path of a lone request (docs/benchmark.md)
-        batch = torch.from_numpy(np.stack([it.pixels.numpy() for it in items]))
-        boxes = torch.from_numpy(np.array([it.box for it in items], dtype=np.float64))
+        # numpy from crop to answer: after an idle gap a torch call costs more than a numpy one (its
+        # code is cold), and the default backend needs none (docs/benchmark.md)
+        batch = np.stack([it.pixels for it in items])
+        boxes = np.array([it.box for it in items], dtype=np.float64)
         with self.models.lease(entry.cache_key, adapter) as model:
             t1 = time.perf_counter()
             points, confidence = self.backend.locate(model, batch, boxes)

@@ -7,7 +7,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.preprocess import Box, crop_square, decode_image, resolve_box
@@ -27,7 +27,7 @@ class RequestLimits:
 @dataclass
 class DetectInput:
     entry: VersionEntry   # the version the request leased
-    pixels: torch.Tensor  # (S, S, 3) uint8: the crop at the version's input size
+    pixels: np.ndarray    # (S, S, 3) uint8: the crop at the version's input size
     box: Box              # square box in original pixels (edge coordinates)
     decode_ms: float = 0.0
 

@@ -20,6 +20,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # importing this package loads no torch: serving.config reads the names
+    import numpy as np
     import torch
 
     from landmarks.adapter_io import Adapter, Core
@@ -38,12 +39,13 @@ class Backend(Protocol):
         """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU).
         The trial forward's check; requests go through `locate`."""
 
-    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the server calls. (B, S, S, 3) uint8 crops (`landmarks.images.pixels_to_images` makes
-        them the model's input) and (B, 4) float64 boxes, the client's pixels each crop was cut from (edge
-        coordinates) -> `landmarks.heatmaps.locate` of the heatmaps, mapped back into those boxes
-        (`landmarks.geometry.input_to_original`): (B, K, 2) points in the client's pixels and
-        (B, K) confidences, float32 (CPU)."""
+    def locate(self, prepared: Any, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the server calls, in numpy (a request's path from crop to answer touches no torch: after
+        an idle gap torch's calls are the slower, docs/benchmark.md). (B, S, S, 3) uint8 crops
+        (`landmarks.images.pixels_to_images` makes them the model's input) and (B, 4) float64 boxes,
+        the client's pixels each crop was cut from (edge coordinates) -> `landmarks.heatmaps.locate` of
+        the heatmaps, mapped back into those boxes (`landmarks.geometry.input_to_original`): (B, K, 2)
+        points in the client's pixels and (B, K) confidences, float32."""
 
     def nbytes(self, prepared: Any) -> int:
         """Memory the prepared model holds (for the cache budget)."""

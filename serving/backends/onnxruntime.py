@@ -128,15 +128,15 @@ class OnnxRuntimeBackend:
         options.add_external_initializers(list(names), list(values))
         session = self._ort.InferenceSession(graph, options, providers=self.providers)
         prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
-        pixels = torch.zeros(1, size, size, 3, dtype=torch.uint8)
-        boxes = torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64)
+        pixels = np.zeros((1, size, size, 3), dtype=np.uint8)
+        boxes = np.array([[0.0, 0.0, size, size]], dtype=np.float64)
         for _ in range(self.WARMUP_CALLS):
             self.locate(prepared, pixels, boxes)
         return prepared
 
-    def _run(self, prepared: OrtModel, pixels: torch.Tensor, boxes: torch.Tensor, outputs: list[str]) -> list:
-        feeds = {"pixels": np.ascontiguousarray(pixels.numpy(force=True)),
-                 "boxes": np.ascontiguousarray(boxes.numpy(force=True), dtype=np.float64)}
+    def _run(self, prepared: OrtModel, pixels: np.ndarray, boxes: np.ndarray, outputs: list[str]) -> list:
+        feeds = {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8),
+                 "boxes": np.ascontiguousarray(boxes, dtype=np.float64)}
         if self.device == "cpu":
             return prepared.session.run(outputs, feeds)
         binding = prepared.session.io_binding()
@@ -148,16 +148,16 @@ class OnnxRuntimeBackend:
         prepared.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def locate(self, prepared: OrtModel, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate(self, prepared: OrtModel, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if pixels.shape[1:] != (prepared.size, prepared.size, 3):
             raise ValueError(f"crops must be {prepared.size} x {prepared.size} x 3, got {tuple(pixels.shape[1:])}")
         points, confidence = self._run(prepared, pixels, boxes, list(OUTPUTS))
-        return torch.from_numpy(points), torch.from_numpy(confidence)
+        return points, confidence
 
     def run(self, prepared: OrtModel, images: torch.Tensor) -> torch.Tensor:
         """Heatmaps of float images, which the graph takes as 8-bit pixels (rounded)."""
-        pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
-        boxes = torch.tensor([[0.0, 0.0, prepared.size, prepared.size]] * images.shape[0], dtype=torch.float64)
+        pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(force=True)
+        boxes = np.array([[0.0, 0.0, prepared.size, prepared.size]] * images.shape[0], dtype=np.float64)
         (heatmaps,) = self._run(prepared, pixels, boxes, [HEATMAPS])
         return torch.from_numpy(heatmaps)
 

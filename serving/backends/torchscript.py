@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from landmarks.adapter_io import Adapter, Core
@@ -58,10 +59,11 @@ class EagerBackend:
             out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
-    def locate(self, prepared: Any, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate(self, prepared: Any, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            heatmaps = self.run(prepared, pixels_to_images(pixels.to(self.device)))
-            return _locate_in_boxes(heatmaps, boxes.to(self.device), pixels.shape[1])
+            heatmaps = self.run(prepared, pixels_to_images(torch.from_numpy(pixels).to(self.device)))
+            points, confidence = _locate_in_boxes(heatmaps, torch.from_numpy(boxes).to(self.device), pixels.shape[1])
+        return points.float().cpu().numpy(), confidence.float().cpu().numpy()
 
     def nbytes(self, prepared: Any) -> int:
         return _nbytes(list(prepared.parameters()) + list(prepared.buffers()))
@@ -160,18 +162,20 @@ class TorchScriptBackend(EagerBackend):
             if size not in self._locators:
                 self._locators[size] = self._trace(example, state, locate_size=size)
         scripted = ScriptedModel(self._graph, self._locators[size], size, state)
-        pixels, boxes = _example_pixels(size, self.device), _example_boxes(size, self.device)
+        pixels = np.zeros((1, size, size, 3), dtype=np.uint8)
+        boxes = np.array([[0.0, 0.0, size, size]], dtype=np.float64)
         for _ in range(self.WARMUP_CALLS):
             self.run(scripted, example)
             self.locate(scripted, pixels, boxes)
         return scripted
 
-    def locate(self, prepared: ScriptedModel, pixels: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate(self, prepared: ScriptedModel, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if pixels.shape[1] != prepared.size:
             return super().locate(prepared, pixels, boxes)
         with torch.inference_mode():
-            points, confidence = prepared.locator(pixels.to(self.device), prepared.tensors, boxes.to(self.device))
-        return points.float().cpu(), confidence.float().cpu()
+            points, confidence = prepared.locator(torch.from_numpy(pixels).to(self.device), prepared.tensors,
+                                                  torch.from_numpy(boxes).to(self.device))
+        return points.float().cpu().numpy(), confidence.float().cpu().numpy()
 
     def nbytes(self, prepared: ScriptedModel) -> int:
         return _nbytes(prepared.tensors)

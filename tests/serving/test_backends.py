@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,12 +67,13 @@ def test_backend_matches_eager_for_every_batch_size_k_and_input_size(adapters, n
             # the boxes are inputs of the graph, not constants of a trace
             boxes = torch.tensor([[-3.5, 2.0, 40.5, 46.0], [10.0, 10.0, 20.0, 20.0], [0.0, 0.0, 1e3, 1e3]],
                                  dtype=torch.float64)[:batch]
-            (points, confidence), (want_points, want_confidence) = (backend.locate(prepared, pixels, boxes),
-                                                                    eager.locate(reference, pixels, boxes))
-            assert points.dtype == confidence.dtype == torch.float32
+            pixels_np, boxes_np = pixels.numpy(), boxes.numpy()  # what the server hands a backend
+            (points, confidence), (want_points, want_confidence) = (backend.locate(prepared, pixels_np, boxes_np),
+                                                                    eager.locate(reference, pixels_np, boxes_np))
+            assert isinstance(points, np.ndarray) and points.dtype == confidence.dtype == np.float32
             assert points.shape == (batch, adapter.num_landmarks, 2)
-            torch.testing.assert_close(points, want_points, atol=1e-3, rtol=0)  # pixels, up to a 1000 px box
-            torch.testing.assert_close(confidence, want_confidence, atol=1e-5, rtol=1e-4)
+            np.testing.assert_allclose(points, want_points, atol=1e-3, rtol=0)  # pixels, up to a 1000 px box
+            np.testing.assert_allclose(confidence, want_confidence, atol=1e-5, rtol=1e-4)
 
 
 def test_torchscript_traces_one_graph_for_every_adapter(adapters):
@@ -95,7 +97,6 @@ def test_onnxruntime_on_cuda_without_the_gpu_package_says_what_to_install(adapte
 
 @pytest.mark.skipif("onnxruntime" not in available_backends(), reason="onnxruntime is not installed")
 def test_export_round_trips_through_onnxruntime(artifacts, adapters, tmp_path, capsys):
-    import numpy as np
     import onnx
     import onnxruntime as ort
 
@@ -122,10 +123,9 @@ def test_export_round_trips_through_onnxruntime(artifacts, adapters, tmp_path, c
     boxes = np.array([[0, 0, size, size], [10, 20, 410, 420], [-7.5, 3, 50.5, 61], [100, 100, 101, 101]], np.float64)
     points, confidence = session.run(None, {"pixels": pixels, "boxes": boxes})
     torchscript = make_backend("torchscript", core)
-    want_points, want_confidence = torchscript.locate(torchscript.prepare(faces), torch.from_numpy(pixels),
-                                                      torch.from_numpy(boxes))
-    np.testing.assert_allclose(points, want_points.numpy(), atol=1e-3, rtol=0)
-    np.testing.assert_allclose(confidence, want_confidence.numpy(), atol=1e-5, rtol=1e-4)
+    want_points, want_confidence = torchscript.locate(torchscript.prepare(faces), pixels, boxes)
+    np.testing.assert_allclose(points, want_points, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(confidence, want_confidence, atol=1e-5, rtol=1e-4)
 
 
 def test_export_refuses_an_adapter_of_another_core(artifacts, tmp_path, capsys):

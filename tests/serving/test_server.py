@@ -393,7 +393,7 @@ def test_adapter_with_its_own_input_size(server, client, artifacts, tmp_path):
         return input_to_original(heatmap_to_input(soft_argmax(heat), 16 / heat.shape[-1])[0].double(), sq, 16)
 
     assert got.shape == (3, 2) and (got - expected(crop_to_tensor(pil, sq, 16))).abs().max() < 1e-3
-    assert torch.equal(pixels_to_images(crop_square(pil, sq, 16)[None])[0], crop_to_tensor(pil, sq, 16))
+    assert torch.equal(pixels_to_images(torch.from_numpy(crop_square(pil, sq, 16))[None])[0], crop_to_tensor(pil, sq, 16))
 
 
 def test_cli_waits_briefly_then_says_no_server(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import torch
 
 from serving.threads import compute_thread, single_threaded
@@ -73,7 +74,7 @@ def test_a_lone_forward_gets_all_threads_and_concurrent_ones_share_them():
 
     def item(category):
         entry = SimpleNamespace(category=category, cache_key=(category, "v1", ""))
-        return DetectInput(entry, torch.zeros(8, 8, 3, dtype=torch.uint8), (0.0, 0.0, 8.0, 8.0))
+        return DetectInput(entry, np.zeros((8, 8, 3), np.uint8), (0.0, 0.0, 8.0, 8.0))
 
     threads = ComputeThreads.split(4, 2, lambda n: applied.append((threading.current_thread().name, n)))
     assert (threads.alone, threads.shared) == (4, 2)

@@ -6,6 +6,7 @@ import io
 import threading
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -70,11 +71,11 @@ def test_crop_square_matches_geometry_and_bounds_memory():
     image = Image.open(io.BytesIO(png_bytes(48, 40)))
 
     def scaled(pixels):  # what the backend feeds the model
-        return pixels_to_images(pixels[None])[0]
+        return pixels_to_images(torch.from_numpy(pixels)[None])[0]
 
     box = resolve_box(None, 48, 40)
     pixels = crop_square(image, box, 32)
-    assert pixels.dtype == torch.uint8 and pixels.shape == (32, 32, 3)
+    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
     assert torch.equal(scaled(pixels), crop_to_tensor(image, box, 32))
     box = resolve_box((3.3, 5.1, 30.7, 33.9), 48, 40)  # fractional offset: PIL rounds to 8 bits differently
     assert torch.allclose(scaled(crop_square(image, box, 32)), crop_to_tensor(image, box, 32), atol=1.01 / 255)
