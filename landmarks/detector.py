@@ -19,10 +19,8 @@ points with the same functions (`landmarks.images`), and read images with PIL as
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from landmarks.adapter_io import Adapter, Core, load_adapter, load_core
+from landmarks import store_layout
+from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter, load_core
 from landmarks.geometry import square_box
 from landmarks.images import Box, crop_square, locate_in_boxes, pixels_to_images
 from landmarks.projection import fold
@@ -42,9 +41,6 @@ __all__ = ["Detector", "Landmarks", "default_adapters_dir"]
 # the repository's adapters/ next to the package (an editable install, a checkout); a wheel install
 # names its own with adapters=DIR or $LANDMARKS_ADAPTERS
 _REPO_ADAPTERS = Path(__file__).resolve().parent.parent / "adapters"
-_CATEGORY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # no path separators: it names a file
-_SHIPPED = "shipped"  # the server's name for <dir>/<category>.safetensors
-_SUFFIX = ".safetensors"
 
 
 def default_adapters_dir() -> Path:
@@ -117,13 +113,16 @@ class Detector:
                 raise ValueError("name a category, e.g. Detector.load('faces'), or an adapter file: "
                                  f"Detector.load(adapter='runs/mugs/adapter.safetensors'); in {directory}: "
                                  f"{', '.join(cls.categories(directory)) or 'none'}")
-            adapter = _adapter_file(directory, category, version)
+            _check_names(directory, category, version)
         core_file = Path(core) if core is not None else directory / "core.safetensors"
         if not core_file.is_file():
             hint = ("pass core=FILE" if core is None else "check the path")
             raise FileNotFoundError(f"no core file at {core_file}; {hint} (or adapters=DIR with a core.safetensors)")
         loaded_core = load_core(core_file)
-        loaded = load_adapter(adapter, loaded_core)
+        if adapter is None:
+            adapter, loaded = _served_adapter(directory, category, version, loaded_core)
+        else:
+            loaded = load_adapter(adapter, loaded_core)
         if category and loaded.category != category:
             raise ValueError(f"{adapter} is an adapter for {loaded.category!r}, not {category!r}")
         return cls(loaded_core, loaded, device)
@@ -132,11 +131,7 @@ class Detector:
     def categories(adapters: str | Path | None = None) -> list[str]:
         """The categories an adapters directory holds (flat files and registered versions)."""
         directory = Path(adapters) if adapters is not None else default_adapters_dir()
-        if not directory.is_dir():
-            return []
-        names = {p.stem for p in directory.glob(f"*{_SUFFIX}") if p.stem != "core"}
-        names |= {p.name for p in directory.iterdir() if p.is_dir() and any(p.glob(f"*{_SUFFIX}"))}
-        return sorted(n for n in names if _CATEGORY_RE.fullmatch(n))
+        return sorted(store_layout.scan(directory))
 
     def detect(self, image: Any, box: Sequence[float] | Sequence[Sequence[float] | None] | None = None
                ) -> Landmarks | list[Landmarks]:
@@ -237,32 +232,56 @@ def _device(device: str | torch.device) -> torch.device:
     return device
 
 
-def _adapter_file(directory: Path, category: str, version: str | None) -> Path:
-    """The file `landmarks serve` would serve for `category` (its store layout: serving/store.py)."""
-    if not _CATEGORY_RE.fullmatch(category):
-        raise ValueError(f"category {category!r}: letters, digits, '_', '.', '-' only (it names a file)")
+def _check_names(directory: Path, category: str, version: str | None) -> None:
+    if not store_layout.CATEGORY_RE.fullmatch(category):
+        raise ValueError(f"category {category!r}: lower-case letters, digits, '_' and '-' only (it names a file)")
+    if version is not None and not store_layout.VERSION_RE.fullmatch(version):
+        raise ValueError(f"version {version!r}: letters, digits, '.', '_' and '-' only")
     if not directory.is_dir():
         raise FileNotFoundError(f"no adapters directory at {directory}: pass adapters=DIR (a directory with "
                                 "core.safetensors and <category>.safetensors), set $LANDMARKS_ADAPTERS, or "
                                 "give core=FILE and adapter=FILE")
-    flat, folder = directory / f"{category}{_SUFFIX}", directory / category
-    if version and version != _SHIPPED:
-        if not _CATEGORY_RE.fullmatch(version):
-            raise ValueError(f"version {version!r}: letters, digits, '_', '.', '-' only")
-        path = folder / f"{version}{_SUFFIX}"
-        if not path.is_file():
-            raise FileNotFoundError(f"{category!r} has no version {version!r} in {directory} (no {path})")
-        return path
-    if version is None:  # the active version, as the server's store records it
-        try:
-            active = json.loads((folder / "_state.json").read_text()).get("active")
-        except (OSError, ValueError, AttributeError):
-            active = None
-        if isinstance(active, str) and _CATEGORY_RE.fullmatch(active) and active != _SHIPPED \
-                and (folder / f"{active}{_SUFFIX}").is_file():
-            return folder / f"{active}{_SUFFIX}"
-    if flat.is_file():
-        return flat
-    known = Detector.categories(directory)
-    raise FileNotFoundError(f"no adapter for {category!r} in {directory} (no {flat.name}); "
-                            f"it holds: {', '.join(known) or 'no categories'}")
+
+
+def _served_adapter(directory: Path, category: str, version: str | None, core: Core) -> tuple[Path, Adapter]:
+    """The file `landmarks serve` would serve for `category` (or its `version`) and its adapter, by the
+    store's rules (`landmarks.store_layout`): the state's active version, else the newest that loads;
+    a shipped file unregistered on the server is not a version."""
+    versions = store_layout.scan(directory, category).get(category, {})
+    try:
+        state = store_layout.read_state(directory, category)
+    except (OSError, ValueError):
+        state = {}  # as the server: a bad state file costs only the choice of the active version
+    loaded: dict[str, Adapter | Exception] = {}
+
+    def load(name: str) -> Adapter | Exception:
+        if name not in loaded:
+            try:
+                loaded[name] = load_adapter(versions[name], core)
+            except (ArtifactError, OSError) as exc:
+                loaded[name] = exc
+        return loaded[name]
+
+    removed = state.get("shipped_removed")
+    if removed and store_layout.SHIPPED in versions:
+        shipped = load(store_layout.SHIPPED)
+        if isinstance(shipped, Adapter) and shipped.sha256 == removed:
+            del versions[store_layout.SHIPPED]
+    if not versions:
+        known = Detector.categories(directory)
+        raise FileNotFoundError(f"no adapter for {category!r} in {directory} (no {category}{store_layout.SUFFIX} "
+                                f"or {category}/*{store_layout.SUFFIX}); it holds: {', '.join(known) or 'no categories'}")
+    if version is not None:
+        if version not in versions:
+            raise FileNotFoundError(f"{category!r} has no version {version!r} in {directory}; it has "
+                                    f"{', '.join(sorted(versions))}")
+        name = version
+    else:
+        created = {v: store_layout.created(path) for v, path in versions.items()}
+        name = store_layout.pick_active(state, created, lambda v: isinstance(load(v), Adapter))
+        if name is None:  # none loads: the newest one's reason
+            name = max(created, key=lambda v: (created[v], v))
+    result = load(name)
+    if isinstance(result, Exception):
+        raise result
+    return versions[name], result

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import grpc
 
+from landmarks.store_layout import CATEGORY_RE, SHIPPED, SUFFIX, VERSION_RE  # the store's file names
 from serving.errors import ServingError, clip
 
 __all__ = ["CATEGORY_RE", "SHIPPED", "VERSION_RE", "validate_category", "validate_version"]
-
-CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHIPPED = "shipped"  # the version of an adapter file shipped flat in the store
-_SUFFIX = ".safetensors"
 Code = grpc.StatusCode
 
 
@@ -26,7 +20,7 @@ def validate_category(name: str, field_name: str = "category") -> str:
 
 
 def validate_version(version: str, field_name: str = "version", allow_shipped: bool = True) -> str:
-    if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or version.endswith(_SUFFIX):
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version) or version.endswith(SUFFIX):
         raise ServingError(Code.INVALID_ARGUMENT,
                            f"{field_name}: {clip(version)} is not a valid version "
                            f"(letters, digits, '.', '_' and '-', 1-64 characters, starting with a letter or digit)")

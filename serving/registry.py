@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from landmarks import store_layout
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter
 from serving.errors import ServingError, clip, from_artifact_error, from_os_error
 from serving.models import FoldedModels
@@ -139,7 +140,7 @@ class AdapterRegistry:
         label = f"{category}/{version} ({path})"
         created = _now()
         try:
-            created = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc).isoformat(timespec="seconds")
+            created = store_layout.created(path)
             data = path.read_bytes()
             adapter, prepared = self._validate_bytes(data, label)
         except (ServingError, OSError) as exc:
@@ -152,12 +153,10 @@ class AdapterRegistry:
 
     @staticmethod
     def _pick_active(cat: CategoryRecord, state: dict) -> None:
-        """The state file's active version, else the newest good one (caller holds the state lock or
-        owns `cat`)."""
-        active = state.get("active")
-        if active not in cat.versions:
-            good = [v for v in cat.versions.values() if v.adapter is not None]
-            active = max(good, key=lambda v: (v.created, v.version)).version if good else None
+        """`landmarks.store_layout.pick_active`, the rule `landmarks.Detector` follows too (caller holds
+        the state lock or owns `cat`)."""
+        active = store_layout.pick_active(state, {v.version: v.created for v in cat.versions.values()},
+                                          lambda version: cat.versions[version].adapter is not None)
         cat.active = active
         cat.error = ""
         if active is None or cat.versions[active].adapter is None:

@@ -1,9 +1,6 @@
 """AdapterStore: the adapters directory, the registry's source of truth (a restart serves it again).
-
-    <dir>/core.safetensors                     the frozen core (not an adapter)
-    <dir>/<category>.safetensors               a shipped adapter, served as version "shipped"
-    <dir>/<category>/<version>.safetensors     registered versions (written atomically)
-    <dir>/<category>/_state.json               {"active": version, "shipped_removed": sha256|null}
+Its layout, and how it is read, is `landmarks.store_layout` (shared with `landmarks.Detector`); this
+module adds writing (atomically) and sweeping what an interrupted write left.
 
 Only files and bytes here: no validation of adapters (the registry does that) and no locking
 (the registry serialises admin operations). Files are hand-editable, so everything read back is
@@ -20,36 +17,13 @@ import threading
 from contextlib import suppress
 from pathlib import Path
 
-from serving.names import CATEGORY_RE, SHIPPED, VERSION_RE
+from landmarks import store_layout
+from landmarks.store_layout import SHIPPED, STATE_FILE, SUFFIX, parse_state
 
 __all__ = ["STATE_FILE", "SUFFIX", "TEMP_RE", "AdapterStore", "parse_state"]
 
 log = logging.getLogger(__name__)
-STATE_FILE = "_state.json"
-SUFFIX = ".safetensors"
 TEMP_RE = re.compile(r"^\..+\.\d+\.\d+\.tmp$")  # what _atomic_write leaves if the process dies mid-write
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def parse_state(data: bytes) -> dict:
-    """A category's `_state.json` -> {"active": version | None, "shipped_removed": sha256 | None}.
-
-    Raises ValueError for anything else (not UTF-8 JSON, not an object, wrong types, names that
-    are not versions): a bad file must cost its category the choice of active version, never the
-    server's start."""
-    try:
-        state = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"not JSON ({exc})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"must be a JSON object, got {type(state).__name__}")
-    active = state.get("active")
-    if active is not None and (not isinstance(active, str) or not VERSION_RE.fullmatch(active)):
-        raise ValueError(f"'active' must be a version name or null, got {str(active)[:80]!r}")
-    removed = state.get("shipped_removed")
-    if removed is not None and (not isinstance(removed, str) or not _SHA256_RE.fullmatch(removed)):
-        raise ValueError(f"'shipped_removed' must be a sha256 hex digest or null, got {str(removed)[:80]!r}")
-    return {"active": active, "shipped_removed": removed}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -88,19 +62,7 @@ class AdapterStore:
             return {}
         if sweep:
             self._sweep_temp_files()
-        found: dict[str, dict[str, Path]] = {}
-        flat = [self.dir / f"{category}{SUFFIX}"] if category else self.dir.glob(f"*{SUFFIX}")
-        for path in sorted(p for p in flat if p.is_file()):
-            name = path.name[: -len(SUFFIX)]
-            if name != "core" and CATEGORY_RE.fullmatch(name):
-                found.setdefault(name, {})[SHIPPED] = path
-        subs = [self.dir / category] if category else self.dir.iterdir()
-        for sub in sorted(p for p in subs if p.is_dir() and CATEGORY_RE.fullmatch(p.name)):
-            for path in sorted(sub.glob(f"*{SUFFIX}")):
-                version = path.name[: -len(SUFFIX)]
-                if VERSION_RE.fullmatch(version) and version != SHIPPED:
-                    found.setdefault(sub.name, {})[version] = path
-        return found
+        return store_layout.scan(self.dir, category)
 
     def _sweep_temp_files(self) -> None:
         """Remove temp files of writes a killed server never finished."""
@@ -112,13 +74,11 @@ class AdapterStore:
                         log.warning("removed %s, left by an interrupted write", tmp)
 
     def read_state(self, category: str) -> dict:
-        path = self.category_dir(category) / STATE_FILE
         try:
-            return parse_state(path.read_bytes())
-        except FileNotFoundError:
-            return {}
+            return store_layout.read_state(self.dir, category)
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s (the newest good version will be active): %s", path, exc)
+            log.warning("ignoring unreadable %s (the newest good version will be active): %s",
+                        self.category_dir(category) / STATE_FILE, exc)
             return {}
 
     def write_state(self, category: str, **changes: object) -> None:

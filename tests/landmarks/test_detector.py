@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def store(tmp_path_factory) -> Path:
     make_core(root / "core.safetensors")
     make_adapter(root / "mugs.safetensors", root / "core.safetensors", "mugs", k=3, seed=1)
     make_adapter(root / "mugs" / "v2.safetensors", root / "core.safetensors", "mugs", k=5, seed=2)
+    os.utime(root / "mugs.safetensors", (1_700_000_000, 1_700_000_000))  # the shipped file is the older
     return root
 
 
@@ -37,7 +39,7 @@ def test_import_landmarks_stays_light():
 
 
 def test_load_and_detect_every_kind_of_image(store):
-    detector = Detector.load("mugs", adapters=store)
+    detector = Detector.load("mugs", adapters=store, version="shipped")
     assert detector.names == ["mugs-0", "mugs-1", "mugs-2"] and "mugs" in repr(detector)
     rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -56,15 +58,29 @@ def test_load_and_detect_every_kind_of_image(store):
     assert len(detector.detect([rgb, rgb], box=[None, (0, 0, 20, 20)])) == 2
 
 
-def test_registered_active_version_explicit_files_and_versions(store):
-    assert Detector.load("mugs", adapters=store).names == ["mugs-0", "mugs-1", "mugs-2"]  # no state: shipped
-    (store / "mugs" / "_state.json").write_text(json.dumps({"active": "v2", "shipped_removed": None}))
+def test_the_version_the_server_would_serve_explicit_files_and_versions(store):
+    """The server's rule (landmarks.store_layout.pick_active): the state's active version, else the newest
+    that loads; a shipped file unregistered on the server is not served."""
+    def k(**kwargs) -> int:
+        return len(Detector.load("mugs", adapters=store, **kwargs).names)
+
+    state = store / "mugs" / "_state.json"
+    assert k() == 5  # no state: the newest, v2
     try:
-        assert len(Detector.load("mugs", adapters=store).names) == 5
-        assert len(Detector.load("mugs", adapters=store, version="shipped").names) == 3
-        assert len(Detector.load("mugs", adapters=store, version="v2").names) == 5
+        state.write_text(json.dumps({"active": "shipped", "shipped_removed": None}))
+        assert (k(), k(version="v2")) == (3, 5)
+        state.write_text("{not json")  # a bad state file costs only the choice: the newest again
+        assert k() == 5
+        shipped = Detector.load("mugs", adapters=store, version="shipped").adapter.sha256
+        state.write_text(json.dumps({"active": None, "shipped_removed": shipped}))
+        os.utime(store / "mugs" / "v2.safetensors", (1_600_000_000, 1_600_000_000))  # now the older
+        assert k() == 5  # the newer shipped file was unregistered
+        with pytest.raises(FileNotFoundError, match="no version 'shipped'"):
+            k(version="shipped")
     finally:
-        (store / "mugs" / "_state.json").unlink()
+        state.unlink()
+        os.utime(store / "mugs" / "v2.safetensors")
+    assert k() == 5
     explicit = Detector.load(adapter=store / "mugs" / "v2.safetensors", core=store / "core.safetensors")
     assert explicit.category == "mugs" and len(explicit.names) == 5
     assert Detector.categories(store) == ["mugs"]

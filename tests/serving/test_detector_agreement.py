@@ -5,6 +5,7 @@ shipped ones."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -81,3 +82,27 @@ def test_detector_agrees_with_the_server_on_the_shipped_adapters(tmp_path):
             assert_agree(local, client.detect(path, "faces"))
     finally:
         handle.shutdown(grace=0)
+
+
+@pytest.mark.parametrize("state", [None, '{"active": "shipped"}', "{not json"])
+def test_detector_picks_the_version_the_server_serves(tmp_path, state):
+    from tests.serving.helpers import make_adapter, make_core
+
+    store = tmp_path / "adapters"
+    make_core(store / "core.safetensors")
+    make_adapter(store / "mugs.safetensors", store / "core.safetensors", "mugs", k=3, seed=1)
+    make_adapter(store / "mugs" / "v2.safetensors", store / "core.safetensors", "mugs", k=5, seed=2)
+    os.utime(store / "mugs.safetensors", (1_700_000_000, 1_700_000_000))  # the shipped file is the older
+    if state is not None:
+        (store / "mugs" / "_state.json").write_text(state)
+    handle = start_server(store)
+    try:
+        with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
+            (served,) = [c for c in client.categories() if c.name == "mugs"]
+            image = png_bytes(40, 40)
+            remote = client.detect(image, "mugs")
+    finally:
+        handle.shutdown(grace=0)
+    local = Detector.load("mugs", adapters=store)
+    assert local.adapter.sha256 == served.active_sha256 and remote.version == served.active_version
+    assert_agree(local.detect(image), remote)
