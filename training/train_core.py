@@ -60,7 +60,7 @@ class CoreTrainConfig:
     # (measured with batch 16 at 128 px); results are the same up to float rounding.
     channels_last: bool = True
     val_every: int = 1000
-    checkpoint_every: int = 0  # 0 = at every validation
+    checkpoint_every: int = 1000  # 0 = only at the end (as `landmarks adapt`); the presets: at every validation
     val_size: int = 500
     seed: int = 0
     max_minutes: float = 0.0  # stop (checkpoint + export) after this long; 0 = run the schedule
@@ -80,12 +80,13 @@ PRESETS: dict[str, dict] = {
     # What fits a 2-core AVX2 machine in about 80 minutes: the half-width `cpu` architecture,
     # fp32, channels_last, ~28-30 img/s including data loading (one loader worker keeps up).
     "cpu": dict(arch="cpu", steps=8_500, batch_size=16, lr=1e-3, foreground_weight=10.0, workers=1, val_every=500,
-                val_size=300),
+                checkpoint_every=500, val_size=300),
     # The paper's setting for a GPU: FAN at full width on MPII, larger batch, longer schedule.
     "paper": dict(arch="paper", data="mpii:data/mpii/mpii_annotations.json", train_split="", val_split="",
-                  steps=150_000, batch_size=24, lr=2.5e-4, workers=8, val_every=5000),
+                  steps=150_000, batch_size=24, lr=2.5e-4, workers=8, val_every=5000, checkpoint_every=5000),
     # Seconds on synthetic data (tests and smoke runs).
-    "smoke": dict(arch="tiny", steps=3, batch_size=2, workers=0, val_every=2, val_size=4, warmup_steps=1),
+    "smoke": dict(arch="tiny", steps=3, batch_size=2, workers=0, val_every=2, checkpoint_every=2, val_size=4,
+                  warmup_steps=1),
 }
 
 
@@ -166,7 +167,7 @@ def train_core(cfg: CoreTrainConfig, resume: bool = False, command: str = "") ->
 def _train_core(cfg: CoreTrainConfig, resume: bool, command: str, processes: Processes,
                 device: torch.device) -> Path:
     out = Path(cfg.out)
-    run = TrainingRun(out, LoopSettings(cfg.steps, cfg.val_every, cfg.checkpoint_every or cfg.val_every,
+    run = TrainingRun(out, LoopSettings(cfg.steps, cfg.val_every, cfg.checkpoint_every,
                                         cfg.max_minutes, cfg.seed), processes, device, cfg, command, cfg.batch_size)
     precision = choose_precision(device, cfg.bf16)
     run.log(f"device {device}, {precision.reason}; {processes.world} process(es)")
