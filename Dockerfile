@@ -52,6 +52,12 @@ COPY training/__init__.py ./training/__init__.py
 # import Detector` where the store is (the package is installed, not next to adapters/)
 RUN pip install --extra-index-url ${TORCH_INDEX} ".[serve]" && \
     python -c "import serving.server, serving.http_api, landmarks.v1.landmarks_pb2_grpc"
+# on a GPU the default backend (ONNX Runtime) needs onnxruntime-gpu, which provides the same module as
+# the CPU package the project depends on: one replaces the other (the `gpu` extra's note)
+RUN if [ "${DEVICE}" != "cpu" ]; then \
+        pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18" && \
+        python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"; \
+    fi
 # adapters/ is in git (a .gitkeep at least); shipped core/adapters in it are baked into the image
 COPY adapters ./adapters
 COPY examples ./examples
