@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,10 +197,17 @@ def _option(f: dataclasses.Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServerConfig field, in groups, with the field's default in its help."""
+def _chosen(fields: Collection[str] | None) -> list[dataclasses.Field]:
+    if fields is not None and (unknown := set(fields) - {f.name for f in _FLAGGED}):
+        raise ValueError(f"not ServerConfig flags: {sorted(unknown)}")
+    return [f for f in _FLAGGED if fields is None or f.name in fields]
+
+
+def add_arguments(parser: argparse.ArgumentParser, fields: Collection[str] | None = None) -> None:
+    """One flag per ServerConfig field (or per field named in `fields`: another command that shares
+    some, e.g. `serve-ray`), in groups, with the field's default in its help."""
     groups = {"server": parser}
-    for f in _FLAGGED:
+    for f in _chosen(fields):
         meta = f.metadata
         group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         option, unit = _option(f), meta["unit"]
@@ -222,12 +230,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            **meta["argparse"])
 
 
-def from_args(args: argparse.Namespace) -> ServerConfig:
-    """The config the parsed flags describe (raises ValueError / OSError with what is wrong)."""
+def from_args(args: argparse.Namespace, fields: Collection[str] | None = None) -> ServerConfig:
+    """The config the parsed flags describe (only `fields`' flags, as `add_arguments` made them; the rest
+    keep their defaults). Raises ValueError / OSError with what is wrong."""
     from landmarks.tokens import read_token
 
     values = {}
-    for f in _FLAGGED:
+    for f in _chosen(fields):
         value = getattr(args, f.name)
         if f.name in _TOKEN_ENV:
             value = read_token(value, _TOKEN_ENV[f.name])
@@ -236,6 +245,6 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         elif isinstance(value, list):
             value = tuple(value)
         values[f.name] = value
-    if not values["enable_admin"]:
+    if not values.get("enable_admin", True):
         values["admin_token"] = None
     return ServerConfig(**values)

@@ -19,6 +19,11 @@ each replica re-reads the store every `sync_s` seconds (`AdapterRegistry.sync_st
 once when asked for a category or version it does not know, so a registration is served by the
 next request and an unregistered version stops being served within `sync_s`.
 
+Tokens and --no-admin are `landmarks serve`'s (serving.auth), checked by the Ingress on the
+`authorization` metadata the proxy passes on. Not carried through Ray's proxy: TLS (terminate it in
+front of the proxies, e.g. at the load balancer) and the client's deadline (a replica computes a
+request whose client gave up).
+
 Every response carries trailing metadata `landmarks-replica` (which replica answered) and
 `landmarks-held` ("1": that replica already held the category's folded model, "0": it folded it
 for this request); Ray's metrics have the same as `landmarks_multiplex_requests{held}`.
@@ -40,6 +45,7 @@ from ray import serve
 from ray.exceptions import RayError, RayTaskError
 
 from landmarks.v1 import landmarks_pb2 as pb
+from serving.auth import authorize, bearer
 from serving.config import ServerConfig
 from serving.ray_replicas import Admin, RayOptions, Replica, model_id
 
@@ -77,9 +83,11 @@ def _fail(grpc_context, code: str | grpc.StatusCode, details: str):
 class Ingress:
     """The methods Ray's gRPC proxy calls by RPC name: landmarks.v1 and grpc.health.v1."""
 
-    def __init__(self, replicas, admin, opts: RayOptions, max_batch_items: int) -> None:
+    def __init__(self, replicas, admin, opts: RayOptions, max_batch_items: int, admin_token: str | None = None,
+                 inference_token: str | None = None, enable_admin: bool = True) -> None:
         self.replicas, self.admin, self.opts = replicas, admin, opts
         self.max_batch_items = max_batch_items
+        self._tokens, self._enable_admin = (admin_token, inference_token), enable_admin
         self._active: dict[str, str] = {}
         self._refreshed = 0.0
         try:
@@ -113,6 +121,15 @@ class Ingress:
             why = f"the replica serving {mid or 'this request'} went away ({type(exc).__name__}); retry"
             return "UNAVAILABLE", why, False, ""
 
+    def _allow(self, plane: str, grpc_context) -> None:
+        """`landmarks serve`'s rules (serving.auth): a token per plane, and no admin calls with --no-admin."""
+        if plane == "admin" and not self._enable_admin:
+            _fail(grpc_context, Code.UNIMPLEMENTED, "this server does not serve the admin service (--no-admin)")
+        given = next((bearer(v) for k, v in grpc_context.invocation_metadata() if k == "authorization"), None)
+        refusal = authorize(plane, given, *self._tokens)
+        if refusal is not None:
+            _fail(grpc_context, *refusal)
+
     def _mid(self, req: pb.DetectRequest) -> str:
         return model_id(req.category, req.version or self._active.get(req.category, ""))
 
@@ -121,6 +138,7 @@ class Ingress:
             self._counter.inc(n, tags={"held": "1" if held else "0"})
 
     async def Detect(self, request: pb.DetectRequest, grpc_context) -> pb.DetectResponse:
+        self._allow("inference", grpc_context)
         await self._refresh()
         code, payload, held, replica = await self._route("Detect", request, self._mid(request))
         grpc_context.set_trailing_metadata([("landmarks-replica", replica), ("landmarks-held", str(int(held)))])
@@ -130,6 +148,7 @@ class Ingress:
         return pb.DetectResponse.FromString(payload)
 
     async def DetectBatch(self, request: pb.DetectBatchRequest, grpc_context) -> pb.DetectBatchResponse:
+        self._allow("inference", grpc_context)
         n = len(request.requests)
         if n > self.max_batch_items:
             _fail(grpc_context, Code.INVALID_ARGUMENT, f"requests: {n} items, over this server's limit of "
@@ -166,6 +185,7 @@ class Ingress:
         return pb.DetectBatchResponse(responses=out)
 
     async def _admin(self, method: str, request, grpc_context):
+        self._allow("admin", grpc_context)
         try:
             code, payload, active = await self.admin.call.remote(method, request.SerializeToString())
         except RayError as exc:
@@ -225,7 +245,7 @@ def build_app(cfg: ServerConfig, opts: RayOptions):
     ingress = serve.deployment(Ingress, name="LandmarkIngress").options(
         num_replicas=1, max_ongoing_requests=1000, graceful_shutdown_timeout_s=5,
         ray_actor_options={"num_cpus": 0}).bind(
-        replicas, admin, opts, cfg.max_batch_items)
+        replicas, admin, opts, cfg.max_batch_items, cfg.admin_token, cfg.inference_token, cfg.enable_admin)
     return ingress
 
 

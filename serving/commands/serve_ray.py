@@ -10,14 +10,21 @@ os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as `landmarks serve` (docs/b
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from a cluster started here
 
 import argparse
+import dataclasses
 import logging
 import signal
 import socket
 import sys
 import threading
-from pathlib import Path
 
-from serving.config import DEFAULT_PORT, MIB, REPO_ADAPTERS
+from serving import config
+from serving.config import DEFAULT_PORT
+
+# the ServerConfig flags that mean the same here as for `landmarks serve` (serving/config.py writes
+# them); the replicas' threads and batch workers follow --replica-cpus instead
+SERVER_FLAGS = ("adapters_dir", "core_path", "device", "backend", "cache_bytes", "max_adapter_bytes",
+                "max_image_pixels", "min_image_side", "max_batch_items", "max_batch_size", "max_queue_delay_ms",
+                "max_queue", "enable_admin", "allowed_register_dirs", "admin_token", "inference_token")
 
 _EPILOG = """\
 how it works (docs/scale.md): Ray Serve's gRPC proxy answers on --port and hands each call to an
@@ -41,10 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="gRPC port of Ray Serve's proxy (every interface, on every node with a proxy; "
                              "default %(default)s)")
-    parser.add_argument("--adapters", type=Path, default=REPO_ADAPTERS,
-                        help="the shared adapter store, a directory every node can read and the admin replica "
-                             "can write (default: the repository's adapters/)")
-    parser.add_argument("--core", type=Path, default=None, help="core file (default: ADAPTERS/core.safetensors)")
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting one here")
     parser.add_argument("--num-cpus", type=int, default=None,
@@ -70,13 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--sync-s", type=float, default=1.0,
                        help="seconds between a replica's reads of the store: an admin change is served by every "
                             "replica within this (default %(default)s)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--device", default="cpu", help="cpu, cuda ... (default %(default)s)")
-    model.add_argument("--backend", default=None, help="as `landmarks serve --backend` (default: its default)")
-    model.add_argument("--cache-mb", type=int, default=1024,
-                       help="folded-weights budget per replica in MiB (default %(default)s)")
-    model.add_argument("--max-batch", type=int, default=16, help="most requests per forward pass (default %(default)s)")
-    model.add_argument("--max-adapter-mb", type=int, default=64, help="adapter file size cap (default %(default)s)")
+    # as `landmarks serve`: --adapters (here the shared store every node reads and the admin replica
+    # writes), --core, the model, request, batching and security flags
+    config.add_arguments(parser, SERVER_FLAGS)
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -95,21 +94,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: serve-ray needs Ray Serve ({exc}); install it with: pip install 'landmark-adapters[ray]'",
               file=sys.stderr)
         return 2
-    from serving.config import ServerConfig
     from serving.ray_app import APP_NAME, SERVICER_FUNCTIONS, RayOptions, build_app
 
     try:
-        extra = {"backend": args.backend} if args.backend else {}
-        cfg = ServerConfig(adapters_dir=args.adapters.resolve(), core_path=args.core.resolve() if args.core else None,
-                           device=args.device, cache_bytes=args.cache_mb * MIB, max_batch_size=args.max_batch,
-                           max_adapter_bytes=args.max_adapter_mb * MIB, **extra)
+        cfg = config.from_args(args, SERVER_FLAGS)
+        cfg = dataclasses.replace(cfg, adapters_dir=cfg.adapters_dir.resolve(),  # replicas may run elsewhere
+                                  core_path=cfg.core_path.resolve() if cfg.core_path else None)
         opts = RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                           target_ongoing_requests=args.target_ongoing,
                           max_categories_per_replica=args.max_categories_per_replica, replica_cpus=args.replica_cpus,
                           replica_gpus=args.replica_gpus if args.replica_gpus is not None
-                          else float(args.device.startswith("cuda")),
+                          else float(cfg.device.startswith("cuda")),
                           max_ongoing_requests=args.max_ongoing, sync_s=args.sync_s)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not cfg.resolved_core_path.is_file():

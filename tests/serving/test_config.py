@@ -54,3 +54,26 @@ def test_serve_refuses_bad_values_without_loading(tmp_path, capsys):
 
     assert main(["serve", "--adapters", str(tmp_path / "none"), "--max-batch", "0"]) == 2
     assert "--max-batch" in capsys.readouterr().err
+
+
+def test_another_command_takes_a_subset_of_the_flags(tmp_path, monkeypatch):
+    """`serve-ray` shares the model, request, batching and security flags with `serve` (their defaults,
+    units and token files), not the single server's ports and threads."""
+    from serving.commands.serve_ray import SERVER_FLAGS, add_arguments
+
+    monkeypatch.delenv("LANDMARKS_TOKEN", raising=False)
+    monkeypatch.delenv("LANDMARKS_ADMIN_TOKEN", raising=False)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--cache-mb", "10", "--adapters", str(tmp_path), "--inference-token-file", str(token),
+                              "--replicas", "3", "--port", "6000"])
+    cfg = config.from_args(args, SERVER_FLAGS)
+    assert (cfg.cache_bytes, cfg.adapters_dir, cfg.inference_token) == (10 * MIB, tmp_path, "s3cret")
+    assert (cfg.port, cfg.max_workers) == (ServerConfig.port, ServerConfig.max_workers)  # serve's own: defaults
+    assert (args.replicas, args.port) == (3, 6000)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--http-port", "8080"])
+    with pytest.raises(ValueError, match="not ServerConfig flags"):
+        config.add_arguments(argparse.ArgumentParser(), ["no_such_field"])

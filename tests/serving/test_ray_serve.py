@@ -28,6 +28,7 @@ pytestmark = pytest.mark.ray
 
 CATEGORIES = {"cats": (4, 1), "faces": (6, 2), "shoes": (3, 3)}  # name -> (K, seed)
 SYNC_S = 0.5
+TOKENS = {"token": "ray-inference", "admin_token": "ray-admin"}  # what the client sends
 
 
 def _free_port() -> int:
@@ -63,7 +64,8 @@ def ray_port(ray_store):
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
                     grpc_options={"port": port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
-        cfg = ServerConfig(adapters_dir=store, torch_threads=1)
+        cfg = ServerConfig(adapters_dir=store, torch_threads=1, admin_token=TOKENS["admin_token"],
+                           inference_token=TOKENS["token"])
         serve.run(build_app(cfg, RayOptions(replicas=2, max_categories_per_replica=2, sync_s=SYNC_S)), name=APP_NAME)
         print(f"\nRay cluster + Serve app up in {time.monotonic() - t0:.1f} s")
         yield port
@@ -74,12 +76,13 @@ def ray_port(ray_store):
 
 @pytest.fixture
 def client(ray_port):
-    with LandmarkClient(f"127.0.0.1:{ray_port}", timeout=60) as c:
+    with LandmarkClient(f"127.0.0.1:{ray_port}", timeout=60, **TOKENS) as c:
         yield c
 
 
 def detect(client: LandmarkClient, image: bytes, category: str) -> tuple[DetectResult, dict[str, str]]:
-    reply, call = client.inference.Detect.with_call(client.request(image, category), timeout=60)
+    reply, call = client.inference.Detect.with_call(client.request(image, category), timeout=60,
+                                                    metadata=client._inference_md)
     return DetectResult.from_proto(reply), dict(call.trailing_metadata() or ())
 
 
@@ -115,6 +118,23 @@ def test_health_and_three_categories_answer_what_the_single_server_answers(clien
         client.detect(png_bytes(), "nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no adapter registered for 'nope'" in err.value.details()
+
+
+def test_tokens_as_on_the_single_server(ray_port):
+    target = f"127.0.0.1:{ray_port}"
+    with LandmarkClient(target, timeout=60) as anonymous, \
+            LandmarkClient(target, timeout=60, token=TOKENS["token"], admin_token=TOKENS["token"]) as inference:
+        assert anonymous.health_status() == "SERVING"  # health is never protected
+        with pytest.raises(grpc.RpcError) as err:
+            anonymous.detect(png_bytes(), "cats")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "needs a token" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            anonymous.detect_batch([png_bytes()], ["cats"])
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(inference.detect(png_bytes(), "cats").points) == 4
+        with pytest.raises(grpc.RpcError) as err:  # the inference token cannot register
+            inference.register("birds", "v9", b"anything")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_registered_at_run_time_is_served_then_activate_and_unregister_reach_every_replica(client, ray_store):
