@@ -98,6 +98,12 @@ def browser():
         driver.quit()
 
 
+def category_options(driver) -> list[str]:
+    # read in one script: the page rebuilds the list when it polls /v1/categories, so option elements
+    # found one call earlier can be gone (StaleElementReferenceException) by the next
+    return driver.execute_script("return [...document.querySelectorAll('#category option')].map(o => o.value)")
+
+
 def test_demo_page_shows_the_landmarks_of_an_uploaded_photo(server, browser, adapters, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -107,7 +113,7 @@ def test_demo_page_shows_the_landmarks_of_an_uploaded_photo(server, browser, ada
     wait = WebDriverWait(browser, 60)
     browser.get(url)
     assert browser.title.startswith("landmarks")
-    wait.until(lambda d: "faces" in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#category option")])
+    wait.until(lambda d: "faces" in category_options(d))
     Select(browser.find_element(By.ID, "category")).select_by_value("faces")
     browser.find_element(By.ID, "file").send_keys(str(ROOT / "examples" / "face.jpg"))
     wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
@@ -139,4 +145,4 @@ def test_demo_page_shows_the_landmarks_of_an_uploaded_photo(server, browser, ada
     # a category registered while the page is open joins the list (the page polls /v1/categories)
     with LandmarkClient(f"127.0.0.1:{grpc_port}", timeout=60) as client:
         client.register("people", "v1", store / "faces.safetensors")
-    wait.until(lambda d: "people" in [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#category option")])
+    wait.until(lambda d: "people" in category_options(d))
