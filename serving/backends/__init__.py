@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # importing this package loads no torch: serving.config reads
 
     from landmarks.adapter_io import Adapter, Core
 
-__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "Backend", "available_backends", "backend_class", "make_backend"]
+__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "Backend", "available_backends", "backend_class", "blank_crops",
+           "make_backend"]
 
 
 class Backend(Protocol):
@@ -73,6 +74,14 @@ def backend_class(name: str) -> type:
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
     return getattr(importlib.import_module(module), cls)
+
+
+def blank_crops(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """`locate`'s inputs for n black size x size crops, each its own whole image: a backend's warm-up
+    and trial runs (and the TorchScript trace's example)."""
+    import numpy as np
+
+    return np.zeros((n, size, size, 3), np.uint8), np.array([[0.0, 0.0, size, size]] * n, np.float64)
 
 
 def make_backend(name: str, core: Core, device: str = "cpu", **options: Any) -> Backend:

@@ -34,6 +34,7 @@ import torch
 
 from landmarks.adapter_io import Adapter, Core
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
+from serving.backends import blank_crops
 
 __all__ = ["OnnxRuntimeBackend", "OrtModel"]
 
@@ -128,8 +129,7 @@ class OnnxRuntimeBackend:
         options.add_external_initializers(list(names), list(values))
         session = self._ort.InferenceSession(graph, options, providers=self.providers)
         prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
-        pixels = np.zeros((1, size, size, 3), dtype=np.uint8)
-        boxes = np.array([[0.0, 0.0, size, size]], dtype=np.float64)
+        pixels, boxes = blank_crops(1, size)
         for _ in range(self.WARMUP_CALLS):
             self.locate(prepared, pixels, boxes)
         return prepared
@@ -157,7 +157,7 @@ class OnnxRuntimeBackend:
     def run(self, prepared: OrtModel, images: torch.Tensor) -> torch.Tensor:
         """Heatmaps of float images, which the graph takes as 8-bit pixels (rounded)."""
         pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(force=True)
-        boxes = np.array([[0.0, 0.0, prepared.size, prepared.size]] * images.shape[0], dtype=np.float64)
+        _, boxes = blank_crops(images.shape[0], prepared.size)
         (heatmaps,) = self._run(prepared, pixels, boxes, [HEATMAPS])
         return torch.from_numpy(heatmaps)
 

@@ -25,6 +25,7 @@ from landmarks.images import locate_in_boxes as _locate_in_boxes
 from landmarks.images import pixels_to_images  # shared with landmarks.Detector
 from landmarks.projection import fold
 from landmarks.weight_slots import WeightSlots
+from serving.backends import blank_crops
 
 __all__ = ["EagerBackend", "ScriptedModel", "TorchScriptBackend"]
 
@@ -144,7 +145,8 @@ class TorchScriptBackend(EagerBackend):
         if locate_size is None:
             inputs = (example, state)
         else:
-            inputs = (_example_pixels(locate_size, self.device), state, _example_boxes(locate_size, self.device))
+            pixels, boxes = (torch.from_numpy(a).to(self.device) for a in blank_crops(1, locate_size))
+            inputs = (pixels, state, boxes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice, and the tracer's own warnings
             # a traced *module*, not a traced function: calling a ScriptFunction kept the GIL for the
@@ -162,8 +164,7 @@ class TorchScriptBackend(EagerBackend):
             if size not in self._locators:
                 self._locators[size] = self._trace(example, state, locate_size=size)
         scripted = ScriptedModel(self._graph, self._locators[size], size, state)
-        pixels = np.zeros((1, size, size, 3), dtype=np.uint8)
-        boxes = np.array([[0.0, 0.0, size, size]], dtype=np.float64)
+        pixels, boxes = blank_crops(1, size)
         for _ in range(self.WARMUP_CALLS):
             self.run(scripted, example)
             self.locate(scripted, pixels, boxes)
@@ -179,12 +180,3 @@ class TorchScriptBackend(EagerBackend):
 
     def nbytes(self, prepared: ScriptedModel) -> int:
         return _nbytes(prepared.tensors)
-
-
-def _example_pixels(size: int, device: str) -> torch.Tensor:
-    """A one-crop batch for tracing and warm-up."""
-    return torch.zeros(1, size, size, 3, dtype=torch.uint8, device=device)
-
-
-def _example_boxes(size: int, device: str) -> torch.Tensor:
-    return torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64, device=device)
