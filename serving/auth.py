@@ -21,7 +21,7 @@ import grpc
 
 from landmarks.tokens import read_token  # re-exported: the server reads its tokens too
 
-__all__ = ["TokenInterceptor", "authorize", "bearer", "read_token"]
+__all__ = ["TokenInterceptor", "authorize", "bearer", "metadata_token", "read_token"]
 
 ADMIN_PREFIX = "/landmarks.v1.AdminService/"
 INFERENCE_PREFIX = "/landmarks.v1.LandmarkService/"
@@ -43,6 +43,16 @@ def bearer(value: str | None) -> str | None:
     if value is None:
         return None
     return value[7:].strip() if value[:7].lower() == "bearer " else value.strip()
+
+
+def metadata_token(metadata) -> str | None:
+    """The bearer token in gRPC metadata ((key, value) pairs; the last `authorization` wins), or None.
+    The server's interceptor and serve-ray's ingress both read it here."""
+    given = None
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            given = bearer(value)
+    return given
 
 
 def authorize(plane: str, given: str | None, admin_token: str | None,
@@ -76,9 +86,6 @@ class TokenInterceptor(grpc.ServerInterceptor):
             plane = "inference"
         else:
             return continuation(handler_call_details)
-        given = None
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization" and isinstance(value, str):
-                given = bearer(value)
-        refusal = authorize(plane, given, self.admin_token, self.inference_token)
+        refusal = authorize(plane, metadata_token(handler_call_details.invocation_metadata), self.admin_token,
+                            self.inference_token)
         return continuation(handler_call_details) if refusal is None else _deny(*refusal)

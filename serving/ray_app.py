@@ -45,7 +45,7 @@ from ray import serve
 from ray.exceptions import RayError, RayTaskError
 
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.auth import authorize, bearer
+from serving.auth import authorize, metadata_token
 from serving.config import ServerConfig
 from serving.ray_replicas import Admin, RayOptions, Replica, model_id
 
@@ -125,8 +125,7 @@ class Ingress:
         """`landmarks serve`'s rules (serving.auth): a token per plane, and no admin calls with --no-admin."""
         if plane == "admin" and not self._enable_admin:
             _fail(grpc_context, Code.UNIMPLEMENTED, "this server does not serve the admin service (--no-admin)")
-        given = next((bearer(v) for k, v in grpc_context.invocation_metadata() if k == "authorization"), None)
-        refusal = authorize(plane, given, *self._tokens)
+        refusal = authorize(plane, metadata_token(grpc_context.invocation_metadata()), *self._tokens)
         if refusal is not None:
             _fail(grpc_context, *refusal)
 
