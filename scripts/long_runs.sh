@@ -7,10 +7,11 @@
 #                  from runs/faces-long/checkpoint.pt (its adapter and generator; the shipped file,
 #                  generator fresh, when that checkpoint is gone), cosine from 1 to 0.01 over the 4,500
 #                  (a warm restart of the schedule), scored every 500 steps on MTFL rows 6655:.
-#   faces-128      the shipped face adapter at 128 px (the core's own size, the paper's) instead of 64 (at 64 px the eyes are ~19 px apart, so
-#                  one pixel of jitter is ~5% of the inter-ocular distance): warm-started from
-#                  adapters/faces.safetensors (generator fresh), 4,000 steps (what a session affords at ~1.5 s a step), adapter lr 2e-3 (session 9's
-#                  probe: 3e-3 learned faster than 1e-3), cosine from 1 to 0.01 over the 4,000.
+#   faces-128      the shipped face adapter re-adapted at 128 px, the core's own size and the paper's
+#                  (at 64 px the eyes are ~19 px apart: one pixel is ~5% of the inter-ocular distance;
+#                  the hourglass needs a multiple of 64): warm-started from adapters/faces.safetensors
+#                  (generator fresh), 4,000 steps (~1.5 s each here: what one session affords), adapter
+#                  lr 2e-3 (session 9's probe: 3e-3 learned faster than 1e-3), cosine 1 -> 0.01 over them.
 #   proposed | finetune | scratch
 #                  the paper's comparison on the shipped core: fresh runs of the cpu preset, 1,500 steps
 #                  each, the same images (MTFL rows :6655), seed and validation (rows 6655:).
