@@ -280,7 +280,7 @@ def _served_adapter(directory: Path, category: str, version: str | None, core: C
         created = {v: store_layout.created(path) for v, path in versions.items()}
         name = store_layout.pick_active(state, created, lambda v: isinstance(load(v), Adapter))
         if name is None:  # none loads: the newest one's reason
-            name = max(created, key=lambda v: (created[v], v))
+            name = store_layout.newest_first(created)[0]
     result = load(name)
     if isinstance(result, Exception):
         raise result

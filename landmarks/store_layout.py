@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = ["CATEGORY_RE", "SHIPPED", "STATE_FILE", "SUFFIX", "VERSION_RE", "created", "parse_state",
-           "pick_active", "read_state", "scan"]
+           "newest_first", "pick_active", "read_state", "scan"]
 
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -94,5 +94,9 @@ def pick_active(state: dict, created_at: Mapping[str, str], loads: Callable[[str
     active = state.get("active")
     if active in created_at:
         return active
-    newest_first = sorted(created_at, key=lambda v: (created_at[v], v), reverse=True)
-    return next((version for version in newest_first if loads(version)), None)
+    return next((version for version in newest_first(created_at) if loads(version)), None)
+
+
+def newest_first(created_at: Mapping[str, str]) -> list[str]:
+    """Versions from the newest (file time, then name) to the oldest: the order `pick_active` tries."""
+    return sorted(created_at, key=lambda v: (created_at[v], v), reverse=True)
