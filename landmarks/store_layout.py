@@ -20,8 +20,19 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["CATEGORY_RE", "SHIPPED", "STATE_FILE", "SUFFIX", "VERSION_RE", "created", "parse_state",
-           "newest_first", "pick_active", "read_state", "scan"]
+__all__ = [
+    "CATEGORY_RE",
+    "SHIPPED",
+    "STATE_FILE",
+    "SUFFIX",
+    "VERSION_RE",
+    "created",
+    "newest_first",
+    "parse_state",
+    "pick_active",
+    "read_state",
+    "scan",
+]
 
 CATEGORY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

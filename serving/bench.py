@@ -30,8 +30,8 @@ Method (docs/benchmark.md):
    - register_to_served_ms = p50 of step 2's times.
 5. The output ends with `overhead:`, `added_ms:`, `rpc_floor_ms:`, `speedup_vs_official:`,
    `register_to_served_ms:` and `mixed_vs_single:` lines. The bench adapters run the core at the
-   input size of the adapters shipped next to `--core` (64 px for the shipped ones), else at the
-   core's own; `--adapter-size` overrides it.
+   input size most adapters shipped next to `--core` run at (64 px for the shipped ones), else at
+   the core's own; `--adapter-size` overrides it.
 6. Unregister the bench categories (also any left over by an interrupted run).
 """
 
@@ -46,6 +46,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -344,12 +345,13 @@ def run(args) -> int:
 
 
 def shipped_input_size(core_path: Path, core) -> int | None:
-    """The input size of the adapters shipped next to the core file (all the same), else None."""
-    sizes = set()
+    """The input size most adapters shipped next to the core file run at (the smaller on a tie), else
+    None: the size most categories are served at."""
+    sizes: Counter[int] = Counter()
     for path in Path(core_path).parent.glob("*.safetensors"):
         with contextlib.suppress(Exception):  # the core itself, or anything that is not an adapter of it
-            sizes.add(load_adapter(path, core).config.input_size)
-    return sizes.pop() if len(sizes) == 1 else None
+            sizes[load_adapter(path, core).config.input_size] += 1
+    return min(sizes, key=lambda size: (-sizes[size], size)) if sizes else None
 
 
 def machine() -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -41,3 +42,24 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
         assert r["speedup_vs_official"] > 0 and r["mixed_categories"] == 2
         assert r["mixed_vs_single"] == pytest.approx(r["mixed_throughput"] / r["server_throughput"])
     assert result["machine"]["cores"] >= 1
+
+
+def test_the_bench_runs_at_the_size_most_shipped_adapters_run_at(artifacts, tmp_path):
+    """Shipped adapters of several input sizes (e.g. faces re-adapted at 128 px beside 64 px ones):
+    the bench takes the size most of them run at, the smaller on a tie; no adapter: None (the core's)."""
+    from landmarks.adapter_io import load_core, save_adapter
+    from serving.bench import shipped_input_size
+    from tests.serving.helpers import adapter_tensors
+
+    core = load_core(artifacts.core)
+    shutil.copy(artifacts.core, tmp_path / "core.safetensors")
+    assert shipped_input_size(tmp_path / "core.safetensors", core) is None
+    for name, size in [("a", 32), ("b", 16)]:
+        tensors, config = adapter_tensors(artifacts.core, 3, 1)
+        save_adapter(tmp_path / f"{name}.safetensors", tensors, config.replace(input_size=size), category=name,
+                     core_sha256=core.sha256)
+    assert shipped_input_size(tmp_path / "core.safetensors", core) == 16  # a tie: the smaller
+    tensors, config = adapter_tensors(artifacts.core, 3, 2)
+    save_adapter(tmp_path / "c.safetensors", tensors, config.replace(input_size=32), category="c",
+                 core_sha256=core.sha256)
+    assert shipped_input_size(tmp_path / "core.safetensors", core) == 32
