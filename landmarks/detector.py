@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from landmarks import store_layout
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter, load_core
 from landmarks.geometry import square_box
-from landmarks.images import Box, crop_square, locate_in_boxes, pixels_to_images
+from landmarks.images import Box, crop_square, decode_scale, locate_in_boxes, pixels_to_images
 from landmarks.projection import fold
 
 __all__ = ["Detector", "Landmarks", "default_adapters_dir"]
@@ -143,18 +143,24 @@ class Detector:
             boxes = list(box) if box is not None else [None] * len(image)
             if len(boxes) != len(image):
                 raise ValueError(f"{len(boxes)} boxes for {len(image)} images; give one per image (or None)")
-            return self._detect([to_rgb(im) for im in image], boxes)
-        return self._detect([to_rgb(image)], [box])[0]
+            return self._detect([_open(im) for im in image], boxes)
+        return self._detect([_open(image)], [box])[0]
 
     __call__ = detect
 
-    def _detect(self, images: list[Image.Image], boxes: list[Sequence[float] | None]) -> list[Landmarks]:
+    def _detect(self, images: list[tuple[Image.Image, str]], boxes: list[Sequence[float] | None]
+                ) -> list[Landmarks]:
         size = self.input_size
-        squares = [_square(b, im.width, im.height) for im, b in zip(images, boxes)]
+        sizes = [im.size for im, _ in images]
+        squares = [_square(b, *wh) for wh, b in zip(sizes, boxes)]
+        crops = []
+        for (image, label), square in zip(images, squares):  # as the server: serving.preprocess.decode_crop
+            scale = decode_scale(image, square, size)
+            crops.append(crop_square(_loaded(image, label), tuple(v / scale for v in square), size))
         out: list[Landmarks] = []
         for start in range(0, len(images), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(images)))
-            pixels = torch.from_numpy(np.stack([crop_square(images[i], squares[i], size) for i in chunk]))
+            pixels = torch.from_numpy(np.stack([crops[i] for i in chunk]))
             box_tensor = torch.tensor([squares[i] for i in chunk], dtype=torch.float64)
             with torch.inference_mode():
                 x = pixels_to_images(pixels.to(self.device)).contiguous(memory_format=torch.channels_last)
@@ -162,7 +168,7 @@ class Detector:
             points, confidence = points.float().cpu().numpy(), confidence.float().cpu().numpy()
             for j, i in enumerate(chunk):
                 out.append(Landmarks(points[j], confidence[j], list(self.names), self.category, squares[i],
-                                     images[i].size))
+                                     sizes[i]))
         return out
 
     def __repr__(self) -> str:
@@ -173,13 +179,20 @@ class Detector:
 def to_rgb(image: Any) -> Image.Image:
     """A path, encoded bytes (JPEG, PNG, WebP, BMP, ...), a PIL image, or an H x W, H x W x 1|3|4 uint8
     array (numpy, or anything with .numpy()) -> a decoded RGB PIL image, pixels as stored."""
+    return _loaded(*_open(image))
+
+
+def _open(image: Any) -> tuple[Image.Image, str]:
+    """`to_rgb`'s image with, for a path or bytes, only the header read (so that a large JPEG can be
+    decoded smaller, `decode_scale`), and a label for errors."""
     if isinstance(image, (str, os.PathLike)):
         with open(image, "rb") as fh:  # FileNotFoundError names the path
-            return _decode(fh.read(), str(image))
+            return _open_encoded(fh.read(), str(image)), str(image)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return _decode(bytes(image), "the image bytes")
+        return _open_encoded(bytes(image), "the image bytes"), "the image bytes"
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        # decoded as it is (a caller's image is never drafted smaller in place)
+        return _loaded(image, "the image"), "the image"
     if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # a torch tensor
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
@@ -191,17 +204,23 @@ def to_rgb(image: Any) -> Image.Image:
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
             raise ValueError(f"an image array must be H x W, H x W x 1, 3 (RGB) or 4 (RGBA), got shape {image.shape}")
         rgb = Image.fromarray(np.ascontiguousarray(image))
-        return rgb if rgb.mode == "RGB" else rgb.convert("RGB")
+        return (rgb if rgb.mode == "RGB" else rgb.convert("RGB")), "the image array"
     raise TypeError(f"cannot read a {type(image).__name__} as an image: give a path, bytes, a PIL image "
                     "or an H x W x 3 uint8 array")
 
 
-def _decode(data: bytes, label: str) -> Image.Image:
+def _open_encoded(data: bytes, label: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ValueError(f"{label}: not an image PIL can read ({len(data)} bytes starting {data[:8]!r})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{label}: image header is truncated or corrupt ({exc})") from None
+
+
+def _loaded(image: Image.Image, label: str) -> Image.Image:
+    try:
+        image.load()
     except (OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{label}: image data is truncated or corrupt ({exc})") from None
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.preprocess import Box, crop_square, decode_image, resolve_box
+from serving.preprocess import Box, decode_crop
 from serving.registry import AdapterRegistry
 from serving.versions import VersionEntry
 
@@ -43,8 +43,6 @@ def prepare_input(request: pb.DetectRequest, registry: AdapterRegistry, leases: 
     lease joins `leases`: the caller holds it until the request is answered, whatever admin does."""
     lease = leases.enter_context(registry.acquire(request.category, request.version))
     t0 = time.perf_counter()
-    image = decode_image(request, limits.max_image_pixels, limits.min_image_side)
-    box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1) if request.HasField("box") else None
-    square = resolve_box(box, image.width, image.height)
-    pixels = crop_square(image, square, lease.adapter.config.input_size)
+    pixels, square = decode_crop(request, lease.adapter.config.input_size, limits.max_image_pixels,
+                                 limits.min_image_side)
     return DetectInput(lease.entry, pixels, square, (time.perf_counter() - t0) * 1e3)

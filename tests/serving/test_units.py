@@ -203,3 +203,67 @@ def test_points_map_back_to_the_clients_pixels_like_the_training_library():
     torch.testing.assert_close(got_confidence, confidence)
     for i, box in enumerate(boxes):
         torch.testing.assert_close(got[i], input_to_original(points[i].double(), box, 64).float())
+
+
+def _blob_jpeg(width: int, height: int, centre: tuple[float, float], sigma: float, grey: bool = False) -> bytes:
+    """A bright Gaussian blob on a dark gradient, saved as a JPEG (4:2:0, as cameras save)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    blob = np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma**2))
+    base = 40 * x / width + 20 * y / height
+    rgb = np.stack([base + 200 * blob, base + 150 * blob, base + 100 * blob], -1).clip(0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb[..., 0] if grey else rgb).save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _request(data: bytes, box=None):
+    from landmarks.v1 import landmarks_pb2 as pb
+
+    request = pb.DetectRequest(category="x")
+    request.image.encoded = data
+    if box is not None:
+        request.box.x0, request.box.y0, request.box.x1, request.box.y1 = box
+    return request
+
+
+@pytest.mark.parametrize("box, size, scale", [
+    ((0.0, 0.0, 1600.0, 1600.0), 64, 8.0),    # 1600 // 128 = 12: the largest DCT scale, 8
+    ((0.0, 0.0, 1600.0, 1600.0), 128, 4.0),   # 1600 // 256 = 6
+    ((200.0, 100.0, 700.0, 600.0), 64, 2.0),  # a 500 px box: 500 // 128 = 3
+    ((200.0, 100.0, 400.0, 300.0), 64, 1.0),  # a 200 px box is reduced by crop_square alone, if at all
+])
+def test_a_large_jpeg_is_decoded_smaller_where_the_crop_allows(box, size, scale):
+    from landmarks.images import decode_scale
+
+    data = _blob_jpeg(1600, 1200, (600.0, 400.0), 40.0)
+    image = Image.open(io.BytesIO(data))
+    assert decode_scale(image, box, size) == scale
+    assert image.size == (-(-1600 // int(scale)), -(-1200 // int(scale)))  # libjpeg rounds up
+    png = Image.open(io.BytesIO(png_bytes(1600, 1200)))  # other formats are decoded whole
+    assert decode_scale(png, box, size) == 1.0 and png.size == (1600, 1200)
+    loaded = decode_encoded(data, MAXPIX, MINSIDE)  # already decoded: nothing to do
+    assert decode_scale(loaded, box, size) == 1.0
+
+
+@pytest.mark.parametrize("grey", [False, True])
+@pytest.mark.parametrize("box", [None, (250.0, 50.0, 1050.0, 850.0), (-300.0, -200.0, 1100.0, 1200.0)])
+def test_a_crop_from_a_smaller_decode_shows_the_same_place(box, grey):
+    """What the server crops from a JPEG decoded at 1/2-1/8 scale is the crop of the whole decode, up to
+    the blur of DCT scaling: the blob sits at the same place (centroid within 0.1 px of the crop) and
+    the pixels differ by a few levels on average."""
+    from serving.preprocess import decode_crop
+
+    data = _blob_jpeg(1600, 1200, (600.0, 400.0), 40.0, grey)
+    crop, square = decode_crop(_request(data, box), 64, MAXPIX, MINSIDE)
+    whole = decode_encoded(data, MAXPIX, MINSIDE)
+    assert square == resolve_box(box, 1600, 1200)
+    reference = crop_square(whole, square, 64)
+    assert crop.shape == reference.shape == (64, 64, 3) and crop.dtype == np.uint8
+
+    def centroid(pixels: np.ndarray) -> np.ndarray:
+        weight = np.clip(pixels[..., 0].astype(np.float64) - 60, 0, None)
+        y, x = np.mgrid[0:64, 0:64] + 0.5
+        return np.array([(weight * x).sum(), (weight * y).sum()]) / weight.sum()
+
+    assert np.abs(centroid(crop) - centroid(reference)).max() < 0.1
+    assert np.abs(crop.astype(int) - reference).mean() < 2.0
