@@ -7,7 +7,8 @@ Input layout (fuzz/make_seeds.py writes seeds in it): byte 0 picks the mode (mod
 PARAM_LEN bytes are parameters (read with atheris.FuzzedDataProvider; in raw mode the first 12 are
 three little-endian int32: height, width, channels), the rest is the payload:
 
-  0 encoded  payload -> `decode_encoded(payload, MAX_PIXELS, min_side)`, then box and crop below
+  0 encoded  payload -> `decode_encoded(payload, MAX_PIXELS, min_side)`, then box and crop below,
+             then the server's path for the same bytes and box (`decode_crop`)
   1 raw      payload -> `decode_raw(payload, height, width, channels, MAX_PIXELS, min_side)`; a
              parameter bit pads/trims the payload to the size the header asks for, so decodes succeed
   2 box      payload = 4 doubles (or 4 float32, or FuzzedDataProvider floats): any bit pattern,
@@ -45,9 +46,10 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
     from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin  # noqa: F401
 
     from landmarks.geometry import crop_resized
+    from landmarks.v1 import landmarks_pb2 as pb
     from serving.errors import ServingError
     from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
-    from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
+    from serving.preprocess import crop_square, decode_crop, decode_encoded, decode_raw, resolve_box
 
 torch.set_num_threads(1)
 
@@ -130,6 +132,21 @@ def crop_and_check(image: Image.Image, square: tuple[float, ...], size: int) -> 
             )
 
 
+def served_crop_and_check(payload: bytes, square: tuple[float, ...], size: int, min_side: int) -> None:
+    """The server's own path for the same bytes and box (`decode_crop`: header, box, a JPEG decoded at
+    1/2-1/8 scale where the crop allows, crop): a (size, size, 3) uint8 crop or INVALID_ARGUMENT."""
+    request = pb.DetectRequest(category="fuzz")
+    request.image.encoded = payload
+    request.box.x0, request.box.y0, request.box.x1, request.box.y1 = square  # float32 on the wire
+    try:
+        pixels, _ = decode_crop(request, size, MAX_PIXELS, min_side)
+    except ServingError as exc:
+        allowed(exc)
+        return
+    if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape == (size, size, 3)):
+        raise AssertionError(f"decode_crop gave {type(pixels).__name__} {getattr(pixels, 'shape', '')} for size {size}")
+
+
 def check_decoded(image: object, min_side: int) -> None:
     if not isinstance(image, Image.Image) or image.mode != "RGB":
         raise AssertionError(f"decode returned {image!r}")
@@ -165,6 +182,8 @@ def fuzz_decode(mode: int, params: bytes, payload: bytes) -> None:
     square = resolved(box_from(fdp, *image.size), *image.size)
     if square is not None:
         crop_and_check(image, square, size)
+        if mode == MODE_ENCODED:
+            served_crop_and_check(payload, square, size, min_side)
 
 
 def fuzz_box(params: bytes, payload: bytes) -> None:

@@ -1,6 +1,6 @@
 """The in-process API (`landmarks.Detector`) gives the server's numbers: the same points within 1e-3 px,
 the same confidences and names, for every kind of image a client sends (encoded, raw, PIL), with and
-without a box, large images included (the crop's reduction path); on tiny adapters and on the
+without a box, large images included (the crop's reduction path, a JPEG decoded smaller); on tiny adapters and on the
 shipped ones."""
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def _cases():
         ("pil grey", Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)), (2.0, 2.0, 30.0, 38.0)),
         ("large", large, None),
         ("large with a box", large, (100.0, 50.0, 900.0, 650.0)),
+        ("large jpeg (decoded at 1/8)", jpeg_bytes(1000, 700, seed=5), None),
+        ("large jpeg with a box (decoded at 1/2)", jpeg_bytes(1000, 700, seed=6), (100.0, 50.0, 260.0, 230.0)),
     ]
 
 
