@@ -11,9 +11,12 @@ OpenCV `cv2.imdecode(IMREAD_COLOR)` (applies EXIF orientation itself) + BGR -> R
 printed, and the largest pixel difference between the two (JPEG decoders may round differently).
 One thread each (the server decodes in handler threads).
 
-"hot path" times what the server does per request, decode and crop: `serving.preprocess` (PIL,
+"hot path" times decoding the whole image and cropping: `serving.preprocess.decode_encoded` (PIL,
 pixels as stored) + `crop_square` to `--crop` px, against OpenCV (`IMREAD_IGNORE_ORIENTATION`,
-the same pixels) + `Image.fromarray` (the crop takes a PIL image) + the same crop.
+the same pixels) + `Image.fromarray` (the crop takes a PIL image) + the same crop. "served" is
+what the server does per request now, `serving.preprocess.decode_crop`: a JPEG much larger than the
+crop is decoded at 1/2-1/8 scale (libjpeg's DCT scaling); "crop diff" is its crop's mean and largest
+difference from the whole decode's, in 8-bit levels.
 """
 
 from __future__ import annotations
@@ -66,7 +69,15 @@ def hot_paths(size: int) -> dict:
         image = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         return crop_square(image, resolve_box(None, image.width, image.height), size)
 
-    return {"PIL hot path": pil, "OpenCV hot path": ocv}
+    def served(data: bytes):
+        from landmarks.v1 import landmarks_pb2 as pb
+        from serving.preprocess import decode_crop
+
+        request = pb.DetectRequest(category="bench")
+        request.image.encoded = data
+        return decode_crop(request, size, 50_000_000, 4)[0]
+
+    return {"PIL hot path": pil, "OpenCV hot path": ocv, "served": served}
 
 
 def main() -> None:
@@ -81,7 +92,7 @@ def main() -> None:
     print(f"PIL {Image.__version__}, OpenCV {cv2.__version__}; median ms per decode to an RGB array")
     paths = {**DECODERS, **hot_paths(args.crop)}
     print(f"{'format':>6} {'size':>10} {'KB':>6} {'PIL':>8} {'OpenCV':>8} {'PIL/OpenCV':>10} {'max diff':>8} "
-          f"{'PIL hot path':>12} {'OpenCV hot path':>15} {'ratio':>6}")
+          f"{'PIL hot path':>12} {'OpenCV hot path':>15} {'ratio':>6} {'served':>7} {'crop diff':>10}")
     for fmt in args.formats.split(","):
         for size in args.sizes.split(","):
             w, h = map(int, size.split("x"))
@@ -97,8 +108,11 @@ def main() -> None:
             diff = int(np.abs(with_pil(data).astype(int) - with_cv2(data).astype(int)).max())
             pil, ocv = statistics.median(times["PIL"]), statistics.median(times["OpenCV"])
             hot_pil, hot_ocv = statistics.median(times["PIL hot path"]), statistics.median(times["OpenCV hot path"])
+            served = statistics.median(times["served"])
+            crop_diff = np.abs(paths["served"](data).astype(int) - paths["PIL hot path"](data))
             print(f"{fmt:>6} {size:>10} {len(data) / 1e3:>6.0f} {pil:>8.2f} {ocv:>8.2f} {pil / ocv:>10.2f} {diff:>8} "
-                  f"{hot_pil:>12.2f} {hot_ocv:>15.2f} {hot_pil / hot_ocv:>6.2f}", flush=True)
+                  f"{hot_pil:>12.2f} {hot_ocv:>15.2f} {hot_pil / hot_ocv:>6.2f} {served:>7.2f} "
+                  f"{crop_diff.mean():>5.2f}/{crop_diff.max():<4}", flush=True)
 
 
 if __name__ == "__main__":
