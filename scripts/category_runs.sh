@@ -5,7 +5,9 @@
 # the last 500 (consistency, and points on a near-white background); the last 500 stay the test
 # split of `landmarks evaluate`. Usage, in the background:
 #   setsid nohup scripts/category_runs.sh STEPS NAME... > runs/probes/categories.log 2>&1 &
-# NAME: shoes-fg | shoes-cosine | cats-cosine; results in runs/probes/NAME/history.jsonl. The
+# NAME: shoes-fg | shoes-cosine | cats-cosine | cats-128 | shoes-128 (re-adapted at 128 px, the core's
+# own size, with lr 2e-3 as faces-128 in scripts/long_runs.sh; shoes keep the foreground term);
+# results in runs/probes/NAME/history.jsonl. The
 # shipped shoes adapter is `shoes-fg` at 500 steps; this script did not pass --license then, so its
 # licence line was set afterwards (metadata only, the run's tensors, the same fingerprint).
 set -euo pipefail
@@ -26,6 +28,8 @@ for name in "$@"; do
     shoes-fg)     extra=(--foreground-weight 1.0) ;;
     shoes-cosine) extra=() ;;
     cats-cosine)  extra=() ;;
+    cats-128)     extra=(--image-size 128 --lr 2e-3) ;;
+    shoes-128)    extra=(--image-size 128 --lr 2e-3 --foreground-weight 1.0) ;;
     *) echo "unknown run $name"; exit 2 ;;
   esac
   queue_run "$name" "${common[@]}" "${extra[@]}"
