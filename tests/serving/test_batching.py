@@ -78,18 +78,18 @@ def test_lone_request_runs_whole_on_the_lead_and_takes_company_along(batching_se
     handle = batching_server
     gate = Gate(handle)
     gate.open()  # only records the forward passes here
-    real_crop = serving.inputs.crop_square
+    real_crop = serving.inputs.decode_crop
     decoded_on: list[str] = []
     hold, holding = threading.Event(), threading.Event()
 
-    def crop_square(*args):
+    def decode_crop(*args):
         decoded_on.append(threading.current_thread().name)
         if len(decoded_on) == 1:  # the lone request: keep the lead busy decoding it
             holding.set()
             hold.wait(60)
         return real_crop(*args)
 
-    monkeypatch.setattr(serving.inputs, "crop_square", crop_square)
+    monkeypatch.setattr(serving.inputs, "decode_crop", decode_crop)
     mix = [("cats", png_bytes(44 + i, 40, seed=i), None) for i in range(4)]
     with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client, ThreadPoolExecutor(8) as pool:
         first = pool.submit(client.detect, mix[0][1], "cats")
@@ -113,14 +113,14 @@ def test_without_lone_on_lead_every_request_goes_through_the_queue(store, monkey
 
     handle = start_server(store, lone_on_lead=False)
     try:
-        real_crop = serving.inputs.crop_square
+        real_crop = serving.inputs.decode_crop
         decoded_on: list[str] = []
 
-        def crop_square(*args):
+        def decode_crop(*args):
             decoded_on.append(threading.current_thread().name)
             return real_crop(*args)
 
-        monkeypatch.setattr(serving.inputs, "crop_square", crop_square)
+        monkeypatch.setattr(serving.inputs, "decode_crop", decode_crop)
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
             for seed in range(3):
                 client.detect(png_bytes(40, 40, seed=seed), "cats")
