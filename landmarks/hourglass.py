@@ -87,7 +87,9 @@ class HourglassConfig:
                 raise ValueError(f"{name} needs 3 finite numbers, got {clip(values)}")
         # Stem /2, pool /2, then `depth` halvings inside the hourglass must stay integral.
         if self.input_size % (4 * 2**self.depth):
-            raise ValueError(f"input_size {self.input_size} must be divisible by 4 * 2**depth = {4 * 2**self.depth}")
+            step = 4 * 2**self.depth  # the stem and pool halve twice, then the hourglass depth times
+            raise ValueError(f"input_size {self.input_size} must be a multiple of 4 * 2**depth = {step} for this "
+                             f"network (e.g. {step} or {2 * step})")
         if min(self.std) <= 0:
             raise ValueError(f"std must be > 0, got {list(self.std)}")
         # JSON round trips give lists; keep the dataclass hashable and comparable.
