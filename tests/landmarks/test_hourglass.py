@@ -30,7 +30,7 @@ def test_output_shape(config):
 def test_config_validation_and_json_round_trip():
     with pytest.raises(ValueError, match="multiple of 4"):
         HourglassConfig(features=30)
-    with pytest.raises(ValueError, match="divisible"):
+    with pytest.raises(ValueError, match="must be a multiple of 4"):
         HourglassConfig(input_size=100)
     cfg = cpu_config(10)
     assert HourglassConfig.from_json(cfg.to_json()) == cfg
