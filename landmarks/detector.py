@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from landmarks import store_layout
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter, load_core
 from landmarks.geometry import square_box
-from landmarks.images import Box, crop_square, decode_scale, locate_in_boxes, pixels_to_images
+from landmarks.images import Box, crop_decoding, locate_in_boxes, pixels_to_images
 from landmarks.projection import fold
 
 __all__ = ["Detector", "Landmarks", "default_adapters_dir"]
@@ -153,10 +154,9 @@ class Detector:
         size = self.input_size
         sizes = [im.size for im, _ in images]
         squares = [_square(b, *wh) for wh, b in zip(sizes, boxes)]
-        crops = []
-        for (image, label), square in zip(images, squares):  # as the server: serving.preprocess.decode_crop
-            scale = decode_scale(image, square, size)
-            crops.append(crop_square(_loaded(image, label), tuple(v / scale for v in square), size))
+        # as the server (serving.preprocess.decode_crop): a large JPEG is decoded smaller
+        crops = [crop_decoding(image, square, size, partial(_loaded, label=label))
+                 for (image, label), square in zip(images, squares)]
         out: list[Landmarks] = []
         for start in range(0, len(images), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(images)))

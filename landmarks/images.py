@@ -3,6 +3,7 @@ both give the same numbers for the same image.
 
     decode_scale(image, box, size)       before decoding: a JPEG much larger than the crop is decoded smaller
     crop_square(image, box, size)        the square box of a PIL image -> (size, size, 3) uint8 pixels
+    crop_decoding(image, box, size, load)  the two together, for an image whose pixels are not decoded yet
     pixels_to_images(pixels)             (B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], the model's input
     locate_in_boxes(heatmaps, boxes, S)  heatmaps -> points in the pixels of the image each crop came from
 
@@ -12,6 +13,7 @@ The model in between is the folded network (`landmarks.projection.fold`) however
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from PIL import Image
 from landmarks.geometry import crop_resized, input_to_original
 from landmarks.heatmaps import locate
 
-__all__ = ["Box", "crop_square", "decode_scale", "locate_in_boxes", "pixels_to_images"]
+__all__ = ["Box", "crop_decoding", "crop_square", "decode_scale", "locate_in_boxes", "pixels_to_images"]
 
 Box = tuple[float, float, float, float]
 
@@ -38,6 +40,13 @@ def decode_scale(image: Image.Image, box: Box, size: int) -> float:
     width, height = image.size
     drafted = image.draft("RGB", (max(1, width // scale), max(1, height // scale)))
     return 1.0 if drafted is None else width / drafted[1][2]  # draft's box: the original size / scale
+
+
+def crop_decoding(image: Image.Image, box: Box, size: int, load: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    """`crop_square` of an image whose header alone is read: decoded by `load` (which raises the caller's
+    errors and returns RGB), smaller where `decode_scale` allows, and the box mapped to that scale."""
+    scale = decode_scale(image, box, size)
+    return crop_square(load(image), tuple(v / scale for v in box), size)
 
 
 def crop_square(image: Image.Image, box: Box, size: int) -> np.ndarray:

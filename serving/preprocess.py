@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from landmarks.geometry import square_box
-from landmarks.images import crop_square, decode_scale  # shared with landmarks.Detector
+from landmarks.images import crop_decoding, crop_square  # shared with landmarks.Detector
 from serving.errors import ServingError
 
 __all__ = [
@@ -126,10 +126,7 @@ def decode_crop(request, size: int, max_pixels: int, min_side: int) -> tuple[np.
         raise _bad("image", "missing; set image.encoded or image.raw")
     box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1) if request.HasField("box") else None
     square = resolve_box(box, image.width, image.height)
-    scale = decode_scale(image, square, size)
-    if which == "encoded":
-        image = load_rgb(image)
-    return crop_square(image, tuple(v / scale for v in square), size), square
+    return crop_decoding(image, square, size, load_rgb if which == "encoded" else lambda decoded: decoded), square
 
 
 def resolve_box(box: Box | None, width: int, height: int, field: str = "box") -> Box:
