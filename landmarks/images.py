@@ -3,6 +3,7 @@ both give the same numbers for the same image.
 
     decode_scale(image, box, size)       before decoding: a JPEG much larger than the crop is decoded smaller
     crop_square(image, box, size)        the square box of a PIL image -> (size, size, 3) uint8 pixels
+    input_block(box, size, w, h)         where a box is an input-sized block of whole pixels (a copy suffices)
     crop_decoding(image, box, size, load)  the two together, for an image whose pixels are not decoded yet
     pixels_to_images(pixels)             (B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], the model's input
     locate_in_boxes(heatmaps, boxes, S)  heatmaps -> points in the pixels of the image each crop came from
@@ -22,7 +23,8 @@ from PIL import Image
 from landmarks.geometry import crop_resized, input_to_original
 from landmarks.heatmaps import locate
 
-__all__ = ["Box", "crop_decoding", "crop_square", "decode_scale", "locate_in_boxes", "pixels_to_images"]
+__all__ = ["Box", "crop_decoding", "crop_square", "decode_scale", "input_block", "locate_in_boxes",
+           "pixels_to_images"]
 
 Box = tuple[float, float, float, float]
 
@@ -49,6 +51,15 @@ def crop_decoding(image: Image.Image, box: Box, size: int, load: Callable[[Image
     return crop_square(load(image), tuple(v / scale for v in box), size)
 
 
+def input_block(box: Box, size: int, width: int, height: int) -> tuple[int, int] | None:
+    """(x0, y0) when the square `box` is a `size` x `size` block of whole pixels inside a width x height
+    image (a client that crops itself): its crop is then a copy of those pixels, nothing resampled."""
+    x0, y0, x1, y1 = box
+    if x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+        return int(x0), int(y0)
+    return None
+
+
 def crop_square(image: Image.Image, box: Box, size: int) -> np.ndarray:
     """`box` (square, edge coordinates, may extend past the image) -> (size, size, 3) uint8 pixels.
 
@@ -61,9 +72,8 @@ def crop_square(image: Image.Image, box: Box, size: int) -> np.ndarray:
     """
     x0, y0, x1, y1 = box
     width, height = image.size
-    if (x1 - x0 == size and x0 == int(x0) and y0 == int(y0) and x0 >= 0 and y0 >= 0
-            and x1 <= width and y1 <= height):
-        return np.array(image.crop((int(x0), int(y0), int(x1), int(y1))))
+    if (block := input_block(box, size, width, height)) is not None:
+        return np.array(image.crop((*block, block[0] + size, block[1] + size)))
     factor = max(1, int((x1 - x0) // (2 * size)))
     # keep the resampling filter's support around the box (its radius is the downscale ratio)
     margin = factor * (math.ceil((x1 - x0) / factor / size) + 2)

@@ -12,6 +12,10 @@
 #                  the hourglass needs a multiple of 64): warm-started from adapters/faces.safetensors
 #                  (generator fresh), 4,000 steps (~1.5 s each here: what one session affords), adapter
 #                  lr 2e-3 (session 9's probe: 3e-3 learned faster than 1e-3), cosine 1 -> 0.01 over them.
+#   faces-128-more faces-128 continued with a warm restart of its schedule: from that run's checkpoint
+#                  (adapter and generator; the shipped file, generator fresh, when it is gone), 3,500
+#                  more steps at lr 2e-3, cosine 1 -> 0.01 over them (its backward error had flattened
+#                  as the rate decayed).
 #   proposed | finetune | scratch
 #                  the paper's comparison on the shipped core: fresh runs of the cpu preset, 1,500 steps
 #                  each, the same images (MTFL rows :6655), seed and validation (rows 6655:).
@@ -32,6 +36,11 @@ for name in "$@"; do
     faces-128)
       queue_run "$name" "${faces[@]}" --image-size 128 --warm-start adapters/faces.safetensors --lr 2e-3 \
         --lr-schedule cosine --steps 4000 --picture-every 500 ;;
+    faces-128-more)
+      start=runs/probes/faces-128/checkpoint.pt
+      [[ -f $start ]] || start=adapters/faces.safetensors
+      queue_run "$name" "${faces[@]}" --image-size 128 --warm-start "$start" --lr 2e-3 \
+        --lr-schedule cosine --steps 3500 --picture-every 500 ;;
     proposed|finetune|scratch)
       queue_run "$name" "${faces[@]}" --mode "$name" --steps 1500 --picture-every 250 --seed 0 ;;
     *) echo "unknown run $name"; exit 2 ;;

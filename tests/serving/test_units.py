@@ -13,10 +13,11 @@ from PIL import Image
 
 from landmarks.geometry import crop_to_tensor, input_to_original, original_to_input
 from landmarks.images import pixels_to_images
+from landmarks.v1 import landmarks_pb2 as pb
 from serving.errors import ServingError
 from serving.model_cache import CacheFullError, ModelCache
 from serving.names import validate_category, validate_version
-from serving.preprocess import crop_square, decode_encoded, decode_raw, resolve_box
+from serving.preprocess import crop_square, decode_crop, decode_encoded, decode_raw, resolve_box
 from tests.serving.helpers import jpeg_bytes, png_bytes, png_header
 
 MAXPIX, MINSIDE = 50_000_000, 4
@@ -56,6 +57,29 @@ def test_decode_raw():
                          ((bytes(3), 1, 1, 3), "at least"), ((b"", 0, 0, 3), "positive")]:
         with pytest.raises(ServingError, match=needle):
             decode_raw(*args, MAXPIX, MINSIDE)
+
+
+def test_raw_blocks_are_copied_with_the_pixels_pil_gives():
+    """A raw request whose box is an input-sized block of whole pixels skips PIL: same pixels, for
+    grey, RGB and RGBA, whole image or a block inside; other boxes resample as before."""
+    rng = np.random.default_rng(0)
+    for channels, mode in ((1, "L"), (3, "RGB"), (4, "RGBA")):
+        data = rng.integers(0, 256, (40, 48, channels), dtype=np.uint8)
+        expected_image = Image.fromarray(data[..., 0] if channels == 1 else data, mode).convert("RGB")
+        for box in [None, (16.0, 8.0, 48.0, 40.0), (5.0, 3.0, 37.0, 35.0), (3.3, 5.1, 30.7, 33.9), (0, 0, 48, 48)]:
+            request = pb.DetectRequest(category="c", image=pb.Image(raw=pb.RawImage(
+                pixels=data.tobytes(), height=40, width=48, channels=channels)))
+            if box is not None:
+                request.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
+            size = 32 if box is not None and box[2] - box[0] == 32 else 48
+            pixels, square = decode_crop(request, size, MAXPIX, MINSIDE)
+            assert pixels.dtype == np.uint8 and pixels.shape == (size, size, 3) and pixels.flags.c_contiguous
+            np.testing.assert_array_equal(pixels, crop_square(expected_image, square, size))
+        # the whole-image block: the client's own bytes
+        request = pb.DetectRequest(category="c", image=pb.Image(raw=pb.RawImage(
+            pixels=data[:40, :40].tobytes(), height=40, width=40, channels=channels)))
+        pixels, _ = decode_crop(request, 40, MAXPIX, MINSIDE)
+        np.testing.assert_array_equal(pixels[..., 0], data[:40, :40, 0])
 
 
 def test_box_validation_and_square():
