@@ -75,6 +75,7 @@ class Metrics:
         self.services = services
         self.max_category_labels = max_category_labels
         self._labels: set[str] = set()
+        self._children: dict[tuple, tuple] = {}  # labels -> their series: labels() costs more than observe()
         self._lock = threading.Lock()
         r = self.registry
         self.requests = Counter("landmarks_requests", "RPCs by method, category and outcome",
@@ -123,14 +124,20 @@ class Metrics:
 
     # ----------------------------------------------------------------------- RPC outcomes
     def request(self, method: str, category: str, outcome: str, seconds: float) -> None:
-        label = self.category_label(category)
-        self.requests.labels(method, label, outcome).inc()
-        self.request_seconds.labels(method, label).observe(seconds)
+        key = (method, self.category_label(category), outcome)
+        series = self._children.get(key)
+        if series is None:  # (label values are bounded: see the module notes)
+            series = self._children[key] = (self.requests.labels(*key), self.request_seconds.labels(*key[:2]))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def detection(self, category: str, queue_ms: float, compute_ms: float) -> None:
-        label = self.category_label(category)
-        self.queue_seconds.labels(label).observe(queue_ms / 1e3)
-        self.compute_seconds.labels(label).observe(compute_ms / 1e3)
+        key = (self.category_label(category),)
+        series = self._children.get(key)
+        if series is None:
+            series = self._children[key] = (self.queue_seconds.labels(*key), self.compute_seconds.labels(*key))
+        series[0].observe(queue_ms / 1e3)
+        series[1].observe(compute_ms / 1e3)
 
 
 def start_metrics_server(metrics: Metrics, host: str, port: int):
