@@ -37,7 +37,7 @@ from landmarks.projection import fold
 from training.datasets import Dataset, DatasetError, open_dataset
 from training.devices import resolve_device
 from training.image_data import ObjectCrops
-from training.metrics import background_points
+from training.metrics import background_points, point_spread
 
 __all__ = [
     "add_arguments",
@@ -244,6 +244,7 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
                                                  "2 px of it), or outside the crop")
     per_landmark = consistency_error(model, cons_det.tensors, seed, points=cons_det.points[:len(cons_det.tensors)])
     result.update(consistency=float(per_landmark.mean()), consistency_per_landmark=per_landmark.round(3).tolist(),
+                  spread=round(point_spread(cons_det.points[:len(cons_det.tensors)], size), 3),
                   consistency_images=len(cons_det.tensors),
                   consistency_protocol=f"rotation N(0, {CONSISTENCY_ROTATION_SD} deg) about the centre, px at 128")
     if out:
@@ -268,6 +269,10 @@ def markdown(result: dict) -> str:
         lines += ["", reference, ""]
     lines.append(f"Consistency: {result['consistency']:.2f} px at 128 ({result['consistency_images']} images; "
                  f"{result['consistency_protocol']}).")
+    if "spread" in result:
+        lines.append(f"Spread: the points lie {result['spread']:.2f} px at 128 from their centroid (root mean "
+                     "square, mean over the same images; read beside consistency, which favours points that "
+                     "gather near the centre).")
     if "background_points_per_image" in result:
         lines.append(f"Points on the background: {result['background_points_per_image']:.2f} of "
                      f"{result['num_landmarks']} per image ({result['background_points_protocol']}).")

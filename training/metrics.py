@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LSP_TORSO", "PADDING_REACH", "WHITE", "background_pixels", "background_points", "pck"]
+__all__ = ["LSP_TORSO", "PADDING_REACH", "WHITE", "background_pixels", "background_points", "pck", "point_spread"]
 
 LSP_TORSO = (8, 3)  # right shoulder - left hip: the LSP convention for PCK's torso size
 WHITE = 0.92  # every channel at least this: the white of a product photo
@@ -66,3 +66,14 @@ def background_points(images: np.ndarray, points: np.ndarray, radius: int = 3, w
             patch = near_white[i, max(0, cy - radius):cy + radius + 1, max(0, cx - radius):cx + radius + 1]
             counts[i] += int(patch.mean() >= share)
     return counts
+
+
+def point_spread(points: np.ndarray, size: int) -> float:
+    """How far each image's points lie from their own centroid: the root mean square distance, in px
+    at 128 like the consistency error, averaged over images. `points` (N, K, 2) in the pixels of
+    `size` x `size` crops. Read it beside consistency, which rewards points near the rotation centre
+    (they move least): a consistency that falls while the spread falls too may mean the points
+    gathered rather than followed the object better."""
+    points = np.asarray(points, dtype=np.float64)
+    rms = np.sqrt(((points - points.mean(axis=1, keepdims=True)) ** 2).sum(-1).mean(-1))
+    return float(rms.mean() * 128.0 / size)

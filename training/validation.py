@@ -31,7 +31,7 @@ from training.evaluate import (
     regression_error,
 )
 from training.image_data import ObjectCrops
-from training.metrics import background_points
+from training.metrics import background_points, point_spread
 
 __all__ = ["Validation", "ValidationSpec"]
 
@@ -102,7 +102,8 @@ class Validation:
         detector.eval()
         try:
             points = _points(detector, self.images)
-            result = {"val_consistency": float(consistency_error(detector, self.images, points=points).mean())}
+            result = {"val_consistency": float(consistency_error(detector, self.images, points=points).mean()),
+                      "val_spread": point_spread(points, self.size)}
             if self.fit_images is not None:
                 fit_points = _points(detector, self.fit_images)
                 a, b = iod_indices(self.truth.shape[1])

@@ -8,7 +8,7 @@ from landmarks.adapter_io import load_adapter, load_core, load_network, save_cor
 from landmarks.projection import adapter_state_dict, build_adapted, fold
 from tests.factories import make_tiny_core
 from training.adapt import PRESETS, AdaptConfig, adapt
-from training.evaluate import Detections, evaluate, forward_backward, regression_error, ridge_fit
+from training.evaluate import Detections, evaluate, forward_backward, markdown, regression_error, ridge_fit
 
 
 def _cfg(tmp_path, core_file, data, mode):
@@ -57,6 +57,7 @@ def test_evaluate_end_to_end(tmp_path, core_file, face_data):
         assert (tmp_path / "eval" / name).is_file()
     cons = evaluate(path, None, None, f"folder:{face_data / 'img'}", None, core_path=core_file, consistency_images=4)
     assert len(cons["consistency_per_landmark"]) == 4
+    assert cons["spread"] > 0 and "Spread:" in markdown(cons)
 
 
 def test_ridge_recovers_a_linear_map():
@@ -199,6 +200,16 @@ def test_background_points_counts_points_on_white():
     images[:, :, 6, :] = 0.5  # and the grey seam resizing leaves between bar and photo
     on_seam = np.array([[[16, 2]], [[3, 6]]], dtype=np.float32)
     assert background_points(images, on_seam).tolist() == [1, 1]
+
+
+def test_point_spread_is_the_rms_distance_from_the_centroid_at_128():
+    from training.metrics import point_spread
+
+    square = np.array([[[0, 0], [2, 0], [2, 2], [0, 2]]], dtype=np.float32)  # each point sqrt(2) from (1, 1)
+    assert point_spread(square, 128) == pytest.approx(np.sqrt(2))
+    assert point_spread(square, 64) == pytest.approx(2 * np.sqrt(2))  # px at 128
+    gathered = np.concatenate([square, square * 0.1 + 0.9])
+    assert point_spread(gathered, 128) == pytest.approx((np.sqrt(2) + 0.1 * np.sqrt(2)) / 2)
 
 
 def test_warm_start_from_an_adapter_file(tmp_path, core_file, face_data):
