@@ -6,8 +6,9 @@ initializers, handed to ONNX Runtime as tensors (`add_external_initializers`: no
 size is built, serialised or parsed per adapter). With constant weights ONNX Runtime folds batch norms, fuses
 activations and pre-packs the convolution weights once, at session creation, which is why a
 session is made per version and not per graph. `prepare` runs at registration (the trial forward)
-or on a cache miss, never inside a client's request otherwise; it ends with warm-up runs so the
-first request does not pay ORT's first-run allocations.
+or on a cache miss, never inside a client's request otherwise. It runs no warm-up: a session's
+first run costs ~1 ms more than the next (one CPU arena is shared by all sessions), less than a
+warm-up forward costs, and at registration the trial forward is that first run.
 
 The session's graph is the one `landmarks export` writes (uint8 crops and boxes in, points in the
 boxes' pixels and confidences out), plus the heatmaps the trial forward checks.
@@ -71,8 +72,6 @@ class OrtModel:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
-    WARMUP_CALLS = 1  # ORT's first run allocates; the trial forward is the second
-
     def __init__(self, core: Core, device: str = "cpu", threads: int | None = None, spinning: bool = False,
                  precision: str = "fp32") -> None:
         import onnxruntime as ort
@@ -128,11 +127,7 @@ class OnnxRuntimeBackend:
         options = self.session_options()
         options.add_external_initializers(list(names), list(values))
         session = self._ort.InferenceSession(graph, options, providers=self.providers)
-        prepared = OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
-        pixels, boxes = blank_crops(1, size)
-        for _ in range(self.WARMUP_CALLS):
-            self.locate(prepared, pixels, boxes)
-        return prepared
+        return OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
 
     def _run(self, prepared: OrtModel, pixels: np.ndarray, boxes: np.ndarray, outputs: list[str]) -> list:
         feeds = {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8),

@@ -17,6 +17,7 @@ from landmarks.adapter_io import (
     read_artifact,
     save_adapter,
     save_core,
+    tensor_fingerprint,
 )
 from landmarks.projection import adapter_state_dict, build_adapted
 from tests.factories import make_tiny_core, randomize_adapter
@@ -158,6 +159,30 @@ def test_channels_last_models_save_and_fingerprint_like_row_major_ones(tmp_path)
     plain = save_core(tmp_path / "a.safetensors", core)
     nhwc = save_core(tmp_path / "b.safetensors", core.to(memory_format=torch.channels_last))
     assert plain == nhwc
+
+
+def test_fingerprint_hashes_row_major_bytes_whatever_the_layout():
+    """The digest of a tensor is that of its dense row-major copy: channels_last (also 1x1, whose
+    strides numpy and torch judge differently), transposed, bf16 (no numpy dtype), empty."""
+    import hashlib
+
+    def reference(tensors):
+        digest = hashlib.sha256()
+        for name in sorted(tensors):
+            t = tensors[name].clone(memory_format=torch.contiguous_format)
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(8, 4, 1, 1, generator=g), "b": torch.randn(8, 4, 3, 3, generator=g),
+               "c": torch.randn(5, 3, generator=g), "d": torch.randn(4, 4, generator=g).to(torch.bfloat16),
+               "e": torch.zeros(0, 3), "f": torch.tensor([True, False]), "g": torch.arange(6)}
+    expected = reference(tensors)
+    laid_out = {**tensors, "a": tensors["a"].to(memory_format=torch.channels_last),
+                "b": tensors["b"].to(memory_format=torch.channels_last), "c": tensors["c"].t().contiguous().t()}
+    assert not laid_out["c"].is_contiguous()
+    assert tensor_fingerprint(tensors) == tensor_fingerprint(laid_out) == expected
 
 
 def test_find_core_by_fingerprint(files, tmp_path):
