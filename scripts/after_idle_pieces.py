@@ -7,7 +7,8 @@ times, one call at a time, each after `--gap-ms` idle (as the bench's after-idle
 back to back ("hot"), the Python steps of a lone Detect besides the forward pass: the whole handler
 for a request that fails at once (no image), decoding a raw image whose box is an input-sized block
 and one that must be resized, leasing the version and its folded model, the batch the backend gets,
-the metrics, and the response proto. Medians in ms. Each step is timed alone, so each pays its own
+the metrics, and the response proto; indented rows: how the step was done before session 11, for
+comparison. Medians in ms. Each step is timed alone, so each pays its own
 cold start: the steps of one request share some of it, and the sum overstates the handler's time
 (the bench's `server_timings_p50_ms` and `added_ms` measure that). After idleness a step costs
 several times its hot time: its code and data have left the caches, so what pays is running less
@@ -28,7 +29,7 @@ from landmarks.v1 import landmarks_pb2 as pb
 from serving.config import ServerConfig
 from serving.engine import Detection
 from serving.inputs import RequestLimits
-from serving.preprocess import decode_crop
+from serving.preprocess import crop_square, decode_crop, decode_raw, resolve_box
 from serving.server import build_server
 from serving.servicer import LandmarkServicer
 
@@ -90,6 +91,9 @@ def main() -> None:
     steps = {
         "handler, request without image": handler_no_image,
         f"decode_crop, raw {size} px block": lambda: decode_crop(block, size, cfg.max_image_pixels, cfg.min_image_side),
+        f"  the same through a PIL image": lambda: crop_square(decode_raw(
+            block.image.raw.pixels, size, size, 3, cfg.max_image_pixels, cfg.min_image_side),
+            resolve_box(None, size, size), size),
         f"decode_crop, raw {2 * size} px resized": lambda: decode_crop(resized, size, cfg.max_image_pixels,
                                                                         cfg.min_image_side),
         "lease version + folded model": lease_version_and_model,
@@ -97,6 +101,13 @@ def main() -> None:
         "batch of one (np.stack) + boxes": lambda: (np.stack([pixels]), np.array([det.box], dtype=np.float64)),
         "metrics of one request": metrics_of_one_request,
         "response proto": lambda: LandmarkServicer._response(det, 1.0),
+        "  the same from a list of Landmarks": lambda: pb.DetectResponse(
+            landmarks=[pb.Landmark(x=p[0], y=p[1], confidence=c, name=n)
+                       for p, c, n in zip(det.points, det.confidence, det.names)],
+            category=det.category, version=det.version, adapter_sha256=det.sha256,
+            box=pb.Box(x0=det.box[0], y0=det.box[1], x1=det.box[2], y1=det.box[3]),
+            timings=pb.Timings(decode_ms=det.decode_ms, queue_ms=det.queue_ms, compute_ms=det.compute_ms,
+                               total_ms=1.0)),
     }
     gap = args.gap_ms / 1e3
     print(f"{'step':36s} {'after idle':>10s} {'hot':>8s}   (p50 ms, {args.calls} calls, gap {args.gap_ms:g} ms)")
