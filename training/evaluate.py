@@ -148,12 +148,17 @@ def iod_indices(num_points: int) -> tuple[int, int]:
     raise DatasetError(f"no inter-ocular convention for {num_points}-point annotations (need 5 or 68)")
 
 
-def regression_error(src_train, dst_train, src_test, dst_test, iod: np.ndarray, size: int) -> float:
-    """Mean over test images of mean point-to-point error / iod, in percent."""
+def regression_errors(src_train, dst_train, src_test, dst_test, iod: np.ndarray, size: int) -> np.ndarray:
+    """(N, K) point-to-point errors / iod in percent of the ridge regressor from src to dst points."""
     n = len(src_train)
     predict = ridge_fit(src_train.reshape(n, -1) / size, dst_train.reshape(n, -1) / size)
     pred = predict(src_test.reshape(len(src_test), -1) / size).reshape(dst_test.shape) * size
-    return float(100 * (np.linalg.norm(pred - dst_test, axis=-1).mean(1) / iod).mean())
+    return 100 * np.linalg.norm(pred - dst_test, axis=-1) / iod[:, None]
+
+
+def regression_error(src_train, dst_train, src_test, dst_test, iod: np.ndarray, size: int) -> float:
+    """Mean over test images of mean point-to-point error / iod, in percent."""
+    return float(regression_errors(src_train, dst_train, src_test, dst_test, iod, size).mean())
 
 
 def forward_backward(train: Detections, test: Detections, size: int, seed: int = 0) -> dict:
@@ -171,7 +176,9 @@ def forward_backward(train: Detections, test: Detections, size: int, seed: int =
             bwd.append(regression_error(train.truth[idx], train.points[idx], test.truth, test.points, iod, size))
         rows.append({"train_images": int(n), "forward": float(np.mean(fwd)), "backward": float(np.mean(bwd))})
     mean_shape = float(100 * (np.linalg.norm(train.truth.mean(0) - test.truth, axis=-1).mean(1) / iod).mean())
-    return {"mean_shape_forward": mean_shape,
+    # which discovered points the annotations predict badly (all training images): the backward error's parts
+    per_point = regression_errors(train.truth, train.points, test.truth, test.points, iod, size).mean(0)
+    return {"mean_shape_forward": mean_shape, "backward_per_landmark": per_point.round(3).tolist(),
             "regressor": f"ridge with intercept, lambda={RIDGE_LAMBDA} x max(X'X), coordinates / input size",
             "normalisation": "eye centres" if test.truth.shape[1] == 5 else "outer eye corners",
             "subsets": rows, "forward": rows[-1]["forward"], "backward": rows[-1]["backward"]}
@@ -267,6 +274,9 @@ def markdown(result: dict) -> str:
                      f"Reference: predicting the mean training shape for every test image gives "
                      f"{result['mean_shape_forward']:.2f}% (landmarks with no information).")
         lines += ["", reference, ""]
+        if "backward_per_landmark" in result:
+            parts = ", ".join(f"{i + 1}: {e:.2f}" for i, e in enumerate(result["backward_per_landmark"]))
+            lines += [f"Backward error per discovered landmark (all training images; %): {parts}.", ""]
     lines.append(f"Consistency: {result['consistency']:.2f} px at 128 ({result['consistency_images']} images; "
                  f"{result['consistency_protocol']}).")
     if "spread" in result:

@@ -53,6 +53,8 @@ def test_evaluate_end_to_end(tmp_path, core_file, face_data):
                       tmp_path / "eval", core_path=core_file, consistency_images=4)
     assert np.isfinite([result["forward"], result["backward"], result["consistency"]]).all()
     assert [r["train_images"] for r in result["subsets"]] == [1, 5, 10]
+    assert np.mean(result["backward_per_landmark"]) == pytest.approx(result["backward"], abs=1e-3)
+    assert "per discovered landmark" in markdown(result)
     for name in ("evaluation.json", "evaluation.md", "landmarks.png", "consistency.png"):
         assert (tmp_path / "eval" / name).is_file()
     cons = evaluate(path, None, None, f"folder:{face_data / 'img'}", None, core_path=core_file, consistency_images=4)
