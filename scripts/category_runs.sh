@@ -6,7 +6,8 @@
 # split of `landmarks evaluate`. Usage, in the background:
 #   setsid nohup scripts/category_runs.sh STEPS NAME... > runs/probes/categories.log 2>&1 &
 # NAME: shoes-fg | shoes-cosine | cats-cosine | cats-128 | shoes-128 (re-adapted at 128 px, the core's
-# own size, with lr 2e-3 as faces-128 in scripts/long_runs.sh; shoes keep the foreground term);
+# own size, with lr 2e-3 as faces-128 in scripts/long_runs.sh; shoes keep the foreground term) |
+# cats-128-more (cats-128 continued from its checkpoint, generator included, with a fresh cosine);
 # results in runs/probes/NAME/history.jsonl. The
 # shipped shoes adapter is `shoes-fg` at 500 steps; this script did not pass --license then, so its
 # licence line was set afterwards (metadata only, the run's tensors, the same fingerprint).
@@ -21,7 +22,9 @@ for name in "$@"; do
     shoes) license="Trained on UT-Zappos50K images (research use only; Yu & Grauman 2014)" ;;
     cats)  license="Trained on AFHQ cats (CC BY-NC 4.0; Choi et al. 2020)" ;;
   esac
-  common=(folder:$D/$cat --preset cpu --category "$cat" --warm-start "adapters/$cat.safetensors"
+  start=adapters/$cat.safetensors
+  [[ $name == *-more && -f runs/probes/${name%-more}/checkpoint.pt ]] && start=runs/probes/${name%-more}/checkpoint.pt
+  common=(folder:$D/$cat --preset cpu --category "$cat" --warm-start "$start"
           --train-split=:-1000 --val "folder:$D/$cat" --val-split=-1000:-500 --steps "$steps"
           --picture-every 250 --checkpoint-every 250 --lr-schedule cosine --license "$license")
   case $name in
@@ -30,6 +33,7 @@ for name in "$@"; do
     cats-cosine)  extra=() ;;
     cats-128)     extra=(--image-size 128 --lr 2e-3) ;;
     shoes-128)    extra=(--image-size 128 --lr 2e-3 --foreground-weight 1.0) ;;
+    cats-128-more) extra=(--image-size 128 --lr 2e-3) ;;
     *) echo "unknown run $name"; exit 2 ;;
   esac
   queue_run "$name" "${common[@]}" "${extra[@]}"
