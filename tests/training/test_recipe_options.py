@@ -90,8 +90,9 @@ def test_validation_scores_held_out_rows(face_data):
     result = validation(Fixed())
     # points that never move: consistency is the rotation's own displacement, and forward is what
     # the mean shape gives (a constant input explains nothing)
-    assert set(result) == {"val_consistency", "val_forward", "val_backward"}
+    assert set(result) == {"val_consistency", "val_spread", "val_forward", "val_backward"}
     assert result["val_consistency"] > 1 and result["val_forward"] > 0 and math.isfinite(result["val_backward"])
+    assert result["val_spread"] > 0
 
 
 def test_validation_needs_held_out_rows():
