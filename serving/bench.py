@@ -89,7 +89,7 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
 
 
 def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, names: list[str],
-                    image: np.ndarray, adapter_size: int, backend_name: str) -> dict:
+                    image: np.ndarray, adapter_size: int, backend_name: str, precision: str = "fp32") -> dict:
     """The headline numbers, each side measured next to its reference so the machine's drift
     (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
@@ -108,7 +108,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     name = backend_name if backend_name in BACKEND_NAMES else "eager"
     # an ORT session with the threads the server gives each session: a batch worker's share
     shared = ComputeThreads.split(args.torch_threads or DEFAULT_COMPUTE_THREADS, max(1, args.batch_workers), None).shared
-    backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {}))
+    backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {"precision": precision}))
     folded = backend.prepare(adapter)
     height, width = image.shape[:2]
     pixels = crop_square(Image.fromarray(image), (0.0, 0.0, float(width), float(height)), adapter_size)[None]
@@ -191,6 +191,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
 
     return {
         "bare_backend": backend.name,
+        "bare_precision": getattr(backend, "precision", "fp32"),
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
                         **summary(loop_server_ms, loop_bare_ms, loop_replies, floor)},
         "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms,
@@ -234,7 +235,8 @@ def run(args) -> int:
                                                   dtype=np.uint8)
         n_cats = max(args.categories)
         results["machine"] = machine()
-        print(f"bench: server {target} ({info.backend} on {info.device}, core {core.sha256[:12]}, "
+        print(f"bench: server {target} ({info.backend}, {info.precision or 'fp32'}, on {info.device}, "
+              f"core {core.sha256[:12]}, "
               f"K={core.config.num_landmarks}); {n_cats} bench categories running the core at {adapter_size} px "
               f"({'--adapter-size' if args.adapter_size else 'the shipped adapters' if shipped else 'the core'}'s "
               f"size), {image.shape[1]}x{image.shape[0]} raw test image; {args.requests} requests per row; "
@@ -285,7 +287,7 @@ def run(args) -> int:
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
             results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names, image,
-                                                  adapter_size, info.backend)
+                                                  adapter_size, info.backend, info.precision or "fp32")
         finally:
             cleanup()
 

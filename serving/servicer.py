@@ -212,6 +212,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             info.core_sha256 = services.core.sha256
             info.device = services.backend.device
             info.backend = services.backend.name
+            info.precision = getattr(services.backend, "precision", "fp32")
             info.input_size = services.core.config.input_size
             info.core_num_landmarks = services.core.config.num_landmarks
             info.cache.CopyFrom(pb.CacheStats(capacity_bytes=stats.capacity_bytes, resident_bytes=stats.resident_bytes,

@@ -10,15 +10,15 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from landmarks.hardware import cpu_bf16_flags  # shared with the server's --precision
 
 __all__ = ["BF16_CHOICES", "Precision", "Processes", "choose_precision", "compiled", "cpu_bf16_flags",
            "resolve_device", "start_processes"]
 
 BF16_CHOICES = ("auto", "true", "false")
-_NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
@@ -38,19 +38,6 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
             raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device("cuda", index)
     raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
-
-
-def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    """The CPU's native-BF16 instruction sets (avx512_bf16, amx_bf16) that /proc/cpuinfo lists, or
-    torch's own probe where there is no /proc (macOS, Windows)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.is_file() else ""
-    if cpuinfo:
-        flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-        return [f for f in _NATIVE_BF16_FLAGS if f in flags]
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return ["avx512_bf16"] if probe is not None and probe() else []
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,7 @@ class CacheStats(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("core_sha256", "device", "backend", "server_version", "api_version", "versions", "input_size", "core_num_landmarks", "ready", "cache")
+    __slots__ = ("core_sha256", "device", "backend", "server_version", "api_version", "versions", "input_size", "core_num_landmarks", "ready", "cache", "precision")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,7 @@ class ServerInfoResponse(_message.Message):
     CORE_NUM_LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     core_sha256: str
     device: str
     backend: str
@@ -259,4 +260,5 @@ class ServerInfoResponse(_message.Message):
     core_num_landmarks: int
     ready: bool
     cache: CacheStats
-    def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ...) -> None: ...
+    precision: str
+    def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., precision: _Optional[str] = ...) -> None: ...

@@ -83,7 +83,9 @@ class OnnxRuntimeBackend:
         dev = torch.device(device)
         self.device = str(dev)
         if precision != "fp32":
-            raise ValueError(f"precision {precision!r}: this backend runs fp32")
+            raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 (bf16: --backend "
+                             "torchscript or eager)")
+        self.precision = precision
         if dev.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda with --backend onnxruntime needs onnxruntime-gpu "

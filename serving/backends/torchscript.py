@@ -7,6 +7,11 @@ projections multiplied into the core's conv weights once, so nothing is projecte
   op after op; `scripts/backend_speed.py` measures both, idle and next to a Python thread.
 - `EagerBackend` (`--backend eager`): the folded `LandmarkHourglass` run eagerly, the reference
   for the others (tests check that they agree).
+
+`precision="bf16"` (`--precision bf16`) casts the folded weights and the images to bfloat16; heatmaps
+and points stay fp32. It pays where the CPU has native BF16 (AVX-512 BF16, AMX: a forward of 8 crops
+at 128 px ran ~2.7x faster on one core of a Sapphire Rapids than in fp32) and moves points by ~0.05 px
+at 128 on average (docs/benchmark.md, `scripts/bf16_accuracy.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from landmarks.projection import fold
 from landmarks.weight_slots import WeightSlots
 from serving.backends import blank_crops
 
-__all__ = ["EagerBackend", "ScriptedModel", "TorchScriptBackend"]
+__all__ = ["PRECISIONS", "EagerBackend", "ScriptedModel", "TorchScriptBackend"]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _nbytes(tensors) -> int:
@@ -43,7 +50,10 @@ class EagerBackend:
 
     name = "eager"
 
-    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
+    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True, precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        self.precision, self.dtype = precision, PRECISIONS[precision]
         self.device = str(torch.device(device))
         self.core = core
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -53,11 +63,11 @@ class EagerBackend:
     def prepare(self, adapter: Adapter) -> Any:
         with self._lock:  # fold reads the shared core module's state
             model = fold(self._core_model, adapter.tensors, adapter.config)
-        return model.eval().requires_grad_(False).to(memory_format=self.memory_format)
+        return model.eval().requires_grad_(False).to(dtype=self.dtype, memory_format=self.memory_format)
 
     def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out = prepared(images.to(self.device, non_blocking=True, memory_format=self.memory_format))
+            out = prepared(images.to(self.device, self.dtype, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
     def locate(self, prepared: Any, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,17 +100,20 @@ class _WeightsAsInputs(torch.nn.Module):
     the points found in their heatmaps, in the pixels of the (B, 4) boxes they were cut from, and
     their confidences (`Backend.locate`)."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str], locate_size: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, names: list[str], locate_size: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.model = model
         self.locate_size = locate_size
+        self.dtype = dtype
         self._weights = WeightSlots(model, names)
 
     def forward(self, images: torch.Tensor, tensors: tuple[torch.Tensor, ...], boxes: torch.Tensor | None = None):
         with self._weights.holding(tensors):
             if boxes is None:
                 return self.model(images)
-            return _locate_in_boxes(self.model(pixels_to_images(images)), boxes, self.locate_size)
+            heatmaps = self.model(pixels_to_images(images).to(self.dtype)).float()
+            return _locate_in_boxes(heatmaps, boxes, self.locate_size)
 
 
 class TorchScriptBackend(EagerBackend):
@@ -124,8 +137,8 @@ class TorchScriptBackend(EagerBackend):
     name = "torchscript"
     WARMUP_CALLS = 2
 
-    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True) -> None:
-        super().__init__(core, device, channels_last)
+    def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True, precision: str = "fp32") -> None:
+        super().__init__(core, device, channels_last, precision)
         # the traced graphs' template: the core module `fold` reads (both only under the lock)
         self._template = self._core_model.eval().requires_grad_(False)
         self._names = [n for n, _ in self._template.named_parameters()] + [n for n, _ in self._template.named_buffers()]
@@ -141,7 +154,7 @@ class TorchScriptBackend(EagerBackend):
                locate_size: int | None = None) -> torch.jit.ScriptModule:
         """(Under the lock.) Trace the template's forward with its tensors swapped for graph inputs
         (with `locate_size`: uint8 crops of that size and boxes as inputs, see `_WeightsAsInputs`)."""
-        module = _WeightsAsInputs(self._template, self._names, locate_size)
+        module = _WeightsAsInputs(self._template, self._names, locate_size, self.dtype)
         if locate_size is None:
             inputs = (example, state)
         else:
@@ -157,7 +170,8 @@ class TorchScriptBackend(EagerBackend):
         model = super().prepare(adapter)
         state = self._state(model)
         size = adapter.config.input_size
-        example = torch.zeros(1, 3, size, size, device=self.device).contiguous(memory_format=self.memory_format)
+        example = torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype).contiguous(
+            memory_format=self.memory_format)
         with self._lock:
             if self._graph is None:
                 self._graph = self._trace(example, state)

@@ -137,3 +137,37 @@ def test_export_refuses_an_adapter_of_another_core(artifacts, tmp_path, capsys):
     code = main(["export", str(artifacts.shipped["faces"]), "--core", str(other), "--out", str(tmp_path / "x.onnx")])
     assert code == 2 and "was trained against core" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("name", ["torchscript", "eager"])
+def test_bf16_runs_the_same_network_in_bfloat16(adapters, name):
+    """`precision="bf16"`: bfloat16 weights and images, fp32 heatmaps and points, the fp32 backend's
+    numbers to bfloat16's rounding (8 bits of mantissa: heatmaps within 3% of their peak here); the
+    TorchScript graph agrees with the eager bf16 network."""
+    core, loaded = adapters
+    backend, fp32, eager_bf16 = (make_backend(name, core, precision="bf16"), make_backend("eager", core),
+                                 make_backend("eager", core, precision="bf16"))
+    assert backend.precision == "bf16"
+    for adapter in loaded:
+        prepared, reference, same = backend.prepare(adapter), fp32.prepare(adapter), eager_bf16.prepare(adapter)
+        size = adapter.config.input_size
+        pixels = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        images = pixels_to_images(pixels)
+        out, want = backend.run(prepared, images), fp32.run(reference, images)
+        assert out.dtype == torch.float32 and out.shape == want.shape
+        assert (out - want).abs().max() <= 0.03 * want.abs().max()
+        torch.testing.assert_close(out, eager_bf16.run(same, images), atol=2e-2 * want.abs().max().item(), rtol=0)
+        boxes = np.array([[0.0, 0.0, size, size]] * 3)
+        points, confidence = backend.locate(prepared, pixels.numpy(), boxes)
+        want_points, _ = fp32.locate(reference, pixels.numpy(), boxes)
+        assert points.dtype == confidence.dtype == np.float32
+        assert np.abs(points - want_points).max() < 0.03 * size  # random weights: flat heatmaps, a loose bound
+
+
+def test_precision_other_than_fp32_is_refused_where_it_cannot_run(adapters):
+    core = adapters[0]
+    with pytest.raises(ValueError, match="choose one of fp32, bf16"):
+        make_backend("eager", core, precision="fp16")
+    if "onnxruntime" in available_backends():
+        with pytest.raises(ValueError, match="onnxruntime backend runs fp32"):
+            make_backend("onnxruntime", core, precision="bf16")

@@ -77,3 +77,18 @@ def test_another_command_takes_a_subset_of_the_flags(tmp_path, monkeypatch):
         parser.parse_args(["--http-port", "8080"])
     with pytest.raises(ValueError, match="not ServerConfig flags"):
         config.add_arguments(argparse.ArgumentParser(), ["no_such_field"])
+
+
+def test_bf16_is_refused_where_it_would_be_slow_or_cannot_run(monkeypatch):
+    import landmarks.hardware
+
+    monkeypatch.setattr(landmarks.hardware, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert parse("--backend", "torchscript", "--precision", "bf16").precision == "bf16"
+    with pytest.raises(ValueError, match="the onnxruntime backend runs fp32"):
+        ServerConfig(backend="onnxruntime", precision="bf16")
+    monkeypatch.setattr(landmarks.hardware, "cpu_bf16_flags", lambda: [])
+    with pytest.raises(ValueError, match="neither AVX-512 BF16 nor AMX"):
+        ServerConfig(backend="torchscript", precision="bf16")
+    assert ServerConfig(backend="torchscript", precision="bf16", device="cuda").precision == "bf16"  # the GPU's
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        ServerConfig(precision="int8")

@@ -409,3 +409,24 @@ def test_cli_waits_briefly_then_says_no_server(tmp_path, capsys):
     image.write_bytes(png_bytes(48, 40))
     assert main(["detect", "--server", f"127.0.0.1:{port}", "--wait", "0.5", "--category", "x", str(image)]) == 1
     assert "no server answers" in capsys.readouterr().err
+
+
+def test_a_bf16_server_serves_and_says_so(store, monkeypatch):
+    """--precision bf16 (made to pass its CPU check here, which only guards speed): the same
+    categories, points near fp32's, and ServerInfo names the precision the bench then mirrors."""
+    import landmarks.hardware
+
+    monkeypatch.setattr(landmarks.hardware, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    handles = {p: start_server(store, backend="torchscript", precision=p) for p in ("fp32", "bf16")}
+    try:
+        answers = {}
+        for precision, handle in handles.items():
+            with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
+                info = c.server_info()
+                assert (info.backend, info.precision) == ("torchscript", precision)
+                answers[precision] = c.detect(png_bytes(48, 40), "faces")
+        fp32, bf16 = (torch.tensor([p[:2] for p in answers[k].points]) for k in ("fp32", "bf16"))
+        assert fp32.shape == bf16.shape and (fp32 - bf16).abs().max() < 0.05 * 48
+    finally:
+        for handle in handles.values():
+            handle.shutdown(grace=0)
