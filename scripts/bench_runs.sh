@@ -4,6 +4,7 @@
 # JSON in docs/bench/DATE-TAG-runN.json and the printed summary in runs/bench/TAG-runN.txt.
 #
 #   scripts/bench_runs.sh onnxruntime 3 ort-64px-quiet
+#   SERVE_ARGS="--precision bf16" scripts/bench_runs.sh torchscript 3 ts-bf16   # more `landmarks serve` flags
 #
 # Compare only numbers measured side by side in one run; the bench prints the load average before
 # and after each run: a shared machine gives other numbers.
@@ -14,7 +15,7 @@ STORE=$(mktemp -d /tmp/bench-store-XXXX)
 mkdir -p runs/bench docs/bench
 export GOMP_SPINCOUNT=20000
 .venv/bin/landmarks serve --adapters "$STORE" --core adapters/core.safetensors --port "$PORT" \
-  --backend "$BACKEND" > "runs/bench/serve-$TAG.log" 2>&1 &
+  --backend "$BACKEND" ${SERVE_ARGS:-} > "runs/bench/serve-$TAG.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$STORE"' EXIT
 for i in $(seq 1 "$RUNS"); do
