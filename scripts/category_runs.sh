@@ -7,7 +7,8 @@
 #   setsid nohup scripts/category_runs.sh STEPS NAME... > runs/probes/categories.log 2>&1 &
 # NAME: shoes-fg | shoes-cosine | cats-cosine | cats-128 | shoes-128 (re-adapted at 128 px, the core's
 # own size, with lr 2e-3 as faces-128 in scripts/long_runs.sh; shoes keep the foreground term) |
-# cats-128-more (cats-128 continued from its checkpoint, generator included, with a fresh cosine);
+# cats-128-more | shoes-128-more (cats-128 / shoes-128 continued from its checkpoint, generator
+# included, with a fresh cosine);
 # results in runs/probes/NAME/history.jsonl. The
 # shipped shoes adapter is `shoes-fg` at 500 steps; this script did not pass --license then, so its
 # licence line was set afterwards (metadata only, the run's tensors, the same fingerprint).
@@ -34,6 +35,7 @@ for name in "$@"; do
     cats-128)     extra=(--image-size 128 --lr 2e-3) ;;
     shoes-128)    extra=(--image-size 128 --lr 2e-3 --foreground-weight 1.0) ;;
     cats-128-more) extra=(--image-size 128 --lr 2e-3) ;;
+    shoes-128-more) extra=(--image-size 128 --lr 2e-3 --foreground-weight 1.0) ;;
     *) echo "unknown run $name"; exit 2 ;;
   esac
   queue_run "$name" "${common[@]}" "${extra[@]}"
