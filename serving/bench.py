@@ -30,8 +30,8 @@ Method (docs/benchmark.md):
    - register_to_served_ms = p50 of step 2's times.
 5. The output ends with `overhead:`, `added_ms:`, `rpc_floor_ms:`, `speedup_vs_official:`,
    `register_to_served_ms:` and `mixed_vs_single:` lines. The bench adapters run the core at the
-   input size most adapters shipped next to `--core` run at (128 px for the shipped ones: faces and
-   cats; shoes run at 64), else at the core's own; `--adapter-size` overrides it.
+   input size most adapters shipped next to `--core` run at (128 px for the shipped ones), else at
+   the core's own; `--adapter-size` overrides it.
 6. Unregister the bench categories (also any left over by an interrupted run).
 """
 

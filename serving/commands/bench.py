@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="side of the raw test image (default: the core's input size)")
     parser.add_argument("--adapter-size", type=int, default=None,
                         help="input size the bench adapters run the core at (default: the one most adapters shipped "
-                             "next to --core run at, the smaller on a tie: 128 px for the repository's, faces and "
-                             "cats; else the core's)")
+                             "next to --core run at, the smaller on a tie: 128 px for the repository's three; "
+                             "else the core's)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="threads of the references here (torch's, and ONNX Runtime's for the bare forward of "
                              "an onnxruntime server; default: as the server's default)")
