@@ -3,7 +3,9 @@
 # runs/probes/NAME` (resumed if that run has a checkpoint), its output in runs/probes/NAME.log,
 # a line when it starts and ends. The queue's process group is in runs/training.pid while it runs,
 # for scripts/paused.sh.
-echo $$ > runs/training.pid
+# the process *group* (scripts/paused.sh stops all of it): a queue started inside another script's
+# group (`setsid bash -c 'scripts/category_runs.sh ...; ...'`) is not its own group leader
+ps -o pgid= $$ | tr -d ' ' > runs/training.pid
 trap 'rm -f runs/training.pid' EXIT
 
 queue_run() {
