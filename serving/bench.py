@@ -89,7 +89,8 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
 
 
 def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes: bytes, names: list[str],
-                    image: np.ndarray, adapter_size: int, backend_name: str, precision: str = "fp32") -> dict:
+                    image: np.ndarray, adapter_size: int, backend_name: str, precision: str = "fp32",
+                    forward_threads: int = 0) -> dict:
     """The headline numbers, each side measured next to its reference so the machine's drift
     (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
 
@@ -106,8 +107,10 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     # bare = exactly what the server's backend runs for this request: its folded model on the crop
     # the server cuts (uint8, adapter size), points mapped into the image's pixels
     name = backend_name if backend_name in BACKEND_NAMES else "eager"
-    # an ORT session with the threads the server gives each session: a batch worker's share
-    shared = ComputeThreads.split(args.torch_threads or DEFAULT_COMPUTE_THREADS, max(1, args.batch_workers), None).shared
+    # an ORT session with the threads the server gives each session (ServerInfo.forward_threads; a
+    # server that does not report them: a batch worker's share, from --torch-threads / --batch-workers)
+    shared = forward_threads or ComputeThreads.split(args.torch_threads or DEFAULT_COMPUTE_THREADS,
+                                                     max(1, args.batch_workers), None).shared
     backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {"precision": precision}))
     folded = backend.prepare(adapter)
     height, width = image.shape[:2]
@@ -191,6 +194,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
 
     return {
         "bare_backend": backend.name,
+        "bare_threads": shared if name == "onnxruntime" else torch.get_num_threads(),
         "bare_precision": getattr(backend, "precision", "fp32"),
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
                         **summary(loop_server_ms, loop_bare_ms, loop_replies, floor)},
@@ -287,7 +291,8 @@ def run(args) -> int:
                           f"{row['server_p50_ms']['compute']:>8.2f}  {row['cache']['hits']}/"
                           f"{row['cache']['misses']}/{row['cache']['evictions']}{err}", flush=True)
             results["headline"] = headline_ratios(args, target, client_kwargs, core, adapters[0], names, image,
-                                                  adapter_size, info.backend, info.precision or "fp32")
+                                                  adapter_size, info.backend, info.precision or "fp32",
+                                                  info.forward_threads)
         finally:
             cleanup()
 

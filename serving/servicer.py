@@ -213,6 +213,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             info.device = services.backend.device
             info.backend = services.backend.name
             info.precision = getattr(services.backend, "precision", "fp32")
+            # ORT fixes each session's threads at its creation; torch backends give a lone forward all of theirs
+            info.forward_threads = getattr(services.backend, "threads", None) or services.batcher.threads.alone
             info.input_size = services.core.config.input_size
             info.core_num_landmarks = services.core.config.num_landmarks
             info.cache.CopyFrom(pb.CacheStats(capacity_bytes=stats.capacity_bytes, resident_bytes=stats.resident_bytes,

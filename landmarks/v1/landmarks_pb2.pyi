@@ -231,7 +231,7 @@ class CacheStats(_message.Message):
     def __init__(self, capacity_bytes: _Optional[int] = ..., resident_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...
 
 class ServerInfoResponse(_message.Message):
-    __slots__ = ("core_sha256", "device", "backend", "server_version", "api_version", "versions", "input_size", "core_num_landmarks", "ready", "cache", "precision")
+    __slots__ = ("core_sha256", "device", "backend", "server_version", "api_version", "versions", "input_size", "core_num_landmarks", "ready", "cache", "precision", "forward_threads")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +250,7 @@ class ServerInfoResponse(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_THREADS_FIELD_NUMBER: _ClassVar[int]
     core_sha256: str
     device: str
     backend: str
@@ -261,4 +262,5 @@ class ServerInfoResponse(_message.Message):
     ready: bool
     cache: CacheStats
     precision: str
-    def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., precision: _Optional[str] = ...) -> None: ...
+    forward_threads: int
+    def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., precision: _Optional[str] = ..., forward_threads: _Optional[int] = ...) -> None: ...

@@ -129,7 +129,9 @@ class TorchScriptBackend(EagerBackend):
     constant of the trace) and maps them into each request's box: in eager torch those 20-odd small
     ops cost ~0.4 ms per call, ~1.2 ms on a server woken from idle, mostly Python dispatch. Each graph's first two calls
     let TorchScript's profiling executor optimise it; `prepare` makes them (at registration or on a
-    cache miss, never on a client's request). TorchScript is deprecated upstream in favour of
+    cache miss, never on a client's request) for the first adapter of each input size and K only:
+    the optimised graph is shared, so later adapters of that shape need no warm-up of their own
+    (each warm-up call is a forward pass; five of them made a registration ~100-150 ms in bf16). TorchScript is deprecated upstream in favour of
     `torch.compile` / `torch.export`, which on CPU need a C++ toolchain at run time; this backend
     sits behind the `Backend` seam so that it can be replaced without touching the server.
     """
@@ -144,6 +146,7 @@ class TorchScriptBackend(EagerBackend):
         self._names = [n for n, _ in self._template.named_parameters()] + [n for n, _ in self._template.named_buffers()]
         self._graph: torch.jit.ScriptModule | None = None
         self._locators: dict[int, torch.jit.ScriptModule] = {}  # by input size
+        self._warm: set[tuple[int, int]] = set()  # (input size, K) whose graphs have run WARMUP_CALLS times
 
     def _state(self, model: LandmarkHourglass) -> tuple[torch.Tensor, ...]:
         tensors = dict(model.named_parameters())
@@ -172,16 +175,21 @@ class TorchScriptBackend(EagerBackend):
         size = adapter.config.input_size
         example = torch.zeros(1, 3, size, size, device=self.device, dtype=self.dtype).contiguous(
             memory_format=self.memory_format)
+        shape = (size, adapter.num_landmarks)
         with self._lock:
             if self._graph is None:
                 self._graph = self._trace(example, state)
             if size not in self._locators:
                 self._locators[size] = self._trace(example, state, locate_size=size)
+            warm = shape in self._warm
         scripted = ScriptedModel(self._graph, self._locators[size], size, state)
-        pixels, boxes = blank_crops(1, size)
-        for _ in range(self.WARMUP_CALLS):
-            self.run(scripted, example)
-            self.locate(scripted, pixels, boxes)
+        if not warm:
+            pixels, boxes = blank_crops(1, size)
+            for _ in range(self.WARMUP_CALLS):
+                self.run(scripted, example)
+                self.locate(scripted, pixels, boxes)
+            with self._lock:
+                self._warm.add(shape)
         return scripted
 
     def locate(self, prepared: ScriptedModel, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads of the references here (torch's, and ONNX Runtime's for the bare forward of "
                              "an onnxruntime server; default: as the server's default)")
     parser.add_argument("--batch-workers", type=int, default=2,
-                        help="the server's --batch-workers, for the bare forward of an onnxruntime server: its "
-                             "sessions get --torch-threads / N threads each, as the server's do (default %(default)s)")
+                        help="only for a server that does not report its forward threads (ServerInfo.forward_threads, "
+                             "older versions): its --batch-workers, so that the bare forward's onnxruntime session gets "
+                             "--torch-threads / N threads, as the server's do (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
 
 

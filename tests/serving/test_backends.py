@@ -171,3 +171,20 @@ def test_precision_other_than_fp32_is_refused_where_it_cannot_run(adapters):
     if "onnxruntime" in available_backends():
         with pytest.raises(ValueError, match="onnxruntime backend runs fp32"):
             make_backend("onnxruntime", core, precision="bf16")
+
+
+def test_torchscript_warms_each_graph_shape_once(adapters, monkeypatch):
+    """The profiling executor's warm-up calls are forward passes: a registration pays them only for
+    the first adapter of its input size and K (the optimised graph is shared)."""
+    core, loaded = adapters
+    backend = make_backend("torchscript", core)
+    calls = []
+    run = backend.run
+    monkeypatch.setattr(backend, "run", lambda prepared, images: calls.append(1) or run(prepared, images))
+    shapes = set()
+    for adapter in loaded + loaded:
+        before = len(calls)
+        backend.prepare(adapter)
+        shape = (adapter.config.input_size, adapter.num_landmarks)
+        assert len(calls) - before == (0 if shape in shapes else backend.WARMUP_CALLS)
+        shapes.add(shape)

@@ -32,6 +32,8 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
     headline = result["headline"]
     loop, idle = headline["closed_loop"], headline["after_idle"]
+    if headline["bare_backend"] == "onnxruntime":  # the bare session has the threads the server's sessions have
+        assert headline["bare_threads"] == server.services.backend.threads
     assert loop["calls"] == 6 and idle["pairs"] == 4 and len(headline["rounds"]) == 2
     assert idle["overhead"] == result["overhead"] > 0 and all(v > 0 for v in idle["overhead_halves"])
     assert idle["added_ms"] == result["added_ms"] == pytest.approx(idle["server_p50_ms"] - idle["bare_p50_ms"])

@@ -205,7 +205,7 @@ def test_oversized_adapter(client, server, artifacts):
 
 
 # ---------------------------------------------------------------------------------- admin
-def test_register_versions_activate_unregister(client, artifacts, store):
+def test_register_versions_activate_unregister(client, server, artifacts, store):
     v1, v2 = artifacts.extra["birds-v1"], artifacts.extra["birds-v2"]
     reply = client.register("birds", "v1", v1)
     assert reply.created and reply.category.state == pb.READY and reply.category.active_version == "v1"
@@ -247,6 +247,9 @@ def test_register_versions_activate_unregister(client, artifacts, store):
     info = client.server_info()
     assert info.ready and info.backend == DEFAULT_BACKEND and info.core_sha256 == artifacts.core_sha256
     assert info.cache.entries >= 1 and info.cache.hits >= 1
+    # a lone forward's threads: the server's --threads (1 here) for torch; ORT sessions get a batch worker's share
+    assert info.forward_threads == (server.services.backend.threads if info.backend == "onnxruntime"
+                                    else server.services.batcher.threads.alone) >= 1
 
 
 def test_register_by_path(client, server, store, artifacts, tmp_path):
