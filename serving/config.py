@@ -64,7 +64,7 @@ class ServerConfig:
     device: str = field(default="cpu", metadata=_flag("cpu, cuda, cuda:1 ...", group="model"))
     backend: str = field(default=DEFAULT_BACKEND, metadata=_flag(
         "how folded networks run: onnxruntime = one ONNX Runtime session per adapter version, its folded "
-        "weights constants of the graph, --threads intra-op threads, no spinning (the fastest measured, "
+        "weights constants of the graph, --session-threads intra-op threads each, no spinning (the fastest measured, "
         "docs/benchmark.md; needs the onnxruntime package); torchscript = one traced graph that takes each adapter's folded weights as inputs; "
         "eager = plain PyTorch modules (the reference)", group="model", choices=BACKEND_NAMES))
     precision: str = field(default="fp32", metadata=_flag(
@@ -75,6 +75,12 @@ class ServerConfig:
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
+    session_threads: int | None = field(default=None, metadata=_flag(
+        "onnxruntime: intra-op threads of each session, fixed when it is made (default: --threads / "
+        "--batch-workers, the most crops/s under load). All the cores (e.g. 2 here) cut a lone request's "
+        "forward at 128 px by ~40%% (p50 at concurrency 1: 4.5-5.7 against 8.0-9.4 ms on the project's "
+        "2-core VM) for ~0-5%% fewer crops/s at concurrency 16, when two workers' sessions then share the "
+        "cores (docs/benchmark.md)", group="model"))
     cache_bytes: int = field(default=1024 * MIB, metadata=_flag(
         "folded-model cache budget in MiB (LRU; models in use are never evicted)", group="model",
         flag="--cache-mb", unit=MIB))
@@ -155,6 +161,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.torch_threads}")
+        if self.session_threads is not None and self.session_threads < 1:
+            raise ValueError(f"--session-threads must be >= 1, got {self.session_threads}")
+        if self.session_threads is not None and self.backend != "onnxruntime":
+            raise ValueError(f"--session-threads sets ONNX Runtime sessions' threads; --backend {self.backend} "
+                             "takes its threads from --threads")
         if self.grace_s < 0:
             raise ValueError(f"--grace must be >= 0, got {self.grace_s}")
         if self.backend not in BACKEND_NAMES:

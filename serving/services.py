@@ -64,7 +64,8 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
     # call), fixed when a session is made: each gets a batch worker's share, since on 2 cores one thread
     # per worker was faster both ways (docs/benchmark.md): a lone batch-1 forward at 64 px as fast on one
     # thread as on two, and two workers' forwards side by side gave more crops/s than one on two threads
-    options = {"threads": threads.shared} if cfg.backend == "onnxruntime" else {"precision": cfg.precision}
+    options = ({"threads": cfg.session_threads or threads.shared} if cfg.backend == "onnxruntime"
+               else {"precision": cfg.precision})
     try:
         backend = make_backend(cfg.backend, core, cfg.device, **options)
     except ValueError as exc:  # e.g. --device cuda without onnxruntime-gpu

@@ -92,3 +92,12 @@ def test_bf16_is_refused_where_it_would_be_slow_or_cannot_run(monkeypatch):
     assert ServerConfig(backend="torchscript", precision="bf16", device="cuda").precision == "bf16"  # the GPU's
     with pytest.raises(ValueError, match="fp32 or bf16"):
         ServerConfig(precision="int8")
+
+
+def test_session_threads_are_for_onnxruntime_sessions_only():
+    assert parse("--backend", "onnxruntime", "--session-threads", "2").session_threads == 2
+    assert ServerConfig(backend="onnxruntime").session_threads is None  # default: a batch worker's share
+    with pytest.raises(ValueError, match="--session-threads must be >= 1, got 0"):
+        ServerConfig(backend="onnxruntime", session_threads=0)
+    with pytest.raises(ValueError, match="--backend torchscript takes its threads from --threads"):
+        ServerConfig(backend="torchscript", session_threads=2)

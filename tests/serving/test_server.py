@@ -433,3 +433,22 @@ def test_a_bf16_server_serves_and_says_so(store, monkeypatch):
     finally:
         for handle in handles.values():
             handle.shutdown(grace=0)
+
+
+@pytest.mark.skipif(DEFAULT_BACKEND != "onnxruntime", reason="onnxruntime is not installed")
+def test_session_threads_give_each_onnxruntime_session_its_threads(store):
+    """--session-threads: every session (all cores for a lone request's latency) with the same points
+    as sessions of a batch worker's share; ServerInfo reports what the bench's bare forward mirrors."""
+    handles = {n: start_server(store, backend="onnxruntime", batch_workers=2, session_threads=n)
+               for n in (None, 2)}
+    try:
+        answers = {}
+        for n, handle in handles.items():
+            with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
+                assert c.server_info().forward_threads == (n or 1) == handle.services.backend.threads
+                answers[n] = c.detect(png_bytes(48, 40), "faces")
+        shared, own = (torch.tensor([p[:2] for p in answers[k].points]) for k in (None, 2))
+        torch.testing.assert_close(shared, own, atol=1e-3, rtol=0)
+    finally:
+        for handle in handles.values():
+            handle.shutdown(grace=0)
