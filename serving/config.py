@@ -14,7 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.backends import BACKEND_NAMES, DEFAULT_BACKEND  # names only: no backend module is imported
+from serving.backends import BACKEND_NAMES, DEFAULT_BACKEND, PRECISIONS  # names only: no backend module is imported
 
 __all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "BatchConfig", "ServerConfig", "add_arguments", "from_args",
            "join_host_port"]
@@ -71,7 +71,7 @@ class ServerConfig:
         "number format of the forward pass: fp32, or bf16 with --backend torchscript or eager on a CPU with "
         "native BF16 (AVX-512 BF16 or AMX) or a GPU: there a batch's forward ran ~2.6x faster than fp32 and "
         "the server ~35%% more crops/s under load than onnxruntime fp32, its points ~0.05 px (at 128) from "
-        "fp32's on average (docs/benchmark.md)", group="model", choices=("fp32", "bf16")))
+        "fp32's on average (docs/benchmark.md)", group="model", choices=PRECISIONS))
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
@@ -182,8 +182,8 @@ class ServerConfig:
     def _check_precision(self) -> None:
         if self.precision == "fp32":
             return
-        if self.precision != "bf16":
-            raise ValueError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.backend == "onnxruntime":
             raise ValueError("--precision bf16 runs on --backend torchscript or eager; the onnxruntime backend "
                              "runs fp32")

@@ -25,8 +25,12 @@ if TYPE_CHECKING:  # importing this package loads no torch: serving.config reads
 
     from landmarks.adapter_io import Adapter, Core
 
-__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "Backend", "available_backends", "backend_class", "blank_crops",
+__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "PRECISIONS", "Backend", "available_backends", "backend_class", "blank_crops",
            "make_backend"]
+
+
+# number formats of the forward pass (`--precision`); torch's dtypes for them live in the torch backends
+PRECISIONS = ("fp32", "bf16")
 
 
 class Backend(Protocol):

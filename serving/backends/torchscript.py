@@ -32,9 +32,9 @@ from landmarks.projection import fold
 from landmarks.weight_slots import WeightSlots
 from serving.backends import blank_crops
 
-__all__ = ["PRECISIONS", "EagerBackend", "ScriptedModel", "TorchScriptBackend"]
+__all__ = ["DTYPES", "EagerBackend", "ScriptedModel", "TorchScriptBackend"]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # one per serving.backends.PRECISIONS
 
 
 def _nbytes(tensors) -> int:
@@ -51,9 +51,9 @@ class EagerBackend:
     name = "eager"
 
     def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-        self.precision, self.dtype = precision, PRECISIONS[precision]
+        if precision not in DTYPES:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}")
+        self.precision, self.dtype = precision, DTYPES[precision]
         self.device = str(torch.device(device))
         self.core = core
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
