@@ -16,6 +16,11 @@
 #                  (adapter and generator; the shipped file, generator fresh, when it is gone), 3,500
 #                  more steps at lr 2e-3, cosine 1 -> 0.01 over them (its backward error had flattened
 #                  as the rate decayed).
+#   faces-128-teach the shipped face adapter (generator fresh) at 128 px with the generator that carries
+#                  appearance (resize-convolutions, skips from y', each loss term normalised by its running
+#                  mean: RESULTS.md's `teach-norm`, whose reconstructions carried each target's colours),
+#                  3,000 steps at lr 2e-3, cosine 1 -> 0.01 over them; compare its validation curve with
+#                  faces-128's (the same rows; that run also started with a fresh generator).
 #   proposed | finetune | scratch
 #                  the paper's comparison on the shipped core: fresh runs of the cpu preset, 1,500 steps
 #                  each, the same images (MTFL rows :6655), seed and validation (rows 6655:).
@@ -41,6 +46,10 @@ for name in "$@"; do
       [[ -f $start ]] || start=adapters/faces.safetensors
       queue_run "$name" "${faces[@]}" --image-size 128 --warm-start "$start" --lr 2e-3 \
         --lr-schedule cosine --steps 3500 --picture-every 500 ;;
+    faces-128-teach)
+      queue_run "$name" "${faces[@]}" --image-size 128 --warm-start adapters/faces.safetensors --lr 2e-3 \
+        --lr-schedule cosine --steps 3000 --picture-every 500 --generator-upsample resize --generator-skips true \
+        --perceptual-normalise true ;;
     proposed|finetune|scratch)
       queue_run "$name" "${faces[@]}" --mode "$name" --steps 1500 --picture-every 250 --seed 0 ;;
     *) echo "unknown run $name"; exit 2 ;;
