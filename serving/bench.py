@@ -247,6 +247,9 @@ def run(args) -> int:
               f"torch threads here: {torch.get_num_threads()}", flush=True)
         print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load average "
               f"{results['machine']['load_before']} before the run (client and server share it)", flush=True)
+        warning = busy_warning(results["machine"]["busy_before"], results["machine"]["cores"])
+        if warning:
+            print(warning, flush=True)
         adapters = random_adapters(core, n_cats, input_size=adapter_size)
         results["adapter_size"] = adapter_size
         names = [f"bench-{i}" for i in range(n_cats)]
@@ -361,6 +364,31 @@ def shipped_input_size(core_path: Path, core) -> int | None:
     return min(sizes, key=lambda size: (-sizes[size], size)) if sizes else None
 
 
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """The fraction of all cores busy over `seconds` (/proc/stat; None where there is none). The load
+    average is no guide here: a bench run just before leaves it above 1 on an idle machine."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def busy_warning(busy: float | None, cores: int | None) -> str | None:
+    """What to print when something else uses the CPU before a run (its numbers would be low and noisy)."""
+    if busy is None or busy < 0.25:
+        return None
+    return (f"warning: {busy:.0%} of the {cores} cores were busy before the run, with the bench idle: "
+            "something else is computing (a training? pause it, e.g. scripts/paused.sh); these numbers "
+            "will be lower and noisier than the machine's, and comparable only with runs beside them")
+
+
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -368,5 +396,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    busy = cpu_busy()
     return {"cpu": cpu, "cores": os.cpu_count(), "load_before": round(os.getloadavg()[0], 2),
+            "busy_before": None if busy is None else round(busy, 3),
             "torch": torch.__version__, "python": platform.python_version()}

@@ -65,3 +65,16 @@ def test_the_bench_runs_at_the_size_most_shipped_adapters_run_at(artifacts, tmp_
     save_adapter(tmp_path / "c.safetensors", tensors, config.replace(input_size=32), category="c",
                  core_sha256=core.sha256)
     assert shipped_input_size(tmp_path / "core.safetensors", core) == 32
+
+
+def test_the_bench_says_when_something_else_uses_the_cpu():
+    """A run beside a training reads low and noisy numbers (it happened): the bench measures how busy
+    the cores are before it starts (not the load average, which a previous run leaves high) and says so."""
+    from serving.bench import busy_warning, cpu_busy, machine
+
+    busy = cpu_busy(0.2)
+    assert busy is None or 0.0 <= busy <= 1.0
+    assert "busy_before" in machine()
+    assert busy_warning(0.1, 2) is None and busy_warning(None, 2) is None
+    warning = busy_warning(0.9, 2)
+    assert warning.startswith("warning: 90% of the 2 cores were busy") and "scripts/paused.sh" in warning
