@@ -91,7 +91,7 @@ def main() -> None:
     steps = {
         "handler, request without image": handler_no_image,
         f"decode_crop, raw {size} px block": lambda: decode_crop(block, size, cfg.max_image_pixels, cfg.min_image_side),
-        f"  the same through a PIL image": lambda: crop_square(decode_raw(
+        "  the same through a PIL image": lambda: crop_square(decode_raw(
             block.image.raw.pixels, size, size, 3, cfg.max_image_pixels, cfg.min_image_side),
             resolve_box(None, size, size), size),
         f"decode_crop, raw {2 * size} px resized": lambda: decode_crop(resized, size, cfg.max_image_pixels,

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from PIL import Image
 
 from landmarks.adapter_io import load_adapter, load_core
@@ -111,12 +117,13 @@ def main() -> None:
     per_image = error.mean(axis=1)
     print(f"{adapter.category}: K={adapter.num_landmarks}, {size} px; calibrated on {len(cal_pixels)} images "
           f"of {args.train_list} ({args.calibration}, {quantise_s:.1f} s), evaluated on {len(test_pixels)} of "
-          f"{args.test_list}; int8 file {int8_mb:.1f} MB; {len(excluded)} of {sum(n.op_type == 'Conv' for n in model.graph.node)} convolutions kept in fp32")
+          f"{args.test_list}; int8 file {int8_mb:.1f} MB; {len(excluded)} of "
+          f"{sum(n.op_type == 'Conv' for n in model.graph.node)} convolutions kept in fp32")
     print(f"int8 vs fp32 point error, px at 128: mean {error.mean():.3f}, p95 {np.percentile(error, 95):.3f}, "
           f"max {error.max():.3f}; images whose mean error is over 0.5 px: {(per_image > 0.5).sum()}")
     verdict = "accepted" if error.mean() <= 0.5 and np.percentile(error, 95) <= 0.5 else "refused"
+    print(f"verdict: {verdict} (rule: mean and p95 of the point error within 0.5 px at 128)")
     if args.no_timing:
-        print(f"verdict: {verdict} (rule: mean and p95 of the point error within 0.5 px at 128)")
         return
     times: dict[tuple[str, int], list[float]] = {}
     for batch in (1, 16):
@@ -131,7 +138,6 @@ def main() -> None:
     for batch in (1, 16):
         f, i = statistics.median(times["fp32", batch]), statistics.median(times["int8", batch])
         print(f"batch {batch:>2}: fp32 {f:.2f} ms, int8 {i:.2f} ms ({f / i:.2f}x)")
-    print(f"verdict: {verdict} (rule: mean and p95 of the point error within 0.5 px at 128)")
 
 
 if __name__ == "__main__":

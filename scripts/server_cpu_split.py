@@ -35,7 +35,8 @@ PORT, SIZE, CONCURRENCY, REQUESTS = 50097, 128, 16, 1000
 
 def cpu_s(pid: int, task: str | None = None) -> float:
     path = f"/proc/{pid}/task/{task}/stat" if task else f"/proc/{pid}/stat"
-    fields = open(path).read().rsplit(")", 1)[1].split()
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -45,7 +46,8 @@ def per_thread(pid: int, seconds: float) -> dict[str, float]:
     before = {t: cpu_s(pid, t) for t in tasks}
     time.sleep(seconds)
     after = {t: cpu_s(pid, t) for t in tasks if os.path.exists(f"/proc/{pid}/task/{t}")}
-    dump = subprocess.run([shutil.which("py-spy"), "dump", "-p", str(pid)], capture_output=True, text=True).stdout
+    dump = subprocess.run([shutil.which("py-spy"), "dump", "-p", str(pid)], capture_output=True, text=True,
+                          check=False).stdout  # no py-spy output: threads are counted as native
     names = {m.group(1): m.group(2) for m in re.finditer(r'Thread (\d+) \(\w+\): "([^"]+)"', dump)}
     cores: dict[str, float] = defaultdict(float)
     for t, v in after.items():

@@ -14,7 +14,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.backends import BACKEND_NAMES, DEFAULT_BACKEND, PRECISIONS  # names only: no backend module is imported
+from serving.backends import (  # names only: no backend module is imported
+    BACKEND_NAMES,
+    DEFAULT_BACKEND,
+    PRECISIONS,
+)
 
 __all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "BatchConfig", "ServerConfig", "add_arguments", "from_args",
            "join_host_port"]

@@ -61,9 +61,9 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
         raise CoreLoadError(f"cannot load the core {path}: {exc}") from None
     threads = ComputeThreads.split(cfg.torch_threads or DEFAULT_COMPUTE_THREADS, cfg.batch_workers, compute_thread)
     # ORT has its own thread pools (serving.threads governs torch's; torch backends take their threads per
-    # call), fixed when a session is made: each gets a batch worker's share, since on 2 cores one thread
-    # per worker was faster both ways (docs/benchmark.md): a lone batch-1 forward at 64 px as fast on one
-    # thread as on two, and two workers' forwards side by side gave more crops/s than one on two threads
+    # call), fixed when a session is made: by default each gets a batch worker's share, since two workers'
+    # one-thread forwards side by side give the most crops/s on 2 cores; --session-threads trades some of
+    # that for a lone request's latency (at 128 px two threads cut it ~40%, docs/benchmark.md)
     options = ({"threads": cfg.session_threads or threads.shared} if cfg.backend == "onnxruntime"
                else {"precision": cfg.precision})
     try:

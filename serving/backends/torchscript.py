@@ -131,7 +131,7 @@ class TorchScriptBackend(EagerBackend):
     let TorchScript's profiling executor optimise it; `prepare` makes them (at registration or on a
     cache miss, never on a client's request) for the first adapter of each input size and K only:
     the optimised graph is shared, so later adapters of that shape need no warm-up of their own
-    (each warm-up call is a forward pass; five of them made a registration ~100-150 ms in bf16). TorchScript is deprecated upstream in favour of
+    (each warm-up call is a forward pass). TorchScript is deprecated upstream in favour of
     `torch.compile` / `torch.export`, which on CPU need a C++ toolchain at run time; this backend
     sits behind the `Backend` seam so that it can be replaced without touching the server.
     """
