@@ -243,6 +243,14 @@ class PerceptualLoss(nn.Module):
         self.normalise = normalise
         self.register_buffer("scales", torch.zeros(0))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the running scales are sized by the first batch (how many terms the loss has); a fresh loss
+        # resumed from a checkpoint takes the saved ones' size before they are copied in
+        saved = state_dict.get(prefix + "scales")
+        if saved is not None and saved.shape != self.scales.shape:
+            self.scales = torch.zeros(saved.shape, dtype=self.scales.dtype, device=self.scales.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _normalised(self, terms: list[torch.Tensor]) -> list[torch.Tensor]:
         values = torch.stack([t.detach().float() for t in terms])
         if self.scales.numel() != len(terms):

@@ -1,6 +1,7 @@
 """Issue 18's recipe options: validation during adaptation, schedules, concentration, generator
 variants and the normalised reconstruction terms."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -71,6 +72,10 @@ def test_normalised_terms_start_at_one_each_and_keep_their_scales_in_the_state()
     assert not torch.equal(loss.state_dict()["scales"], scales)
     plain = PerceptualLoss(_TwoScales(), pixel_weight=1.0)
     assert plain(pred, target).item() > 10  # unnormalised, the large layer dominates
+    # a fresh loss (a resumed run's) takes the saved running means, sized by the first batch
+    resumed = PerceptualLoss(_TwoScales(), pixel_weight=1.0, normalise=True)
+    resumed.load_state_dict(loss.state_dict())
+    assert torch.equal(resumed.scales, loss.scales)
 
 
 def test_validation_scores_held_out_rows(face_data):
@@ -115,6 +120,10 @@ def test_adapt_records_the_validation_curve(tmp_path, core_file, face_data):
     best = min(validated, key=lambda h: h["val_forward"])
     kept = load_adapter(tmp_path / "run" / "best-adapter.safetensors", load_core(core_file))
     assert kept.metadata["training_steps"] == str(best["step"])
+    # resumed with the normalised loss's running means (sized lazily) and run to more steps
+    adapt(dataclasses.replace(cfg, steps=5), resume=True, command="test")
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 5
 
 
 def test_adapt_refuses_inconsistent_schedule_flags():
