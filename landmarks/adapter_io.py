@@ -60,6 +60,7 @@ __all__ = [
     "save_adapter",
     "save_core",
     "save_network",
+    "save_with_metadata",
     "tensor_fingerprint",
 ]
 
@@ -266,6 +267,12 @@ def save_adapter(
     meta = _base_metadata("adapter", config, landmark_names,
                           {"category": category, "core_sha256": core_sha256, "targets": targets, **provenance})
     return _write(path, {k: v.float() for k, v in tensors.items()}, meta)
+
+
+def save_with_metadata(path: Path | str, adapter: Adapter, **metadata: str) -> Path:
+    """`adapter`'s tensors, unchanged (its fingerprint too), with `metadata` added to its own (e.g. an
+    int8 calibration), written atomically to `path`."""
+    return _write(path, adapter.tensors, {**adapter.metadata, **metadata})
 
 
 def save_network(path: Path | str, model: LandmarkHourglass, category: str, **provenance: object) -> Path:

@@ -35,6 +35,7 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "unregister": ("landmarks.commands.unregister", "remove an adapter version or a whole category from a server"),
     "activate": ("landmarks.commands.activate", "make a registered adapter version active (roll back)"),
     "categories": ("landmarks.commands.categories", "list a server's categories, versions and states"),
+    "calibrate": ("training.calibrate", "make an adapter servable in int8: ranges from its images, checked against fp32"),
     "export": ("landmarks.commands.export", "one category (adapter + core, folded) as an ONNX file any ONNX Runtime runs"),
     "bench": ("serving.commands.bench", "latency/throughput of a running server vs the bare and official forward"),
 }

@@ -58,7 +58,8 @@ from PIL import Image
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.client import LandmarkClient
 from landmarks.images import crop_square, pixels_to_images
-from landmarks.projection import adapter_state_dict, build_adapted, load_adapter_state
+from landmarks.int8 import CALIBRATION_KEY, DEFAULT_KEEP_FP32, Int8Calibration, conv_ranges, kept_in_fp32
+from landmarks.projection import adapter_state_dict, build_adapted, fold, load_adapter_state
 from serving.backends import BACKEND_NAMES, make_backend
 from serving.load import grpc_round_trip_ms, load_row, percentile, time_calls
 from serving.threads import DEFAULT_COMPUTE_THREADS, ComputeThreads
@@ -71,7 +72,11 @@ _BLOCK_WARMUP = 2  # calls at the start of each closed-loop block that are not c
 
 def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) -> list[bytes]:
     """n adapters of the core's K with random projections / heads (what is served does not matter),
-    running the core at `input_size` (default the core's own; the shipped cpu adapters use 64)."""
+    running the core at `input_size` (default the core's own; the shipped cpu adapters use 64). Each
+    carries an int8 calibration (`landmarks.int8`: ranges of two noise images, the bench's kind of
+    input, no accuracy check) so that a server run with --precision int8 registers them too."""
+    size = input_size or core.config.input_size
+    noise = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(n):
@@ -82,8 +87,12 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
                     if name.endswith(".proj"):
                         p.add_(0.02 * torch.randn(p.shape, generator=gen))
                 adapted.head.weight.copy_(0.1 * torch.randn(adapted.head.weight.shape, generator=gen))
-            path = save_adapter(Path(tmp) / f"bench-{i}.safetensors", adapter_state_dict(adapted), adapted.config,
-                                category=f"bench-{i}", core_sha256=core.sha256)
+            tensors = adapter_state_dict(adapted)
+            folded = fold(core.build(), tensors, adapted.config)
+            calibration = Int8Calibration(conv_ranges(folded, noise), kept_in_fp32(folded, DEFAULT_KEEP_FP32))
+            path = save_adapter(Path(tmp) / f"bench-{i}.safetensors", tensors, adapted.config,
+                                category=f"bench-{i}", core_sha256=core.sha256,
+                                **{CALIBRATION_KEY: calibration.to_json()})
             out.append(path.read_bytes())
     return out
 
@@ -111,7 +120,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     # server that does not report them: a batch worker's share, from --torch-threads / --batch-workers)
     shared = forward_threads or ComputeThreads.split(args.torch_threads or DEFAULT_COMPUTE_THREADS,
                                                      max(1, args.batch_workers), None).shared
-    backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {"precision": precision}))
+    backend = make_backend(name, core, **({"threads": shared} if name == "onnxruntime" else {}), precision=precision)
     folded = backend.prepare(adapter)
     height, width = image.shape[:2]
     pixels = crop_square(Image.fromarray(image), (0.0, 0.0, float(width), float(height)), adapter_size)[None]

@@ -75,7 +75,10 @@ class ServerConfig:
         "number format of the forward pass: fp32, or bf16 with --backend torchscript or eager on a CPU with "
         "native BF16 (AVX-512 BF16 or AMX) or a GPU: there a batch's forward ran ~2.6x faster than fp32 and "
         "the server ~35%% more crops/s under load than onnxruntime fp32, its points ~0.05 px (at 128) from "
-        "fp32's on average (docs/benchmark.md)", group="model", choices=PRECISIONS))
+        "fp32's on average; int8 with --backend onnxruntime on the CPU, for adapters calibrated with "
+        "`landmarks calibrate` (registering one without a calibration fails): convolutions in int8 but the "
+        "first and last two, points within 0.5 px (at 128) of fp32's on held-out images (docs/benchmark.md)",
+        group="model", choices=PRECISIONS))
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
@@ -187,7 +190,12 @@ class ServerConfig:
         if self.precision == "fp32":
             return
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ValueError(f"--precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "int8":
+            if self.backend != "onnxruntime" or self.device != "cpu":
+                raise ValueError("--precision int8 runs on --backend onnxruntime on the CPU (ONNX Runtime's int8 "
+                                 "convolutions); serve fp32 or bf16 otherwise")
+            return
         if self.backend == "onnxruntime":
             raise ValueError("--precision bf16 runs on --backend torchscript or eager; the onnxruntime backend "
                              "runs fp32")

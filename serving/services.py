@@ -64,8 +64,9 @@ def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
     # call), fixed when a session is made: by default each gets a batch worker's share, since two workers'
     # one-thread forwards side by side give the most crops/s on 2 cores; --session-threads trades some of
     # that for a lone request's latency (at 128 px two threads cut it ~40%, docs/benchmark.md)
-    options = ({"threads": cfg.session_threads or threads.shared} if cfg.backend == "onnxruntime"
-               else {"precision": cfg.precision})
+    options = {"precision": cfg.precision}
+    if cfg.backend == "onnxruntime":
+        options["threads"] = cfg.session_threads or threads.shared
     try:
         backend = make_backend(cfg.backend, core, cfg.device, **options)
     except ValueError as exc:  # e.g. --device cuda without onnxruntime-gpu

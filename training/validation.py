@@ -33,7 +33,7 @@ from training.evaluate import (
 from training.image_data import ObjectCrops
 from training.metrics import background_points, point_spread
 
-__all__ = ["Validation", "ValidationSpec"]
+__all__ = ["Validation", "ValidationSpec", "load_crops"]
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,12 @@ class ValidationSpec:
                              "use (e.g. --train-split :6655 --val-split 6655:)")
 
 
-def _load(images: str, split: str, size: int, limit: int) -> tuple[torch.Tensor, np.ndarray | None]:
+def load_crops(images: str, split: str, size: int, limit: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """At most `limit` object crops of rows `split` of `images` at `size` px ((N, 3, S, S) floats in
+    [0, 1]), and their annotated points if the set has any."""
     data = open_dataset(images).subset(split)
     if len(data) == 0:
-        raise DatasetError(f"validation split {split!r} of {images} holds no images")
+        raise DatasetError(f"split {split!r} of {images} holds no images")
     # at most `limit` rows, evenly spread over the split (lists are often sorted by source: MTFL's
     # LFW faces come before its web faces)
     keep = np.unique(np.linspace(0, len(data) - 1, min(limit, len(data))).round().astype(int))
@@ -77,12 +79,12 @@ class Validation:
 
     def __init__(self, spec: ValidationSpec, size: int) -> None:
         self.spec, self.size = spec, size
-        self.images, self.truth = _load(spec.images, spec.held_out, size, spec.max_images)
+        self.images, self.truth = load_crops(spec.images, spec.held_out, size, spec.max_images)
         self.fit_images = self.fit_truth = None
         if spec.fit:
             if self.truth is None:
                 raise DatasetError(f"--val-fit-split needs annotated images; {spec.images} has none")
-            self.fit_images, self.fit_truth = _load(spec.images, spec.fit, size, spec.max_images)
+            self.fit_images, self.fit_truth = load_crops(spec.images, spec.fit, size, spec.max_images)
 
     @property
     def metric(self) -> tuple[str, str]:

@@ -29,8 +29,9 @@ __all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "PRECISIONS", "Backend", "availab
            "make_backend"]
 
 
-# number formats of the forward pass (`--precision`); torch's dtypes for them live in the torch backends
-PRECISIONS = ("fp32", "bf16")
+# number formats of the forward pass (`--precision`): bf16 on the torch backends (their dtypes live
+# there), int8 on onnxruntime for adapters calibrated with `landmarks calibrate` (landmarks.int8)
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class Backend(Protocol):

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from landmarks.adapter_io import Adapter, Core
+from landmarks.hardware import cpu_int8_flags
+from landmarks.int8 import Int8Calibration, conv_names, int8_weights, qdq_graph
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
 from serving.backends import blank_crops
 
@@ -82,9 +84,11 @@ class OnnxRuntimeBackend:
         self.core = core
         dev = torch.device(device)
         self.device = str(dev)
-        if precision != "fp32":
-            raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 (bf16: --backend "
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 or int8 (bf16: --backend "
                              "torchscript or eager)")
+        if precision == "int8" and dev.type != "cpu":
+            raise ValueError("--precision int8 runs on the CPU (ONNX Runtime's int8 convolutions); on a GPU serve fp32")
         self.precision = precision
         if dev.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -101,6 +105,10 @@ class OnnxRuntimeBackend:
         self.spinning = spinning
         self._core_model = core.build("cpu")
         self._lock = threading.Lock()  # fold reads the shared core module's state
+        self._convs = conv_names(self._core_model)
+        self._qdq: dict[tuple, tuple[bytes, list[str]]] = {}  # (fp32 graph, quantised convs) -> QDQ graph
+        # without 8-bit dot products (VNNI, AMX) x86 saturates u8 x s8 products in 16 bits: 7-bit weights there
+        self.reduce_range = not cpu_int8_flags()
 
     def session_options(self):
         ort = self._ort
@@ -125,11 +133,31 @@ class OnnxRuntimeBackend:
         with self._lock:
             weights = folded_weights(self._core_model, adapter)  # ValueError if not finite
         graph, names = template_for(self.core.config, size).with_external_weights(weights)
-        values = tuple(self._ort.OrtValue.ortvalue_from_numpy(weights[n].numpy()) for n in names)
+        if self.precision == "int8":
+            graph, names, arrays = self._int8(adapter, graph, weights)
+        else:
+            arrays = {n: weights[n].numpy() for n in names}
+        values = tuple(self._ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names)
         options = self.session_options()
         options.add_external_initializers(list(names), list(values))
         session = self._ort.InferenceSession(graph, options, providers=self.providers)
-        return OrtModel(session, size, adapter.num_landmarks, sum(t.numel() * 4 for t in weights.values()), values)
+        return OrtModel(session, size, adapter.num_landmarks, sum(a.nbytes for a in arrays.values()), values)
+
+    def _int8(self, adapter: Adapter, graph: bytes, weights: dict) -> tuple[bytes, list[str], dict]:
+        """The QDQ graph and its initializers' values for an adapter calibrated for int8 (`landmarks.int8`)."""
+        label = f"adapter {adapter.category!r}"
+        calibration = Int8Calibration.from_metadata(adapter.metadata, label)
+        if calibration is None:
+            raise ValueError(f"{label} has no int8 calibration, which --precision int8 needs: add one with "
+                             "`landmarks calibrate ADAPTER --images FORMAT:PATH` (it checks the points against fp32 "
+                             "on held-out images), or serve --precision fp32")
+        calibration.require(self._convs, label)
+        key = (graph, calibration.quantised)
+        with self._lock:
+            if key not in self._qdq:
+                self._qdq[key] = qdq_graph(graph, calibration.quantised)
+            qgraph, names = self._qdq[key]
+        return qgraph, names, int8_weights(weights, calibration, names, reduce_range=self.reduce_range)
 
     def _run(self, prepared: OrtModel, pixels: np.ndarray, boxes: np.ndarray, outputs: list[str]) -> list:
         feeds = {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8),

@@ -34,7 +34,7 @@ from serving.backends import blank_crops
 
 __all__ = ["DTYPES", "EagerBackend", "ScriptedModel", "TorchScriptBackend"]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # one per serving.backends.PRECISIONS
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # serving.backends.PRECISIONS but int8 (onnxruntime only)
 
 
 def _nbytes(tensors) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from landmarks.adapter_io import load_core, save_adapter, save_core
+from landmarks.adapter_io import load_adapter, load_core, save_adapter, save_core
 from landmarks.client import LandmarkClient
 from landmarks.projection import adapter_state_dict, build_adapted
 from tests.factories import make_tiny_core, randomize_adapter
@@ -39,6 +39,22 @@ def make_adapter(path: Path, core_path: Path, category: str, k: int = 4, seed: i
     sha = core_sha256 or load_core(core_path).sha256
     names = [f"{category}-{i}" for i in range(k)]
     return save_adapter(path, tensors, config, category=category, core_sha256=sha, landmark_names=names)
+
+
+def calibrate_for_int8(path: Path, core_path: Path) -> Path:
+    """Give an adapter file the int8 calibration `landmarks calibrate` would (ranges of noise images here,
+    no accuracy check), in place."""
+    from landmarks.adapter_io import save_with_metadata
+    from landmarks.int8 import CALIBRATION_KEY, DEFAULT_KEEP_FP32, Int8Calibration, conv_ranges, kept_in_fp32
+    from landmarks.projection import fold
+
+    core = load_core(core_path)
+    adapter = load_adapter(path, core)
+    model = fold(core.build(), adapter.tensors, adapter.config)
+    size = adapter.config.input_size
+    images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    calibration = Int8Calibration(conv_ranges(model, images), kept_in_fp32(model, DEFAULT_KEEP_FP32))
+    return save_with_metadata(path, adapter, **{CALIBRATION_KEY: calibration.to_json()})
 
 
 def start_server(adapters_dir: Path, **overrides):

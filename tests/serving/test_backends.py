@@ -164,11 +164,11 @@ def test_bf16_runs_the_same_network_in_bfloat16(adapters, name):
         assert np.abs(points - want_points).max() < 0.03 * size  # random weights: flat heatmaps, a loose bound
 
 
-def test_every_precision_the_server_accepts_has_a_torch_dtype():
+def test_every_float_precision_the_server_accepts_has_a_torch_dtype():
     from serving.backends import PRECISIONS
     from serving.backends.torchscript import DTYPES
 
-    assert tuple(DTYPES) == PRECISIONS
+    assert tuple(DTYPES) == tuple(p for p in PRECISIONS if p != "int8")  # int8: onnxruntime's (landmarks.int8)
 
 
 def test_precision_other_than_fp32_is_refused_where_it_cannot_run(adapters):

@@ -90,8 +90,15 @@ def test_bf16_is_refused_where_it_would_be_slow_or_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="neither AVX-512 BF16 nor AMX"):
         ServerConfig(backend="torchscript", precision="bf16")
     assert ServerConfig(backend="torchscript", precision="bf16", device="cuda").precision == "bf16"  # the GPU's
-    with pytest.raises(ValueError, match="fp32 or bf16"):
-        ServerConfig(precision="int8")
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        ServerConfig(precision="fp16")
+
+
+def test_int8_is_for_onnxruntime_on_the_cpu():
+    assert ServerConfig(backend="onnxruntime", precision="int8").precision == "int8"
+    for refused in (dict(backend="torchscript"), dict(backend="onnxruntime", device="cuda")):
+        with pytest.raises(ValueError, match="int8 runs on --backend onnxruntime on the CPU"):
+            ServerConfig(precision="int8", **refused)
 
 
 def test_session_threads_are_for_onnxruntime_sessions_only():

@@ -23,7 +23,15 @@ from landmarks.projection import build_adapted, load_adapter_state
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.backends import DEFAULT_BACKEND
 from serving.preprocess import crop_square
-from tests.serving.helpers import jpeg_bytes, make_adapter, make_core, png_bytes, png_header, start_server
+from tests.serving.helpers import (
+    calibrate_for_int8,
+    jpeg_bytes,
+    make_adapter,
+    make_core,
+    png_bytes,
+    png_header,
+    start_server,
+)
 
 Code = grpc.StatusCode
 
@@ -449,6 +457,38 @@ def test_session_threads_give_each_onnxruntime_session_its_threads(store):
                 answers[n] = c.detect(png_bytes(48, 40), "faces")
         shared, own = (torch.tensor([p[:2] for p in answers[k].points]) for k in (None, 2))
         torch.testing.assert_close(shared, own, atol=1e-3, rtol=0)
+    finally:
+        for handle in handles.values():
+            handle.shutdown(grace=0)
+
+
+@pytest.mark.skipif(DEFAULT_BACKEND != "onnxruntime", reason="onnxruntime is not installed")
+def test_an_int8_server_serves_calibrated_adapters_and_refuses_the_rest_one_by_one(store, artifacts, tmp_path):
+    """--precision int8: a calibrated adapter (`landmarks calibrate`) is served, points near the fp32
+    server's; an uncalibrated one fails its own registration, saying what to run, and nothing else
+    (the shipped categories without a calibration are left out at start, the server runs)."""
+    faces = store / "faces.safetensors"
+    calibrate_for_int8(faces, store / "core.safetensors")
+    handles = {p: start_server(store, backend="onnxruntime", precision=p) for p in ("fp32", "int8")}
+    try:
+        answers = {}
+        for precision, handle in handles.items():
+            with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
+                assert c.server_info().precision == precision
+                answers[precision] = c.detect(png_bytes(48, 40), "faces")
+        fp32, int8 = (torch.tensor([p[:2] for p in answers[k].points]) for k in ("fp32", "int8"))
+        assert fp32.shape == int8.shape and (fp32 - int8).abs().mean() < 0.05 * 48
+        with LandmarkClient(f"127.0.0.1:{handles['int8'].port}", timeout=20) as c:
+            code, msg = rpc_code(c.register, "birds", "v1", artifacts.extra["birds-v1"].read_bytes())
+            assert code == Code.INVALID_ARGUMENT and "no int8 calibration" in msg and "landmarks calibrate" in msg
+            cats = next(i for i in c.categories() if i.name == "cats")  # shipped, uncalibrated: not served in int8
+            assert cats.state == pb.FAILED and "no int8 calibration" in cats.error
+            calibrated = tmp_path / "birds.safetensors"
+            calibrated.write_bytes(artifacts.extra["birds-v1"].read_bytes())
+            calibrate_for_int8(calibrated, store / "core.safetensors")
+            c.register("birds", "v1", calibrated.read_bytes())
+            assert len(c.detect(png_bytes(48, 40), "birds").points) == 3
+            assert len(c.detect(png_bytes(48, 40), "faces").points) == 6
     finally:
         for handle in handles.values():
             handle.shutdown(grace=0)

@@ -1,0 +1,61 @@
+"""`landmarks calibrate`: ranges from the category's images, int8 checked against fp32 on held-out rows,
+written into the adapter's metadata only when accepted (tensors and fingerprint unchanged)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from landmarks.adapter_io import load_adapter, load_core, save_adapter  # noqa: E402
+from landmarks.cli import main  # noqa: E402
+from landmarks.int8 import CALIBRATION_KEY, Int8Calibration  # noqa: E402
+from landmarks.projection import adapter_state_dict, build_adapted  # noqa: E402
+from tests.factories import randomize_adapter  # noqa: E402
+
+
+@pytest.fixture
+def adapter_file(tmp_path, core_file):
+    core = load_core(core_file)
+    adapted = build_adapted(core.build(), 3)
+    randomize_adapter(adapted, seed=1)
+    return save_adapter(tmp_path / "faces.safetensors", adapter_state_dict(adapted), adapted.config,
+                        category="faces", core_sha256=core.sha256)
+
+
+def test_calibrate_writes_an_accepted_calibration(adapter_file, core_file, face_data, tmp_path, capsys):
+    out = tmp_path / "faces-int8.safetensors"
+    images = ["--images", f"mtfl:{face_data / 'train.txt'}", "--split", ":6", "--held-out", "6:"]
+    # every convolution of the tiny core's hourglass kept in fp32 but the first block's: the check
+    # must pass, whatever these random weights do in int8
+    keep = "stem,block2,block3,hourglass,top,top_conv,head"
+    rc = main(["calibrate", str(adapter_file), *images, "--core", str(core_file), "--keep-fp32", keep, "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "accepted" in printed and "held-out images, px at 128: mean" in printed
+    core = load_core(core_file)
+    before, after = load_adapter(adapter_file, core), load_adapter(out, core)
+    assert after.sha256 == before.sha256 and CALIBRATION_KEY not in before.metadata
+    calibration = Int8Calibration.from_metadata(after.metadata)
+    assert calibration.quantised and calibration.check["images"] == 4 and calibration.check["p95_px"] <= 0.5
+
+
+def test_calibrate_refuses_and_writes_nothing_when_int8_moves_the_points(adapter_file, core_file, face_data,
+                                                                         monkeypatch, capsys):
+    import training.calibrate
+
+    monkeypatch.setattr(training.calibrate, "MAX_POINT_ERROR_PX", -1.0)  # nothing can pass
+    before = adapter_file.read_bytes()
+    rc = main(["calibrate", str(adapter_file), "--images", f"mtfl:{face_data / 'train.txt'}", "--core", str(core_file),
+               "--check-images", "4"])
+    captured = capsys.readouterr()
+    assert rc == 1 and "refused: nothing written" in captured.err and "--keep-fp32" in captured.err
+    assert adapter_file.read_bytes() == before
+
+
+def test_calibrate_explains_bad_arguments(adapter_file, core_file, face_data, capsys):
+    images = ["--images", f"mtfl:{face_data / 'train.txt'}", "--core", str(core_file)]
+    assert main(["calibrate", str(adapter_file), *images, "--split", ":6"]) == 2
+    assert "both --split and --held-out" in capsys.readouterr().err
+    assert main(["calibrate", str(adapter_file), *images, "--keep-fp32", "nosuchlayer"]) == 2
+    assert "no convolution inside nosuchlayer" in capsys.readouterr().err
