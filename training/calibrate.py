@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landmarks.adapter_io import ArtifactError, find_core, load_adapter, load_core, read_artifact, save_with_metadata
+from landmarks.adapter_io import (
+    ArtifactError,
+    find_core,
+    load_adapter,
+    load_core,
+    read_artifact,
+    save_with_metadata,
+)
 from landmarks.detector import default_adapters_dir
 from landmarks.int8 import (
     CALIBRATION_KEY,

@@ -13,9 +13,9 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from landmarks.adapter_io import load_adapter, load_core, save_adapter, save_core  # noqa: E402
-from landmarks.hardware import cpu_int8_flags  # noqa: E402
-from landmarks.int8 import (  # noqa: E402
+from landmarks.adapter_io import load_adapter, load_core, save_adapter, save_core
+from landmarks.hardware import cpu_int8_flags
+from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     Int8Calibration,
@@ -25,10 +25,10 @@ from landmarks.int8 import (  # noqa: E402
     kept_in_fp32,
     qdq_graph,
 )
-from landmarks.onnx_export import folded_weights, template_for  # noqa: E402
-from landmarks.projection import adapter_state_dict, build_adapted, fold  # noqa: E402
-from serving.backends import make_backend  # noqa: E402
-from tests.factories import make_tiny_core, randomize_adapter  # noqa: E402
+from landmarks.onnx_export import folded_weights, template_for
+from landmarks.projection import adapter_state_dict, build_adapted, fold
+from serving.backends import make_backend
+from tests.factories import make_tiny_core, randomize_adapter
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_int8_session_runs_fused_int8_convolutions_near_fp32(category, tmp_path)
     adapter8 = calibrated(core, adapter, images)
     calibration = Int8Calibration.from_metadata(adapter8.metadata)
     weights = folded_weights(core.build(), adapter)
-    graph, names = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
+    graph, _ = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
     qgraph, qnames = qdq_graph(graph, calibration.quantised)
     values = int8_weights(weights, calibration, qnames)
     options = ort.SessionOptions()
@@ -147,7 +147,7 @@ def test_calibration_metadata_is_checked_before_use(category):
 
 
 def test_int8_backend_refuses_an_adapter_without_calibration(category):
-    core, adapter, images = category
+    core, adapter, _ = category
     backend = make_backend("onnxruntime", core, precision="int8")
     with pytest.raises(ValueError, match="no int8 calibration.*landmarks calibrate"):
         backend.prepare(adapter)

@@ -86,7 +86,7 @@ def test_bf16_is_refused_where_it_would_be_slow_or_cannot_run(monkeypatch):
     assert parse("--backend", "torchscript", "--precision", "bf16").precision == "bf16"
     with pytest.raises(ValueError, match="the onnxruntime backend runs fp32"):
         ServerConfig(backend="onnxruntime", precision="bf16")
-    monkeypatch.setattr(landmarks.hardware, "cpu_bf16_flags", lambda: [])
+    monkeypatch.setattr(landmarks.hardware, "cpu_bf16_flags", list)
     with pytest.raises(ValueError, match="neither AVX-512 BF16 nor AMX"):
         ServerConfig(backend="torchscript", precision="bf16")
     assert ServerConfig(backend="torchscript", precision="bf16", device="cuda").precision == "bf16"  # the GPU's

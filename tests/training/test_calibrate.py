@@ -7,11 +7,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from landmarks.adapter_io import load_adapter, load_core, save_adapter  # noqa: E402
-from landmarks.cli import main  # noqa: E402
-from landmarks.int8 import CALIBRATION_KEY, Int8Calibration  # noqa: E402
-from landmarks.projection import adapter_state_dict, build_adapted  # noqa: E402
-from tests.factories import randomize_adapter  # noqa: E402
+from landmarks.adapter_io import load_adapter, load_core, save_adapter
+from landmarks.cli import main
+from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+from landmarks.projection import adapter_state_dict, build_adapted
+from tests.factories import randomize_adapter
 
 
 @pytest.fixture
