@@ -87,5 +87,23 @@ def main(args: argparse.Namespace) -> int:
           f"tensors sha256 {art.sha256[:16]}")
     print_architecture(info["architecture"])
     for key in sorted(info["metadata"]):
-        print(f"  {key}: {info['metadata'][key]}")
+        print(f"  {key}: {_summary(key, info['metadata'][key])}")
     return 0
+
+
+def _summary(key: str, value: str) -> str:
+    """A metadata value as a person reads it: the int8 calibration's ranges are for the server."""
+    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+
+    if key != CALIBRATION_KEY:
+        return value
+    try:
+        calibration = Int8Calibration.from_metadata({key: value})
+    except ValueError as exc:
+        return f"malformed ({exc})"
+    check = calibration.check
+    checked = (f"; int8 vs fp32 on {int(check['images'])} held-out images: mean {check['mean_px']:.3f} px, p95 "
+               f"{check['p95_px']:.3f} px at 128" if {"images", "mean_px", "p95_px"} <= set(check) else "")
+    kept = ", ".join(n.removesuffix(".weight") for n in calibration.keep_fp32) or "none"
+    total = len(set(calibration.ranges) | set(calibration.keep_fp32))
+    return (f"{len(calibration.quantised)} of {total} convolutions in int8 (fp32: {kept}){checked} (--precision int8)")

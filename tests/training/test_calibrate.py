@@ -38,6 +38,10 @@ def test_calibrate_writes_an_accepted_calibration(adapter_file, core_file, face_
     assert after.sha256 == before.sha256 and CALIBRATION_KEY not in before.metadata
     calibration = Int8Calibration.from_metadata(after.metadata)
     assert calibration.quantised and calibration.check["images"] == 4 and calibration.check["p95_px"] <= 0.5
+    # `landmarks info` says it in words (the ranges are for the server)
+    assert main(["info", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "int8_calibration" in x)
+    assert f"{len(calibration.quantised)} of 36 convolutions in int8" in line and "held-out images" in line
 
 
 def test_calibrate_refuses_and_writes_nothing_when_int8_moves_the_points(adapter_file, core_file, face_data,
