@@ -40,11 +40,11 @@ def main() -> None:
     if cpu_bf16_flags():
         variants.insert(0, ("torchscript", "bf16"))
     if "onnxruntime" in available_backends():
-        variants.append(("onnxruntime", "fp32"))
+        variants += [("onnxruntime", "fp32"), ("onnxruntime", "int8")]  # the bench's adapters carry int8 ranges
     datas = random_adapters(core, args.adapters, input_size=args.size)
     for name, precision in variants:
-        options = {"threads": args.session_threads} if name == "onnxruntime" else {"precision": precision}
-        backend = make_backend(name, core, **options)
+        options = {"threads": args.session_threads} if name == "onnxruntime" else {}
+        backend = make_backend(name, core, precision=precision, **options)
         models = FoldedModels(backend, ModelCache(1 << 30))
         trial_ms, first_ms = [], []
         for i, data in enumerate(datas):
@@ -55,7 +55,7 @@ def main() -> None:
             backend.locate(prepared, *blank_crops(1, args.size))
             first_ms.append((time.perf_counter() - t1) * 1e3)
             trial_ms.append((t1 - t0) * 1e3)
-        print(f"{name:>11} {precision}: trial (registration) ms first {trial_ms[0]:.0f}, then median "
+        print(f"{name:>11} {precision:>4}: trial (registration) ms first {trial_ms[0]:.0f}, then median "
               f"{statistics.median(trial_ms[1:]):.1f} (each: {', '.join(f'{t:.0f}' for t in trial_ms[1:])}); "
               f"first locate median {statistics.median(first_ms):.1f} ms")
 
