@@ -153,8 +153,9 @@ def main(args: argparse.Namespace) -> int:
     except (ArtifactError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    kept = ", ".join(n.removesuffix(".weight") for n in result["kept_fp32"]) or "none"
     print(f"{result['category']}: {result['quantised']} of {result['convolutions']} convolutions in int8 "
-          f"(fp32: {', '.join(result['kept_fp32']) or 'none'}), calibrated on {result['calibration_images']} images")
+          f"(fp32: {kept}), calibrated on {result['calibration_images']} images")
     print(f"int8 vs fp32 on {result['images']} held-out images, px at 128: mean {result['mean_px']:.3f}, "
           f"p95 {result['p95_px']:.3f}, max {result['max_px']:.3f} (rule: mean and p95 <= {MAX_POINT_ERROR_PX})")
     if not result["accepted"]:
