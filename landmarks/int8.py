@@ -6,17 +6,18 @@ Two halves, one format:
   convolution's weight name (ours, the same in every export), and stored in the adapter's metadata
   (`int8_calibration`, JSON) with the convolutions kept in fp32 and the check that accepted it: the
   points of the int8 graph against fp32's on held-out images, in pixels of a 128 px crop.
-- **quantisation** (`--precision int8` of the onnxruntime backend, at registration): the fp32 graph
-  gains QuantizeLinear/DequantizeLinear pairs around each quantised convolution (the QDQ format:
-  ONNX Runtime fuses DQ -> Conv -> Q into one int8 convolution when it creates the session), and the
-  adapter's folded weights become int8 weights per output channel, with uint8 activations whose
-  scales come from the stored ranges.
+- **quantisation** (`--precision int8` of the onnxruntime backend, at registration): in the fp32
+  graph each quantised convolution becomes QuantizeLinear -> QLinearConv -> DequantizeLinear (the
+  int8 convolution ONNX Runtime's CPU kernels run), and the adapter's folded weights become int8
+  weights per output channel, with uint8 activations whose scales come from the stored ranges.
 
 The arithmetic is ONNX Runtime's `quantize_static` defaults (MinMax ranges, asymmetric uint8
-activations, symmetric per-channel int8 weights, int32 biases). Its `quantize_static` itself is not
-called at registration: it rewrites and re-parses a model per call (~0.15-0.3 s here, over the
-100 ms a registration may take), where this graph edit is made once per architecture, size and K
-and each adapter costs a few numpy operations.
+activations, symmetric per-channel int8 weights, int32 biases). Neither its `quantize_static` nor
+its QDQ format is used at registration: `quantize_static` rewrites and re-parses a model per call
+(~0.15-0.3 s here, over the 100 ms a registration may take), and a QDQ graph (a Q/DQ pair around each
+convolution, fused at session creation) made the session's creation ~9 ms slower than these
+QLinearConv nodes for the same kernels and the same points (docs/benchmark.md, "Issue 16, session 13").
+This graph edit is made once per architecture, size and K; each adapter costs a few numpy operations.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Calibration", "conv_names",
-           "conv_ranges", "int8_weights", "kept_in_fp32", "qdq_graph"]
+           "conv_ranges", "int8_graph", "int8_weights", "kept_in_fp32"]
 
 CALIBRATION_KEY = "int8_calibration"  # the adapter metadata key
 _FORMAT = 1
@@ -144,28 +145,25 @@ def _q(name: str, part: str) -> str:
     return f"{name}::{part}"
 
 
-def qdq_graph(graph: bytes, quantised: Collection[str]) -> tuple[bytes, list[str]]:
+def int8_graph(graph: bytes, quantised: Collection[str]) -> tuple[bytes, list[str]]:
     """`graph` (an exported fp32 graph whose weights are external initializers, as the onnxruntime
-    backend makes them) with each convolution whose weight is in `quantised` wrapped in QDQ: its input
-    and output pass through QuantizeLinear -> DequantizeLinear (uint8, per tensor), its weight is a
-    DequantizeLinear of int8 per output channel, its bias one of int32. Returns the new graph and the
-    names of all its external initializers (what `int8_weights` gives values for)."""
+    backend makes them) with each convolution whose weight is in `quantised` replaced by
+    QuantizeLinear (its input to uint8, per tensor) -> QLinearConv (int8 weights per output channel,
+    int32 bias, uint8 output) -> DequantizeLinear (back to fp32 for the batch norms, ReLUs and sums
+    between convolutions). Returns the new graph and the names of all its external initializers (what
+    `int8_weights` gives values for)."""
     import onnx
 
     model = onnx.ModelProto()
     model.ParseFromString(graph)
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    dims = {name: list(t.dims) for name, t in inits.items()}
+    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
+        raise ValueError("per-channel int8 needs opset 13 or later")
+    dims = {t.name: list(t.dims) for t in g.initializer}
     todo = set(quantised)
     nodes: list = []
     replaced: set[str] = set()
     added: list[tuple[str, int, list[int]]] = []
-
-    def dq(inputs: list[str], output: str, axis: int | None = None):
-        kwargs = {} if axis is None else {"axis": axis}
-        return onnx.helper.make_node("DequantizeLinear", inputs, [output], name=output, **kwargs)
-
     for node in g.node:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in todo:
             nodes.append(node)
@@ -173,29 +171,23 @@ def qdq_graph(graph: bytes, quantised: Collection[str]) -> tuple[bytes, list[str
         w = node.input[1]
         todo.discard(w)
         out_channels = dims[w][0]
-        x, y = node.input[0], node.output[0]
-        added += [(_q(w, "x_scale"), _FLOAT, []), (_q(w, "x_zero"), _UINT8, []),
-                  (_q(w, "q"), _INT8, dims[w]), (_q(w, "w_scale"), _FLOAT, [out_channels]),
-                  (_q(w, "w_zero"), _INT8, [out_channels]),
-                  (_q(w, "y_scale"), _FLOAT, []), (_q(w, "y_zero"), _UINT8, [])]
+        x_scale, x_zero, y_scale, y_zero = (_q(w, k) for k in ("x_scale", "x_zero", "y_scale", "y_zero"))
+        added += [(x_scale, _FLOAT, []), (x_zero, _UINT8, []), (_q(w, "q"), _INT8, dims[w]),
+                  (_q(w, "w_scale"), _FLOAT, [out_channels]), (_q(w, "w_zero"), _INT8, [out_channels]),
+                  (y_scale, _FLOAT, []), (y_zero, _UINT8, [])]
         replaced.add(w)
-        nodes.append(onnx.helper.make_node("QuantizeLinear", [x, _q(w, "x_scale"), _q(w, "x_zero")],
-                                           [_q(w, "xq")], name=_q(w, "xq")))
-        nodes.append(dq([_q(w, "xq"), _q(w, "x_scale"), _q(w, "x_zero")], _q(w, "xdq")))
-        nodes.append(dq([_q(w, "q"), _q(w, "w_scale"), _q(w, "w_zero")], _q(w, "wdq"), axis=0))
-        node.input[0], node.input[1] = _q(w, "xdq"), _q(w, "wdq")
+        inputs = [_q(w, "xq"), x_scale, x_zero, _q(w, "q"), _q(w, "w_scale"), _q(w, "w_zero"), y_scale, y_zero]
         if len(node.input) > 2 and node.input[2]:
             b = node.input[2]
-            added += [(_q(b, "q"), _INT32, [out_channels]), (_q(b, "b_scale"), _FLOAT, [out_channels]),
-                      (_q(b, "b_zero"), _INT32, [out_channels])]
+            added.append((_q(b, "q"), _INT32, [out_channels]))  # its scale is x_scale * w_scale, zero point 0
             replaced.add(b)
-            nodes.append(dq([_q(b, "q"), _q(b, "b_scale"), _q(b, "b_zero")], _q(b, "bdq"), axis=0))
-            node.input[2] = _q(b, "bdq")
-        node.output[0] = _q(w, "y")
-        nodes.append(node)
-        nodes.append(onnx.helper.make_node("QuantizeLinear", [_q(w, "y"), _q(w, "y_scale"), _q(w, "y_zero")],
-                                           [_q(w, "yq")], name=_q(w, "yq")))
-        nodes.append(dq([_q(w, "yq"), _q(w, "y_scale"), _q(w, "y_zero")], y))
+            inputs.append(_q(b, "q"))
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        nodes += [onnx.helper.make_node("QuantizeLinear", [node.input[0], x_scale, x_zero], [_q(w, "xq")],
+                                        name=_q(w, "xq")),
+                  onnx.helper.make_node("QLinearConv", inputs, [_q(w, "yq")], name=_q(w, "conv"), **attributes),
+                  onnx.helper.make_node("DequantizeLinear", [_q(w, "yq"), y_scale, y_zero], [node.output[0]],
+                                        name=_q(w, "y"))]
     if todo:
         raise ValueError(f"no convolution reads {sorted(todo)[:3]}: the calibration is for another network")
     del g.node[:]
@@ -209,8 +201,6 @@ def qdq_graph(graph: bytes, quantised: Collection[str]) -> tuple[bytes, list[str
         length = _BYTES[dtype] * int(np.prod(shape, dtype=np.int64))
         for k, value in (("location", "weights"), ("offset", "0"), ("length", str(length))):
             tensor.external_data.add(key=k, value=value)
-    if not any(o.domain in ("", "ai.onnx") and o.version >= 13 for o in model.opset_import):
-        raise ValueError("per-channel QDQ needs opset 13 or later")
     return model.SerializeToString(), [t.name for t in g.initializer]
 
 
@@ -224,7 +214,7 @@ def _activation(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
 
 def int8_weights(weights: Mapping[str, torch.Tensor], calibration: Int8Calibration, names: Iterable[str],
                  reduce_range: bool = False) -> dict[str, np.ndarray]:
-    """The values of `qdq_graph`'s initializers `names` for one adapter's folded fp32 `weights`:
+    """The values of `int8_graph`'s initializers `names` for one adapter's folded fp32 `weights`:
     fp32 tensors as they are, and for each quantised convolution its int8 weight (symmetric per output
     channel; 7 bits with `reduce_range`, for CPUs without 8-bit dot products), the uint8 scales and
     zero points of its input and output ranges, and its bias (if it has one) in int32."""
@@ -248,8 +238,6 @@ def int8_weights(weights: Mapping[str, torch.Tensor], calibration: Int8Calibrati
             b_scale = (out[_q(w, "x_scale")] * w_scale).astype(np.float32)
             bias = weights[b].numpy().astype(np.float64)
             out[_q(b, "q")] = np.clip(np.rint(bias / b_scale), -2**31, 2**31 - 1).astype(np.int32)
-            out[_q(b, "b_scale")] = b_scale
-            out[_q(b, "b_zero")] = np.zeros(weight.shape[0], np.int32)
     for name in wanted - set(out):
         out[name] = weights[name].numpy()
     return {n: out[n] for n in names}

@@ -35,11 +35,24 @@ import torch
 
 from landmarks.adapter_io import Adapter, Core
 from landmarks.hardware import cpu_int8_flags
-from landmarks.int8 import Int8Calibration, conv_names, int8_weights, qdq_graph
+from landmarks.int8 import Int8Calibration, conv_names, int8_graph, int8_weights
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
 from serving.backends import blank_crops
 
 __all__ = ["OnnxRuntimeBackend", "OrtModel"]
+
+# graph passes skipped at session creation: fusions for transformer and matmul networks that never
+# match this one, and general passes that find nothing in it; skipping them cut a session's creation
+# (a registration's largest part) from ~35 to ~29 ms in fp32 and ~80 to ~60 ms in int8 at 128 px, its
+# forward unchanged (docs/benchmark.md, "Issue 16, session 13"). ORT ignores names it does not know.
+SKIPPED_OPTIMIZERS = (
+    "CommonSubexpressionElimination", "ConstantSharing", "TransposeOptimizer", "ReshapeFusion",
+    "GatherSliceToSplitFusion", "GatherToSplitFusion", "GatherToSliceFusion", "GeluFusion", "FastGeluFusion",
+    "QuickGeluFusion", "BiasGeluFusion", "LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion",
+    "EmbedLayerNormFusion", "AttentionFusion", "RotaryEmbeddingFusion", "GroupQueryAttentionFusion",
+    "BiasSoftmaxFusion", "MatMulScaleFusion", "MatMulActivationFusion", "MatmulTransposeFusion", "MatMulAddFusion",
+    "GemmActivationFusion", "MatMulIntegerToFloatFusion", "DynamicQuantizeMatMulFusion", "MatMulNBitsFusion",
+)
 
 _NBYTES_FACTOR = 3  # a session holds ~3x its weights: initializers, pre-packed copies, its arena (docs/benchmark.md)
 
@@ -106,7 +119,7 @@ class OnnxRuntimeBackend:
         self._core_model = core.build("cpu")
         self._lock = threading.Lock()  # fold reads the shared core module's state
         self._convs = conv_names(self._core_model)
-        self._qdq: dict[tuple, tuple[bytes, list[str]]] = {}  # (fp32 graph, quantised convs) -> QDQ graph
+        self._int8_graphs: dict[tuple, tuple[bytes, list[str]]] = {}  # (fp32 graph, quantised convs) -> int8 graph
         # without 8-bit dot products (VNNI, AMX) x86 saturates u8 x s8 products in 16 bits: 7-bit weights there
         self.reduce_range = not cpu_int8_flags()
 
@@ -140,11 +153,12 @@ class OnnxRuntimeBackend:
         values = tuple(self._ort.OrtValue.ortvalue_from_numpy(arrays[n]) for n in names)
         options = self.session_options()
         options.add_external_initializers(list(names), list(values))
-        session = self._ort.InferenceSession(graph, options, providers=self.providers)
+        session = self._ort.InferenceSession(graph, options, providers=self.providers,
+                                             disabled_optimizers=list(SKIPPED_OPTIMIZERS))
         return OrtModel(session, size, adapter.num_landmarks, sum(a.nbytes for a in arrays.values()), values)
 
     def _int8(self, adapter: Adapter, graph: bytes, weights: dict) -> tuple[bytes, list[str], dict]:
-        """The QDQ graph and its initializers' values for an adapter calibrated for int8 (`landmarks.int8`)."""
+        """The int8 graph and its initializers' values for an adapter calibrated for int8 (`landmarks.int8`)."""
         label = f"adapter {adapter.category!r}"
         calibration = Int8Calibration.from_metadata(adapter.metadata, label)
         if calibration is None:
@@ -154,9 +168,9 @@ class OnnxRuntimeBackend:
         calibration.require(self._convs, label)
         key = (graph, calibration.quantised)
         with self._lock:
-            if key not in self._qdq:
-                self._qdq[key] = qdq_graph(graph, calibration.quantised)
-            qgraph, names = self._qdq[key]
+            if key not in self._int8_graphs:
+                self._int8_graphs[key] = int8_graph(graph, calibration.quantised)
+            qgraph, names = self._int8_graphs[key]
         return qgraph, names, int8_weights(weights, calibration, names, reduce_range=self.reduce_range)
 
     def _run(self, prepared: OrtModel, pixels: np.ndarray, boxes: np.ndarray, outputs: list[str]) -> list:

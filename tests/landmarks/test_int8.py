@@ -1,6 +1,6 @@
 """int8 serving (`landmarks.int8`, the onnxruntime backend's `precision="int8"`): the calibration a
-user's adapter file carries is checked before use; the QDQ graph really runs int8 convolutions
-(ONNX Runtime fuses them into QLinearConv) and gives fp32's points to quantisation's rounding."""
+user's adapter file carries is checked before use; the int8 graph really runs int8 convolutions
+(QLinearConv, still there after ONNX Runtime's optimisations) and gives fp32's points to quantisation's rounding."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from landmarks.int8 import (
     conv_ranges,
     int8_weights,
     kept_in_fp32,
-    qdq_graph,
+    int8_graph,
 )
 from landmarks.onnx_export import folded_weights, template_for
 from landmarks.projection import adapter_state_dict, build_adapted, fold
@@ -74,8 +74,9 @@ def test_ranges_are_each_convolutions_input_and_output_extremes(category):
 
 
 def test_int8_session_runs_fused_int8_convolutions_near_fp32(category, tmp_path):
-    """The QDQ graph: ONNX Runtime turns every quantised convolution into a QLinearConv (the proof that
-    int8 runs, not fp32 with extra steps), and its points stay near fp32's on the calibration images."""
+    """The int8 graph: every quantised convolution is a QLinearConv in the session ONNX Runtime optimised
+    (the proof that int8 runs, not fp32 with extra steps), and its points stay near fp32's on the
+    calibration images."""
     import onnx
     import onnxruntime as ort
 
@@ -84,7 +85,7 @@ def test_int8_session_runs_fused_int8_convolutions_near_fp32(category, tmp_path)
     calibration = Int8Calibration.from_metadata(adapter8.metadata)
     weights = folded_weights(core.build(), adapter)
     graph, _ = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
-    qgraph, qnames = qdq_graph(graph, calibration.quantised)
+    qgraph, qnames = int8_graph(graph, calibration.quantised)
     values = int8_weights(weights, calibration, qnames)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
@@ -101,6 +102,9 @@ def test_int8_session_runs_fused_int8_convolutions_near_fp32(category, tmp_path)
     assert got.shape == want.shape and got.dtype == np.float32 and np.isfinite(confidence).all()
     assert np.abs(got - want).mean() < 0.05 * adapter.config.input_size  # random tiny weights: a loose bound
     assert int8.nbytes(int8.prepare(adapter8)) < fp32.nbytes(fp32.prepare(adapter8))
+    every = calibrated(core, adapter, images, keep=())  # the convolutions with a bias (int32) too
+    got, _ = int8.locate(int8.prepare(every), pixels, boxes)
+    assert np.isfinite(got).all() and np.abs(got - want).mean() < 0.1 * adapter.config.input_size
 
 
 def test_int8_weights_are_ort_static_quantisation(category):
@@ -109,7 +113,7 @@ def test_int8_weights_are_ort_static_quantisation(category):
     calibration = Int8Calibration.from_metadata(adapter8.metadata)
     weights = folded_weights(core.build(), adapter)
     graph, _ = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
-    _, names = qdq_graph(graph, calibration.quantised)
+    _, names = int8_graph(graph, calibration.quantised)
     values = int8_weights(weights, calibration, names)
     w = weights["head.weight"].numpy()
     q, scale = values["head.weight::q"], values["head.weight::w_scale"]
@@ -120,8 +124,7 @@ def test_int8_weights_are_ort_static_quantisation(category):
     assert x_zero.dtype == np.uint8 and x_scale == pytest.approx((max(hi, 0) - min(lo, 0)) / 255)
     bias = values["head.bias::q"]
     assert bias.dtype == np.int32
-    np.testing.assert_allclose(bias * values["head.bias::b_scale"], weights["head.bias"].numpy(),
-                               atol=float((x_scale * scale).max()))
+    np.testing.assert_allclose(bias * x_scale * scale, weights["head.bias"].numpy(), atol=float((x_scale * scale).max()))
     seven = int8_weights(weights, calibration, names, reduce_range=True)
     assert np.abs(seven["head.weight::q"]).max() == 63  # CPUs without 8-bit dot products
 
