@@ -21,9 +21,9 @@ from landmarks.int8 import (
     Int8Calibration,
     conv_names,
     conv_ranges,
+    int8_graph,
     int8_weights,
     kept_in_fp32,
-    int8_graph,
 )
 from landmarks.onnx_export import folded_weights, template_for
 from landmarks.projection import adapter_state_dict, build_adapted, fold
