@@ -71,14 +71,14 @@ class ServerConfig:
         "weights constants of the graph, --session-threads intra-op threads each, no spinning (the fastest measured, "
         "docs/benchmark.md; needs the onnxruntime package); torchscript = one traced graph that takes each adapter's folded weights as inputs; "
         "eager = plain PyTorch modules (the reference)", group="model", choices=BACKEND_NAMES))
-    precision: str = field(default="fp32", metadata=_flag(
-        "number format of the forward pass: fp32, or bf16 with --backend torchscript or eager on a CPU with "
-        "native BF16 (AVX-512 BF16 or AMX) or a GPU: there a batch's forward ran ~2.6x faster than fp32 and "
-        "the server ~35%% more crops/s under load than onnxruntime fp32, its points ~0.05 px (at 128) from "
-        "fp32's on average; int8 with --backend onnxruntime on the CPU, for adapters calibrated with "
-        "`landmarks calibrate` (registering one without a calibration fails): convolutions in int8 but the "
-        "first and last two, points within 0.5 px (at 128) of fp32's on held-out images (docs/benchmark.md)",
-        group="model", choices=PRECISIONS))
+    precision: str = field(default="auto", metadata=_flag(
+        "number format of the forward pass. auto (default): with --backend onnxruntime on a CPU with 8-bit "
+        "dot products (VNNI, AMX), int8 for each adapter that carries an int8 calibration (`landmarks "
+        "calibrate`; the shipped ones do) and fp32 for the rest; fp32 everywhere else. int8: every adapter in "
+        "int8 (onnxruntime, CPU; registering one without a calibration fails): convolutions in int8 but the "
+        "first and last two, points within 0.5 px (at 128) of fp32's on held-out images, ~1.3x the crops/s "
+        "under load. fp32: always. bf16: --backend torchscript or eager on a CPU with native BF16 "
+        "(AVX-512 BF16 or AMX) or a GPU (docs/benchmark.md)", group="model", choices=PRECISIONS))
     torch_threads: int | None = field(default=None, metadata=_flag(
         "torch CPU threads of a forward pass that runs alone (default: torch's choice); under load each "
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
@@ -187,7 +187,7 @@ class ServerConfig:
             raise ValueError("the admin token must differ from the inference token")
 
     def _check_precision(self) -> None:
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "auto"):
             return
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -11,8 +11,10 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from importlib import metadata
+from typing import Any
 
 import grpc
 
@@ -122,7 +124,7 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
 _STATE = {"LOADING": pb.LOADING, "READY": pb.READY, "UNLOADING": pb.UNLOADING, "FAILED": pb.FAILED}
 
 
-def _version_to_proto(entry: VersionEntry) -> pb.VersionInfo:
+def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str] | None = None) -> pb.VersionInfo:
     adapter = entry.adapter
     return pb.VersionInfo(
         version=entry.version,
@@ -132,10 +134,12 @@ def _version_to_proto(entry: VersionEntry) -> pb.VersionInfo:
         created=entry.created,
         trained=adapter.metadata.get("created", "") if adapter else "",
         landmark_names=adapter.landmark_names if adapter else [],
+        precision=precision_for(adapter) if adapter and precision_for else "",
     )
 
 
-def category_to_proto(status: CategoryStatus) -> pb.CategoryInfo:
+def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str] | None = None) -> pb.CategoryInfo:
+    """`precision_for`: the backend's (the number format each version runs in)."""
     return pb.CategoryInfo(
         name=status.name,
         state=_STATE[status.state],
@@ -144,7 +148,8 @@ def category_to_proto(status: CategoryStatus) -> pb.CategoryInfo:
         active_version=status.active_version,
         active_sha256=status.active_sha256,
         core_sha256=status.core_sha256,
-        versions=[_version_to_proto(v) for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
+        versions=[_version_to_proto(v, precision_for)
+                  for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
         error=status.error,
     )
 
@@ -164,7 +169,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @_handler
     def RegisterAdapter(self, request, context):
-        registry = self.lifecycle.require().registry
+        services = self.lifecycle.require()
+        registry = services.registry
         which = request.WhichOneof("source")
         activate = request.activate if request.HasField("activate") else True
         t0, outcome = time.perf_counter(), "internal"
@@ -181,11 +187,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
             raise
         finally:
             self.metrics.register_seconds.labels(outcome).observe(time.perf_counter() - t0)
-        return pb.RegisterAdapterResponse(category=category_to_proto(status), created=created)
+        return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend.precision_for),
+                                          created=created)
 
     @_handler
     def SetActiveVersion(self, request, context):
-        return category_to_proto(self.lifecycle.require().registry.set_active(request.category, request.version))
+        services = self.lifecycle.require()
+        return category_to_proto(services.registry.set_active(request.category, request.version),
+                                 services.backend.precision_for)
 
     @_handler
     def UnregisterAdapter(self, request, context):
@@ -194,8 +203,9 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
 
     @_handler
     def ListCategories(self, request, context):
-        registry = self.lifecycle.require().registry
-        return pb.ListCategoriesResponse(categories=[category_to_proto(s) for s in registry.list()])
+        services = self.lifecycle.require()
+        return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend.precision_for)
+                                                     for s in services.registry.list()])
 
     @_handler
     def ServerInfo(self, request, context):

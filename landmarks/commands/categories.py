@@ -33,13 +33,14 @@ def main(args: argparse.Namespace) -> int:
 
     if info is not None:
         print(f"server {info.server_version} ({info.api_version}) core {info.core_sha256[:12]} on {info.device}, "
-              f"backend {info.backend}, cache {info.cache.resident_bytes / 2**20:.1f}/"
+              f"backend {info.backend} ({info.precision or 'fp32'}), cache {info.cache.resident_bytes / 2**20:.1f}/"
               f"{info.cache.capacity_bytes / 2**20:.0f} MiB, hits {info.cache.hits} misses {info.cache.misses} "
               f"evictions {info.cache.evictions}")
     if not cats:
         print("no categories")
     for c in cats:
-        versions = ", ".join(v.version + ("*" if v.version == c.active_version else "") for v in c.versions)
+        versions = ", ".join(v.version + ("*" if v.version == c.active_version else "")
+                             + (f" ({v.precision})" if v.precision else "") for v in c.versions)
         print(f"{c.name:16s} {pb.CategoryState.Name(c.state):9s} K={c.num_landmarks:<3d} "
               f"active={c.active_version or '-'} ({c.active_sha256[:12]}) versions: {versions}"
               + (f"  error: {c.error}" if c.error else ""))

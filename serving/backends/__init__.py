@@ -30,8 +30,9 @@ __all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "PRECISIONS", "Backend", "availab
 
 
 # number formats of the forward pass (`--precision`): bf16 on the torch backends (their dtypes live
-# there), int8 on onnxruntime for adapters calibrated with `landmarks calibrate` (landmarks.int8)
-PRECISIONS = ("fp32", "bf16", "int8")
+# there), int8 on onnxruntime for adapters calibrated with `landmarks calibrate` (landmarks.int8);
+# auto (the default): int8 for a calibrated adapter where the CPU has 8-bit dot products, else fp32
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 class Backend(Protocol):
@@ -55,6 +56,9 @@ class Backend(Protocol):
 
     def nbytes(self, prepared: Any) -> int:
         """Memory the prepared model holds (for the cache budget)."""
+
+    def precision_for(self, adapter: Adapter) -> str:
+        """The number format this backend runs `adapter` in (fp32, bf16 or int8)."""
 
 
 # name -> (module, class); a backend's module is imported only when it is used

@@ -19,6 +19,11 @@ sequential execution, and *no spinning*: an ORT worker that spins after its op k
 that the gRPC threads need for the next request (docs/benchmark.md, "Backends"). Each session owns
 its thread pool (its threads sleep when idle); on the CPU all sessions share one memory arena.
 
+`precision`: fp32; int8 (`landmarks.int8`: the convolutions but the first and last two in int8, for
+adapters calibrated with `landmarks calibrate`; a registration without a calibration fails); or
+auto, the server's default: int8 for the adapters that carry a calibration where the CPU has 8-bit
+dot products (VNNI, AMX), fp32 for the rest.
+
 `--device cuda[:N]` (needs `onnxruntime-gpu`, the `gpu` extra) runs the CUDA execution provider,
 with I/O binding: the crops and boxes are copied to the device once and the outputs bound to the
 host, so ORT never guesses where they live.
@@ -35,7 +40,7 @@ import torch
 
 from landmarks.adapter_io import Adapter, Core
 from landmarks.hardware import cpu_int8_flags
-from landmarks.int8 import Int8Calibration, conv_names, int8_graph, int8_weights
+from landmarks.int8 import CALIBRATION_KEY, Int8Calibration, conv_names, int8_graph, int8_weights
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
 from serving.backends import blank_crops
 
@@ -97,12 +102,16 @@ class OnnxRuntimeBackend:
         self.core = core
         dev = torch.device(device)
         self.device = str(dev)
-        if precision not in ("fp32", "int8"):
-            raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 or int8 (bf16: --backend "
-                             "torchscript or eager)")
+        if precision not in ("auto", "fp32", "int8"):
+            raise ValueError(f"precision {precision!r}: the onnxruntime backend runs fp32 or int8, or auto (bf16: "
+                             "--backend torchscript or eager)")
         if precision == "int8" and dev.type != "cpu":
             raise ValueError("--precision int8 runs on the CPU (ONNX Runtime's int8 convolutions); on a GPU serve fp32")
         self.precision = precision
+        # without 8-bit dot products (VNNI, AMX) x86 saturates u8 x s8 products in 16 bits: 7-bit weights
+        # there, whose points the calibration's check did not measure, so auto keeps fp32 on such CPUs
+        self.reduce_range = not cpu_int8_flags()
+        self._auto_int8 = precision == "auto" and dev.type == "cpu" and not self.reduce_range
         if dev.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("--device cuda with --backend onnxruntime needs onnxruntime-gpu "
@@ -120,8 +129,6 @@ class OnnxRuntimeBackend:
         self._lock = threading.Lock()  # fold reads the shared core module's state
         self._convs = conv_names(self._core_model)
         self._int8_graphs: dict[tuple, tuple[bytes, list[str]]] = {}  # (fp32 graph, quantised convs) -> int8 graph
-        # without 8-bit dot products (VNNI, AMX) x86 saturates u8 x s8 products in 16 bits: 7-bit weights there
-        self.reduce_range = not cpu_int8_flags()
 
     def session_options(self):
         ort = self._ort
@@ -146,7 +153,7 @@ class OnnxRuntimeBackend:
         with self._lock:
             weights = folded_weights(self._core_model, adapter)  # ValueError if not finite
         graph, names = template_for(self.core.config, size).with_external_weights(weights)
-        if self.precision == "int8":
+        if self.precision_for(adapter) == "int8":
             graph, names, arrays = self._int8(adapter, graph, weights)
         else:
             arrays = {n: weights[n].numpy() for n in names}
@@ -199,6 +206,14 @@ class OnnxRuntimeBackend:
         _, boxes = blank_crops(images.shape[0], prepared.size)
         (heatmaps,) = self._run(prepared, pixels, boxes, [HEATMAPS])
         return torch.from_numpy(heatmaps)
+
+    def precision_for(self, adapter: Adapter) -> str:
+        """int8 with --precision int8 (an adapter without a calibration then fails its registration), or
+        with auto for an adapter that carries one (`landmarks calibrate`) on a CPU with 8-bit dot
+        products; fp32 otherwise."""
+        if self.precision == "int8" or (self._auto_int8 and CALIBRATION_KEY in adapter.metadata):
+            return "int8"
+        return "fp32"
 
     def nbytes(self, prepared: OrtModel) -> int:
         return _NBYTES_FACTOR * prepared.weight_bytes

@@ -51,6 +51,7 @@ class EagerBackend:
     name = "eager"
 
     def __init__(self, core: Core, device: str = "cpu", channels_last: bool = True, precision: str = "fp32") -> None:
+        precision = "fp32" if precision == "auto" else precision  # int8 is onnxruntime's
         if precision not in DTYPES:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(DTYPES)}")
         self.precision, self.dtype = precision, DTYPES[precision]
@@ -78,6 +79,9 @@ class EagerBackend:
 
     def nbytes(self, prepared: Any) -> int:
         return _nbytes(list(prepared.parameters()) + list(prepared.buffers()))
+
+    def precision_for(self, adapter: Adapter) -> str:
+        return self.precision
 
 
 @dataclass(frozen=True)

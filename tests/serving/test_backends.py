@@ -164,11 +164,13 @@ def test_bf16_runs_the_same_network_in_bfloat16(adapters, name):
         assert np.abs(points - want_points).max() < 0.03 * size  # random weights: flat heatmaps, a loose bound
 
 
-def test_every_float_precision_the_server_accepts_has_a_torch_dtype():
+def test_every_float_precision_the_server_accepts_has_a_torch_dtype(adapters):
     from serving.backends import PRECISIONS
     from serving.backends.torchscript import DTYPES
 
-    assert tuple(DTYPES) == tuple(p for p in PRECISIONS if p != "int8")  # int8: onnxruntime's (landmarks.int8)
+    # int8 is onnxruntime's (landmarks.int8); auto means fp32 on the torch backends
+    assert tuple(DTYPES) == tuple(p for p in PRECISIONS if p not in ("int8", "auto"))
+    assert make_backend("torchscript", adapters[0], precision="auto").precision == "fp32"
 
 
 def test_precision_other_than_fp32_is_refused_where_it_cannot_run(adapters):

@@ -492,3 +492,25 @@ def test_an_int8_server_serves_calibrated_adapters_and_refuses_the_rest_one_by_o
     finally:
         for handle in handles.values():
             handle.shutdown(grace=0)
+
+
+@pytest.mark.skipif(DEFAULT_BACKEND != "onnxruntime", reason="onnxruntime is not installed")
+@pytest.mark.parametrize("int8_cpu", [True, False], ids=["vnni-cpu", "cpu-without-8-bit-dot-products"])
+def test_the_default_precision_serves_calibrated_adapters_in_int8_where_the_cpu_runs_it(store, monkeypatch, int8_cpu):
+    """--precision auto (the default): int8 for an adapter carrying a calibration on a CPU with 8-bit
+    dot products, fp32 for the rest (and everywhere on other CPUs, where int8 would need 7-bit weights the
+    calibration's check did not measure); each version says which (VersionInfo.precision)."""
+    import serving.backends.onnxruntime as ort_backend
+
+    monkeypatch.setattr(ort_backend, "cpu_int8_flags", lambda: ["avx512_vnni"] if int8_cpu else [])
+    calibrate_for_int8(store / "faces.safetensors", store / "core.safetensors")
+    handle = start_server(store)
+    try:
+        with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
+            assert c.server_info().precision == "auto"
+            served = {cat.name: cat.versions[0].precision for cat in c.categories()}
+            assert served == {"faces": "int8" if int8_cpu else "fp32", "cats": "fp32"}
+            assert len(c.detect(png_bytes(48, 40), "faces").points) == 6
+            assert len(c.detect(png_bytes(48, 40), "cats").points) == 4
+    finally:
+        handle.shutdown(grace=0)
