@@ -320,4 +320,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the process that wrote it
         print(f"wrote {path}")
+        if cfg.mode == "proposed":  # the check compares int8 with fp32, so the adaptation's images serve
+            print(f"to serve it in int8 (~1.3x the crops/s; points checked against fp32 first): landmarks calibrate "
+                  f"{path} --images {cfg.images}")
     return 0
