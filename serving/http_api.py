@@ -184,14 +184,15 @@ def _detection_json(det, total_ms: float) -> dict[str, Any]:
     }
 
 
-def _category_json(status) -> dict[str, Any]:
+def _category_json(status, precision_for) -> dict[str, Any]:
     active = next((v for v in status.versions if v.version == status.active_version), None)
     names = active.adapter.landmark_names if active is not None and active.adapter is not None else []
     return {
         "name": status.name, "state": status.state, "num_landmarks": status.num_landmarks,
         "input_size": status.input_size, "active_version": status.active_version,
         "active_sha256": status.active_sha256, "landmark_names": names, "error": status.error,
-        "versions": [{"version": v.version, "state": v.state, "sha256": v.sha256, "created": v.created}
+        "versions": [{"version": v.version, "state": v.state, "sha256": v.sha256, "created": v.created,
+                      "precision": precision_for(v.adapter) if v.adapter is not None else ""}
                      for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
     }
 
@@ -222,6 +223,7 @@ class Version(BaseModel):
     state: str
     sha256: str
     created: str
+    precision: str  # the number format it runs in: fp32, bf16 or int8
 
 class Category(BaseModel):
     name: str
@@ -375,8 +377,8 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
              tags=["inference"], dependencies=[Depends(inference_plane)],
              summary="The categories served, with their landmark names and versions")
     def categories():
-        registry = lifecycle.require().registry
-        return {"categories": [_category_json(s) for s in registry.list()]}
+        services = lifecycle.require()
+        return {"categories": [_category_json(s, services.backend.precision_for) for s in services.registry.list()]}
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"],
              summary="SERVING once the core and adapters are loaded; NOT_SERVING while loading or draining")

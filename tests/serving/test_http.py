@@ -164,6 +164,7 @@ def test_categories_health_openapi_and_page(base):
     assert set(cats) == {"cats", "faces"}
     assert cats["faces"]["landmark_names"] == [f"faces-{i}" for i in range(6)]
     assert cats["faces"]["state"] == "READY" and cats["faces"]["active_version"] == "shipped"
+    assert cats["faces"]["versions"][0]["precision"] == "fp32"  # the test adapters carry no int8 calibration
     assert call(f"{base}/v1/health")[:2] == (200, {"status": "SERVING", "message": ""})
     status, spec, _ = call(f"{base}/openapi.json")
     assert status == 200 and {"/v1/detect", "/v1/categories", "/v1/health"} <= set(spec["paths"])
