@@ -208,6 +208,8 @@ def _activation(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """uint8 scale and zero point of a range that includes 0 (ONNX Runtime's asymmetric MinMax)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    if not scale < 3e38:  # float32's largest
+        raise ValueError(f"an int8 range of {lo:.3g} .. {hi:.3g} is too wide for a float32 scale; calibrate again")
     zero = int(np.clip(round(-lo / scale), 0, 255))
     return np.array(scale, np.float32), np.array(zero, np.uint8)
 

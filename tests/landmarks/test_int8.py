@@ -158,6 +158,9 @@ def test_int8_backend_refuses_an_adapter_without_calibration(category):
     partial = Int8Calibration({n: (0.0, 1.0, 0.0, 1.0) for n in conv_names(model)[1:]})
     with pytest.raises(ValueError, match="no range for 1"):
         backend.prepare(dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: partial.to_json()}))
+    huge = Int8Calibration({n: (-1e300, 1e300, 0.0, 1.0) for n in conv_names(model)})
+    with pytest.raises(ValueError, match="too wide for a float32 scale"):
+        backend.prepare(dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: huge.to_json()}))
     with pytest.raises(ValueError, match="on the CPU"):
         make_backend("onnxruntime", core, device="cuda", precision="int8")
 
