@@ -21,7 +21,10 @@ Contract (anything else is a finding, raised as an exception so libFuzzer saves 
   floats, a core/network builds from them;
 - an adapter accepted by `load_adapter` names this core, folds into it (ValueError for
   non-finite folded weights is the one allowed exception, the registry catches it) and runs
-  at its input size giving (1, K, S/4, S/4) heatmaps.
+  at its input size giving (1, K, S/4, S/4) heatmaps;
+- its int8 calibration (metadata `int8_calibration`, what `--precision int8` reads) parses or
+  raises ValueError, and one that parses gives finite ranges and per-adapter int8 numbers (or
+  ValueError), as the onnxruntime backend computes them at registration.
 
 FUZZ_KNOWN_BUGS=names,... tolerates the listed known bugs (KNOWN_BUG_NAMES) while they are being
 fixed; see fuzz/README.md.
@@ -43,7 +46,7 @@ import numpy  # noqa: F401
 import torch
 
 with atheris.instrument_imports(include=["landmarks", "safetensors"]):
-    from landmarks import adapter_io
+    from landmarks import adapter_io, int8
     from landmarks.hourglass import HourglassConfig
     from landmarks.projection import fold
 
@@ -52,6 +55,7 @@ torch.set_num_threads(1)
 CORE_PATH = _common.FUZZ / "data" / "tiny_core.safetensors"
 CORE = adapter_io.load_core(CORE_PATH)
 CORE_MODEL = CORE.build()
+CONVS = int8.conv_names(CORE_MODEL)
 MAX_INPUT_SIZE = 1024  # a file may not make the server's trial forward allocate more
 KNOWN_BUG_NAMES = ("names", "metadata_ints", "input_size")
 KNOWN = _common.known_bugs()
@@ -72,6 +76,7 @@ META_KEYS = (
     "metrics",
     "training_seconds",
     "license",
+    int8.CALIBRATION_KEY,
 )
 CONFIG_FIELDS = (
     "num_landmarks",
@@ -258,6 +263,29 @@ def check_loaded(adapter: adapter_io.Adapter) -> None:
         out = model.eval()(torch.zeros(1, 3, size, size))
     if tuple(out.shape) != (1, adapter.num_landmarks, size // 4, size // 4):
         _finding(f"folded model gives {tuple(out.shape)} at input {size}")
+    check_calibration(adapter, model)
+
+
+def check_calibration(adapter: adapter_io.Adapter, model: torch.nn.Module) -> None:
+    """The onnxruntime backend's int8 path up to the session: parse, require, quantise (ValueError only)."""
+    try:
+        calibration = int8.Int8Calibration.from_metadata(adapter.metadata)
+    except ValueError:
+        return  # the registration fails with its message
+    if calibration is None:
+        return
+    if not all(len(v) == 4 and all(math.isfinite(x) for x in v) for v in calibration.ranges.values()):
+        _finding("a calibration with non-finite ranges parsed")
+    try:
+        calibration.require(CONVS)
+        if not calibration.quantised <= set(CONVS):
+            return  # int8_graph raises ValueError ("no convolution reads ...")
+        weights = {n: t.detach() for n, t in model.state_dict().items() if t.is_floating_point()}
+        values = int8.int8_weights(weights, calibration, [])
+    except ValueError:
+        return
+    if values:
+        _finding("int8_weights returned values nobody asked for")
 
 
 def TestOneInput(data: bytes) -> None:
@@ -355,6 +383,13 @@ def mutate_metadata(rng: random.Random, header: dict, blobs: dict[str, bytes]) -
         meta.pop(key, None)
     elif roll < 0.2:
         meta[key] = fuzz_json(rng, 2)  # a non-string value
+    elif roll < 0.4 and key == int8.CALIBRATION_KEY:  # calibration-shaped JSON with odd numbers and names
+        odd = (0.0, -1.0, 1e38, 3.5e38, -1e300, 1e-45, 2**31, float("nan"), "1", None, True)
+        names = list(rng.sample(CONVS, rng.randrange(len(CONVS) + 1))) + rng.choice(([], ["x.weight"], [""]))
+        ranges = {n: [rng.choice(odd) if rng.random() < 0.2 else rng.uniform(-10, 10) for _ in range(4)]
+                  for n in names}
+        keep = rng.sample(CONVS, rng.randrange(4))
+        meta[key] = json.dumps({"format": rng.choice((1, 1, 1, 2, "1")), "ranges": ranges, "keep_fp32": keep})
     elif roll < 0.4 and key in ("landmark_names", "num_landmarks"):
         k = rng.choice((0, 1, 2, 3, 4, 5))
         names = [rng.choice(("a", "", "x" * 70, "\u00e9", 1, None, ["a"])) for _ in range(k)]
