@@ -59,6 +59,7 @@ SKIPPED_OPTIMIZERS = (
     "GemmActivationFusion", "MatMulIntegerToFloatFusion", "DynamicQuantizeMatMulFusion", "MatMulNBitsFusion",
 )
 
+_MAX_INT8_GRAPHS = 16  # int8 graphs kept for reuse (adapters choosing odd fp32 sets cannot grow it without bound)
 _NBYTES_FACTOR = 3  # a session holds ~3x its weights: initializers, pre-packed copies, its arena (docs/benchmark.md)
 
 
@@ -176,6 +177,8 @@ class OnnxRuntimeBackend:
         key = (graph, calibration.quantised)
         with self._lock:
             if key not in self._int8_graphs:
+                if len(self._int8_graphs) >= _MAX_INT8_GRAPHS:  # one per K and kept-in-fp32 choice: a few
+                    self._int8_graphs.pop(next(iter(self._int8_graphs)))
                 self._int8_graphs[key] = int8_graph(graph, calibration.quantised)
             qgraph, names = self._int8_graphs[key]
         return qgraph, names, int8_weights(weights, calibration, names, reduce_range=self.reduce_range)
