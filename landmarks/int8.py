@@ -13,11 +13,11 @@ Two halves, one format:
 
 The arithmetic is ONNX Runtime's `quantize_static` defaults (MinMax ranges, asymmetric uint8
 activations, symmetric per-channel int8 weights, int32 biases). Neither its `quantize_static` nor
-its QDQ format is used at registration: `quantize_static` rewrites and re-parses a model per call
-(~0.15-0.3 s here, over the 100 ms a registration may take), and a QDQ graph (a Q/DQ pair around each
-convolution, fused at session creation) made the session's creation ~9 ms slower than these
-QLinearConv nodes for the same kernels and the same points (docs/benchmark.md, "Issue 16, session 13").
-This graph edit is made once per architecture, size and K; each adapter costs a few numpy operations.
+its QDQ format is used at registration: `quantize_static` rewrites and re-parses a model per call,
+longer than a whole registration may take, and a QDQ graph (a Q/DQ pair around each convolution,
+fused at session creation) makes the session slower to create than these QLinearConv nodes, for the
+same kernels and points (docs/benchmark.md, "Issue 16, session 13"). This graph edit is made once per
+architecture, size and K; each adapter costs a few numpy operations.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ __all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Ca
 CALIBRATION_KEY = "int8_calibration"  # the adapter metadata key
 _FORMAT = 1
 # the convolutions left in fp32 by default: the first (it sees raw pixels) and the last two (the
-# heatmaps' logits): all 56 in int8 moved the faces' points 0.52 px on average at 128, these three
-# kept in fp32 0.14 (docs/benchmark.md, "Issue 16, session 12")
+# heatmaps' logits), which moved the faces' points most in int8 (docs/benchmark.md, "Issue 16, session 12")
 DEFAULT_KEEP_FP32 = ("stem", "top_conv", "head")
 MAX_POINT_ERROR_PX = 0.5  # mean and p95 of int8's points against fp32's, px at 128: the acceptance rule
 

@@ -47,9 +47,9 @@ from serving.backends import blank_crops
 __all__ = ["OnnxRuntimeBackend", "OrtModel"]
 
 # graph passes skipped at session creation: fusions for transformer and matmul networks that never
-# match this one, and general passes that find nothing in it; skipping them cut a session's creation
-# (a registration's largest part) from ~35 to ~29 ms in fp32 and ~80 to ~60 ms in int8 at 128 px, its
-# forward unchanged (docs/benchmark.md, "Issue 16, session 13"). ORT ignores names it does not know.
+# match this one, and general passes that find nothing in it; skipping them cuts ~20% of a session's
+# creation (a registration's largest part), the forward unchanged (docs/benchmark.md, "Issue 16,
+# session 13"). ORT ignores names it does not know.
 SKIPPED_OPTIMIZERS = (
     "CommonSubexpressionElimination", "ConstantSharing", "TransposeOptimizer", "ReshapeFusion",
     "GatherSliceToSplitFusion", "GatherToSplitFusion", "GatherToSliceFusion", "GeluFusion", "FastGeluFusion",
