@@ -22,7 +22,7 @@ from serving.config import DEFAULT_PORT
 
 # the ServerConfig flags that mean the same here as for `landmarks serve` (serving/config.py writes
 # them); the replicas' threads and batch workers follow --replica-cpus instead
-SERVER_FLAGS = ("adapters_dir", "core_path", "device", "backend", "cache_bytes", "max_adapter_bytes",
+SERVER_FLAGS = ("adapters_dir", "core_path", "device", "backend", "precision", "cache_bytes", "max_adapter_bytes",
                 "max_image_pixels", "min_image_side", "max_batch_items", "max_batch_size", "max_queue_delay_ms",
                 "max_queue", "enable_admin", "allowed_register_dirs", "admin_token", "inference_token")
 

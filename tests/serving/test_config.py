@@ -68,9 +68,10 @@ def test_another_command_takes_a_subset_of_the_flags(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--cache-mb", "10", "--adapters", str(tmp_path), "--inference-token-file", str(token),
-                              "--replicas", "3", "--port", "6000"])
+                              "--replicas", "3", "--port", "6000", "--precision", "fp32"])
     cfg = config.from_args(args, SERVER_FLAGS)
     assert (cfg.cache_bytes, cfg.adapters_dir, cfg.inference_token) == (10 * MIB, tmp_path, "s3cret")
+    assert cfg.precision == "fp32" and ServerConfig.precision == "auto"
     assert (cfg.port, cfg.max_workers) == (ServerConfig.port, ServerConfig.max_workers)  # serve's own: defaults
     assert (args.replicas, args.port) == (3, 6000)
     with pytest.raises(SystemExit):
