@@ -53,7 +53,11 @@ examples:
   landmarks calibrate adapters/faces.safetensors --images mtfl:../shared/data/mtfl/new_training.txt \\
       --split :6655 --held-out 6655:
   landmarks calibrate runs/mugs/adapter.safetensors --images folder:photos/mugs --out mugs-int8.safetensors
-  landmarks serve --adapters adapters --precision int8
+  landmarks calibrate adapters/cats.safetensors --images folder:cats/ --split=:-1000 --held-out=-1000:-500
+  (rows counted from the end need the `=`: --held-out=-1000:-500)
+
+Served: `landmarks serve` (its default --precision auto) runs a calibrated adapter in int8 on CPUs with
+8-bit dot products (VNNI, AMX); --precision int8 requires every adapter to be calibrated.
 """
 
 
