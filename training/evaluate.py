@@ -47,6 +47,7 @@ __all__ = [
     "evaluate",
     "iod_indices",
     "load_detector",
+    "load_served",
     "main",
     "points_margin",
     "regression_error",
@@ -85,6 +86,34 @@ def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHo
     if kind == "network":
         return art.build(), dict(art.metadata)  # type: ignore[union-attr]
     raise ArtifactError(f"{path} is a core; evaluate an adapter or a network (core: landmarks evaluate-core)")
+
+
+class ServedHeatmaps(torch.nn.Module):
+    """An adapter as the server runs it (`serving.backends`: ONNX Runtime, its crops rounded to 8-bit
+    pixels as a client's are), in the shape the protocol takes: forward(images) -> heatmaps, with the
+    folded network's `config`. `landmarks evaluate --precision int8` scores what the default server
+    answers for an adapter that carries an int8 calibration."""
+
+    def __init__(self, core, adapter, precision: str) -> None:
+        super().__init__()
+        from serving.backends import make_backend
+
+        self.config = adapter.config
+        self.backend = make_backend("onnxruntime", core, precision=precision)
+        self.prepared = self.backend.prepare(adapter)  # ValueError if it has no int8 calibration
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backend.run(self.prepared, images.cpu())
+
+
+def load_served(path: Path, precision: str, core_path: Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """An adapter file -> `ServedHeatmaps` in `precision` (onnxruntime's fp32 or int8)."""
+    art = read_artifact(path)
+    if art.metadata["kind"] != "adapter":
+        raise ArtifactError(f"{path}: --precision scores an adapter as the server serves it; give --adapter")
+    core = load_core(core_path or find_core(path, art.metadata["core_sha256"], (default_adapters_dir(),)))
+    adapter = load_adapter(path, core)
+    return ServedHeatmaps(core, adapter, precision), dict(adapter.metadata)
 
 
 @dataclass
@@ -223,12 +252,16 @@ def _pictures(out: Path, det: Detections, per_landmark: np.ndarray, title: str) 
 def evaluate(detector_path: Path, train: str | None, test: str | None, images: str | None,
              out: Path | None, core_path: Path | None = None, consistency_images: int = 1000,
              seed: int = 0, train_split: str | None = None, test_split: str | None = None,
-             device: str = "auto") -> dict:
-    model, meta = load_detector(detector_path, core_path)
-    model = model.to(resolve_device(device))
+             device: str = "auto", precision: str | None = None) -> dict:
+    if precision is None:
+        model, meta = load_detector(detector_path, core_path)
+        model = model.to(resolve_device(device))
+    else:
+        model, meta = load_served(detector_path, precision, core_path)
     size = model.config.input_size
     result: dict = {"detector": str(detector_path), "kind": meta["kind"], "mode": meta.get("mode", "proposed"),
-                    "category": meta.get("category", ""), "num_landmarks": model.config.num_landmarks}
+                    "category": meta.get("category", ""), "num_landmarks": model.config.num_landmarks,
+                    "precision": f"{precision} (onnxruntime, as served)" if precision else "fp32 (PyTorch)"}
     if train and test:
         train_data, test_data = open_dataset(train).subset(train_split), open_dataset(test).subset(test_split)
         margin = points_margin(train)
@@ -264,6 +297,8 @@ def evaluate(detector_path: Path, train: str | None, test: str | None, images: s
 
 def markdown(result: dict) -> str:
     lines = []
+    if "precision" in result and not result["precision"].startswith("fp32 (PyTorch)"):
+        lines.append(f"Points as served: {result['precision']}.\n")
     if "subsets" in result:
         lines += ["| regressor training images | forward (%) | backward (%) |", "|---|---|---|"]
         lines += [f"| {r['train_images']} | {r['forward']:.2f} | {r['backward']:.2f} |" for r in result["subsets"]]
@@ -306,13 +341,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N; "
                                                          "fp32 everywhere, so numbers compare across machines")
+    parser.add_argument("--precision", choices=["fp32", "int8"], default=None,
+                        help="score the adapter as the server runs it (ONNX Runtime on the CPU, crops rounded to "
+                             "8-bit pixels): int8 needs an int8 calibration (landmarks calibrate) and is what the "
+                             "default server answers for such an adapter; default: the folded network in PyTorch fp32")
 
 
 def main(args: argparse.Namespace) -> int:
     path = args.adapter or args.network
     try:
         result = evaluate(path, args.train, args.test, args.images, args.out, args.core,
-                          args.consistency_images, args.seed, args.train_split, args.test_split, args.device)
+                          args.consistency_images, args.seed, args.train_split, args.test_split, args.device,
+                          args.precision)
     except (ArtifactError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -63,3 +63,23 @@ def test_calibrate_explains_bad_arguments(adapter_file, core_file, face_data, ca
     assert "both --split and --held-out" in capsys.readouterr().err
     assert main(["calibrate", str(adapter_file), *images, "--keep-fp32", "nosuchlayer"]) == 2
     assert "no convolution inside nosuchlayer" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_adapter_as_served(adapter_file, core_file, face_data, tmp_path):
+    """`landmarks evaluate --precision fp32|int8`: the protocol on the server's backend (ONNX Runtime,
+    8-bit pixels); fp32 there gives PyTorch's numbers to the pixels' rounding, int8 needs a calibration."""
+    from training.evaluate import evaluate
+
+    data = (f"mtfl:{face_data / 'train.txt'}", f"mtfl:{face_data / 'test.txt'}", None, None)
+    torch_fp32 = evaluate(adapter_file, *data, core_path=core_file, consistency_images=4)
+    served = evaluate(adapter_file, *data, core_path=core_file, consistency_images=4, precision="fp32")
+    assert served["precision"] == "fp32 (onnxruntime, as served)"
+    assert served["forward"] == pytest.approx(torch_fp32["forward"], abs=0.5)  # % IOD; random tiny weights
+    with pytest.raises(ValueError, match="no int8 calibration"):
+        evaluate(adapter_file, *data, core_path=core_file, consistency_images=4, precision="int8")
+    out = tmp_path / "int8.safetensors"
+    keep = "stem,block2,block3,hourglass,top,top_conv,head"
+    assert main(["calibrate", str(adapter_file), "--images", f"mtfl:{face_data / 'train.txt'}", "--split", ":6",
+                 "--held-out", "6:", "--core", str(core_file), "--keep-fp32", keep, "--out", str(out)]) == 0
+    int8 = evaluate(out, *data, core_path=core_file, consistency_images=4, precision="int8")
+    assert int8["precision"].startswith("int8") and abs(int8["forward"] - served["forward"]) < 5
