@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from landmarks.client import DetectResult, LandmarkClient
-from tests.serving.helpers import make_adapter, make_core, png_bytes, start_server
+from landmarks.hardware import cpu_int8_flags
+from serving.backends import DEFAULT_BACKEND
+from tests.serving.helpers import calibrate_for_int8, make_adapter, make_core, png_bytes, start_server
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
 serve = pytest.importorskip("ray.serve")
@@ -48,6 +50,7 @@ def ray_store(tmp_path_factory):
         make_adapter(store / f"{name}.safetensors", core, name, k=k, seed=seed)
     extra = {f"birds-{v}": make_adapter(root / "extra" / f"birds-{v}.safetensors", core, "birds", k=3, seed=seed)
              for v, seed in (("v1", 7), ("v2", 8))}
+    calibrate_for_int8(extra["birds-v2"], core)  # the replicas' default precision serves it in int8 where it can
     return store, extra
 
 
@@ -148,6 +151,9 @@ def test_registered_at_run_time_is_served_then_activate_and_unregister_reach_eve
     client.register("birds", "v2", extra["birds-v2"])  # activates v2
     versions = {detect(client, image, "birds")[0].version for _ in range(6)}  # both replicas, whichever answers
     assert versions == {"v2"}
+    int8 = DEFAULT_BACKEND == "onnxruntime" and bool(cpu_int8_flags())
+    birds = next(c for c in client.categories() if c.name == "birds")
+    assert {v.version: v.precision for v in birds.versions} == {"v1": "fp32", "v2": "int8" if int8 else "fp32"}
     client.unregister("birds")
     time.sleep(2 * SYNC_S)  # every replica has re-read the store by now
     for _ in range(6):
