@@ -23,8 +23,8 @@ from PIL import Image
 from landmarks.geometry import crop_resized, input_to_original
 from landmarks.heatmaps import locate
 
-__all__ = ["Box", "crop_decoding", "crop_square", "decode_scale", "input_block", "locate_in_boxes",
-           "pixels_to_images"]
+__all__ = ["Box", "crop_decoding", "crop_square", "decode_scale", "images_to_pixels", "input_block",
+           "locate_in_boxes", "pixels_to_images"]
 
 Box = tuple[float, float, float, float]
 
@@ -92,6 +92,13 @@ def pixels_to_images(pixels: torch.Tensor) -> torch.Tensor:
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], channels_last in memory (no copy but the
     conversion): the same numbers as `landmarks.geometry.crop_to_tensor`."""
     return pixels.permute(0, 3, 1, 2).float().div(255)
+
+
+def images_to_pixels(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) float in [0, 1] -> (B, S, S, 3) uint8 (rounded, contiguous): what a client would
+    send for those crops; `pixels_to_images` of it gives them back to the 8-bit rounding."""
+    pixels = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return np.ascontiguousarray(pixels.cpu().numpy())
 
 
 def locate_in_boxes(heatmaps: torch.Tensor, boxes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

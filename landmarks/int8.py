@@ -49,6 +49,13 @@ class Int8Calibration:
     keep_fp32: tuple[str, ...] = ()  # conv weight names left in fp32
     check: dict[str, float] = field(default_factory=dict)  # what accepted it: mean_px, p95_px, max_px, images
 
+    @classmethod
+    def measure(cls, model: torch.nn.Module, images: torch.Tensor,
+                keep: Iterable[str] = DEFAULT_KEEP_FP32) -> Int8Calibration:
+        """The folded network's ranges over `images` (`conv_ranges`), the convolutions inside the
+        modules `keep` left in fp32; no check (that is `landmarks calibrate`'s)."""
+        return cls(conv_ranges(model, images), kept_in_fp32(model, keep))
+
     @property
     def quantised(self) -> frozenset[str]:
         return frozenset(self.ranges) - set(self.keep_fp32)

@@ -19,26 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landmarks.adapter_io import (
-    ArtifactError,
-    find_core,
-    load_adapter,
-    load_core,
-    read_artifact,
-    save_with_metadata,
-)
-from landmarks.detector import default_adapters_dir
+from landmarks.adapter_io import ArtifactError, load_adapter, read_artifact, save_with_metadata
+from landmarks.images import images_to_pixels
 from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     MAX_POINT_ERROR_PX,
     Int8Calibration,
     conv_names,
-    conv_ranges,
     kept_in_fp32,
 )
 from landmarks.projection import fold
 from training.datasets import DatasetError, open_dataset
+from training.evaluate import core_of
 from training.validation import load_crops
 
 __all__ = ["add_arguments", "calibrate", "main"]
@@ -64,8 +57,7 @@ Served: `landmarks serve` (its default --precision auto) runs a calibrated adapt
 def _pixels(images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Float crops -> the graph's inputs: uint8 HWC pixels, and boxes that are the crops themselves."""
     size = images.shape[-1]
-    pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return pixels, np.array([[0.0, 0.0, size, size]] * len(images), np.float64)
+    return images_to_pixels(images), np.array([[0.0, 0.0, size, size]] * len(images), np.float64)
 
 
 def point_error(fp32: np.ndarray, int8: np.ndarray, size: int) -> np.ndarray:
@@ -85,11 +77,9 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
         held = min(check_images, max(1, len(open_dataset(images)) // 4))
         split, held_out = f":-{held}", f"-{held}:"
     named = read_artifact(adapter_path, expected_kind="adapter").metadata["core_sha256"]
-    core_path = core_path or find_core(adapter_path, named, (default_adapters_dir(),))
-    core = load_core(core_path)
+    core = core_of(adapter_path, named, core_path)
     adapter = load_adapter(adapter_path, core)
     model = fold(core.build(), adapter.tensors, adapter.config)
-    kept = kept_in_fp32(model, keep)
     unknown = [k for k in keep if k and not kept_in_fp32(model, [k])]
     if unknown:
         raise ValueError(f"--keep-fp32: no convolution inside {', '.join(unknown)}; module names look like "
@@ -98,8 +88,7 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
     calib, _ = load_crops(images, split, size, calibration_images)
     check, _ = load_crops(images, held_out, size, check_images)
     started = time.perf_counter()
-    ranges = conv_ranges(model, calib)
-    calibration = Int8Calibration(ranges, kept)
+    calibration = Int8Calibration.measure(model, calib, keep)
     candidate = dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
     pixels, boxes = _pixels(check)
     points = {}
@@ -113,7 +102,7 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
                     "max_px": round(float(error.max()), 4), "images": len(check)}
     accepted = check_result["mean_px"] <= MAX_POINT_ERROR_PX and check_result["p95_px"] <= MAX_POINT_ERROR_PX
     result = {"adapter": str(adapter_path), "category": adapter.category, "input_size": size,
-              "calibration_images": len(calib), "kept_fp32": list(kept), "quantised": len(calibration.quantised),
+              "calibration_images": len(calib), "kept_fp32": list(calibration.keep_fp32), "quantised": len(calibration.quantised),
               "convolutions": len(conv_names(model)), **check_result, "accepted": accepted,
               "seconds": round(time.perf_counter() - started, 1)}
     if accepted:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landmarks.adapter_io import ArtifactError, find_core, load_adapter, load_core, read_artifact
+from landmarks.adapter_io import ArtifactError, Core, find_core, load_adapter, load_core, read_artifact
 from landmarks.detector import default_adapters_dir
 from landmarks.geometry import apply_affine, similarity_matrix, warp_images
 from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
@@ -42,6 +42,7 @@ from training.metrics import background_points, point_spread
 __all__ = [
     "add_arguments",
     "consistency_error",
+    "core_of",
     "detect_dataset",
     "detect_points_px",
     "evaluate",
@@ -73,14 +74,18 @@ def points_margin(images: str) -> float | None:
     return None if images.startswith("mtfl:") else POINTS_MARGIN
 
 
+def core_of(path: Path, core_sha256: str, core_path: Path | None = None) -> Core:
+    """The core an adapter file names: `core_path` if given, else the one whose fingerprint is
+    `core_sha256`, beside it or in the shipped adapters/ (landmarks.Detector's default)."""
+    return load_core(core_path or find_core(path, core_sha256, (default_adapters_dir(),)))
+
+
 def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHourglass, dict]:
     """An adapter (folded with its core) or a baseline network file -> eval-mode network."""
     art = read_artifact(path)
     kind = art.metadata["kind"]
     if kind == "adapter":
-        # the core the adapter names: beside it, else the shipped adapters/ (landmarks.Detector's default)
-        core_file = core_path or find_core(path, art.metadata["core_sha256"], (default_adapters_dir(),))
-        core = load_core(core_file)
+        core = core_of(path, art.metadata["core_sha256"], core_path)
         adapter = load_adapter(path, core)
         return fold(core.build(), adapter.tensors, adapter.config), dict(adapter.metadata)
     if kind == "network":
@@ -111,7 +116,7 @@ def load_served(path: Path, precision: str, core_path: Path | None = None) -> tu
     art = read_artifact(path)
     if art.metadata["kind"] != "adapter":
         raise ArtifactError(f"{path}: --precision scores an adapter as the server serves it; give --adapter")
-    core = load_core(core_path or find_core(path, art.metadata["core_sha256"], (default_adapters_dir(),)))
+    core = core_of(path, art.metadata["core_sha256"], core_path)
     adapter = load_adapter(path, core)
     return ServedHeatmaps(core, adapter, precision), dict(adapter.metadata)
 

@@ -40,6 +40,7 @@ import torch
 
 from landmarks.adapter_io import Adapter, Core
 from landmarks.hardware import cpu_int8_flags
+from landmarks.images import images_to_pixels
 from landmarks.int8 import CALIBRATION_KEY, Int8Calibration, conv_names, int8_graph, int8_weights
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
 from serving.backends import blank_crops
@@ -205,8 +206,8 @@ class OnnxRuntimeBackend:
 
     def run(self, prepared: OrtModel, images: torch.Tensor) -> torch.Tensor:
         """Heatmaps of float images, which the graph takes as 8-bit pixels (rounded)."""
-        pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(force=True)
         _, boxes = blank_crops(images.shape[0], prepared.size)
+        pixels = images_to_pixels(images)
         (heatmaps,) = self._run(prepared, pixels, boxes, [HEATMAPS])
         return torch.from_numpy(heatmaps)
 

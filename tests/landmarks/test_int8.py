@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 
 from landmarks.adapter_io import load_adapter, load_core, save_adapter, save_core
 from landmarks.hardware import cpu_int8_flags
+from landmarks.images import images_to_pixels
 from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
@@ -49,14 +50,13 @@ def category(tmp_path_factory):
 
 def calibrated(core, adapter, images, keep=DEFAULT_KEEP_FP32):
     model = fold(core.build(), adapter.tensors, adapter.config)
-    calibration = Int8Calibration(conv_ranges(model, images), kept_in_fp32(model, keep))
+    calibration = Int8Calibration.measure(model, images, keep)
     return dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
 
 
 def pixels_of(images):
     size = images.shape[-1]
-    pixels = images.mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-    return pixels, np.array([[0.0, 0.0, size, size]] * len(images))
+    return images_to_pixels(images), np.array([[0.0, 0.0, size, size]] * len(images))
 
 
 def test_ranges_are_each_convolutions_input_and_output_extremes(category):

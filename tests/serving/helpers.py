@@ -45,7 +45,7 @@ def calibrate_for_int8(path: Path, core_path: Path) -> Path:
     """Give an adapter file the int8 calibration `landmarks calibrate` would (ranges of noise images here,
     no accuracy check), in place."""
     from landmarks.adapter_io import save_with_metadata
-    from landmarks.int8 import CALIBRATION_KEY, DEFAULT_KEEP_FP32, Int8Calibration, conv_ranges, kept_in_fp32
+    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
     from landmarks.projection import fold
 
     core = load_core(core_path)
@@ -53,7 +53,7 @@ def calibrate_for_int8(path: Path, core_path: Path) -> Path:
     model = fold(core.build(), adapter.tensors, adapter.config)
     size = adapter.config.input_size
     images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
-    calibration = Int8Calibration(conv_ranges(model, images), kept_in_fp32(model, DEFAULT_KEEP_FP32))
+    calibration = Int8Calibration.measure(model, images)
     return save_with_metadata(path, adapter, **{CALIBRATION_KEY: calibration.to_json()})
 
 
