@@ -124,7 +124,7 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
 _STATE = {"LOADING": pb.LOADING, "READY": pb.READY, "UNLOADING": pb.UNLOADING, "FAILED": pb.FAILED}
 
 
-def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str] | None = None) -> pb.VersionInfo:
+def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str]) -> pb.VersionInfo:
     adapter = entry.adapter
     return pb.VersionInfo(
         version=entry.version,
@@ -134,11 +134,11 @@ def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str] |
         created=entry.created,
         trained=adapter.metadata.get("created", "") if adapter else "",
         landmark_names=adapter.landmark_names if adapter else [],
-        precision=precision_for(adapter) if adapter and precision_for else "",
+        precision=precision_for(adapter) if adapter else "",
     )
 
 
-def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str] | None = None) -> pb.CategoryInfo:
+def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str]) -> pb.CategoryInfo:
     """`precision_for`: the backend's (the number format each version runs in)."""
     return pb.CategoryInfo(
         name=status.name,
