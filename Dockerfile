@@ -1,26 +1,21 @@
 # landmarks server: gRPC on 50051, HTTP/JSON and the demo page on 8080, Prometheus metrics on 9464.
+# Built from the lock (requirements/serve.txt, hashes checked): the same packages as CI, no torch.
 #
 # CPU (default):
 #   docker build -t landmarks .
 #   docker run -p 50051:50051 -p 8080:8080 -v $PWD/adapters:/app/adapters landmarks
 #   then open http://localhost:8080/ or: curl --data-binary @examples/cat.jpg 'localhost:8080/v1/detect?category=cats'
-# Where download.pytorch.org cannot be reached, take torch from PyPI instead (its Linux wheel bundles
-# CUDA libraries: a larger image, the same CPU behaviour): --build-arg TORCH_INDEX=https://pypi.org/simple
+# CUDA (ONNX Runtime's CUDA provider, onnxruntime-gpu from requirements/gpu.txt; run with --gpus all):
+#   docker build -t landmarks:cuda \
+#     --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 --build-arg DEVICE=cuda .
 # A base image other than python:3.11-slim (e.g. a local Debian 12 made with debootstrap and
 # `docker import`): --build-arg BASE=<image>; Python is installed from its packages when missing.
-# CUDA (torch wheels from the cu130 index on an NVIDIA runtime base; run with --gpus all):
-#   docker build -t landmarks:cuda \
-#     --build-arg BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 \
-#     --build-arg DEVICE=cuda .
 #
 # The adapters/ directory (core.safetensors + <category>.safetensors, and what is registered at
 # run time) is the store; mount it as a volume to keep registrations across containers.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
-ARG TORCH_VERSION=2.14.1
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG DEVICE=cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -40,22 +35,20 @@ RUN if ! command -v python3 >/dev/null 2>&1 || ! python3 -c "import venv, ensure
     fi && \
     python3 -m venv /opt/venv
 
-# torch first, from the index matching the device, so the project's pin does not pull another build.
-RUN pip install --index-url ${TORCH_INDEX} "torch==${TORCH_VERSION}"
-
 WORKDIR /app
-COPY pyproject.toml README.md* ./
+# the locked dependencies first (their own layer: a code change does not reinstall them)
+COPY requirements ./requirements
+RUN pip install --require-hashes -r requirements/serve.txt && \
+    if [ "${DEVICE}" != "cpu" ]; then \
+        pip uninstall -y onnxruntime && pip install --require-hashes --no-deps -r requirements/gpu.txt; \
+    fi
+COPY pyproject.toml README.md ./
 COPY landmarks ./landmarks
 COPY serving ./serving
 COPY training/__init__.py ./training/__init__.py
-# the serve extra: the HTTP/JSON plane (FastAPI, uvicorn); LANDMARKS_ADAPTERS tells `from landmarks
-# import Detector` where the store is (the package is installed, not next to adapters/)
-RUN pip install --extra-index-url ${TORCH_INDEX} ".[serve]" && \
-    python -c "import serving.server, serving.http_api, landmarks.v1.landmarks_pb2_grpc"
-# on a GPU the default backend (ONNX Runtime) needs onnxruntime-gpu, which provides the same module as
-# the CPU package the project depends on: one replaces the other (the `gpu` extra's note)
-RUN if [ "${DEVICE}" != "cpu" ]; then \
-        pip uninstall -y onnxruntime && pip install "onnxruntime-gpu>=1.18" && \
+RUN pip install --no-deps . && \
+    python -c "import serving.server, serving.http_api, landmarks.v1.landmarks_pb2_grpc" && \
+    if [ "${DEVICE}" != "cpu" ]; then \
         python -c "import onnxruntime as ort; assert 'CUDAExecutionProvider' in ort.get_available_providers()"; \
     fi
 # adapters/ is in git (a .gitkeep at least); shipped core/adapters in it are baked into the image

@@ -27,6 +27,7 @@ __all__ = [
     "cpu_config",
     "paper_config",
     "tiny_config",
+    "w192_config",
 ]
 
 
@@ -136,6 +137,11 @@ def cpu_config(num_landmarks: int = 14) -> HourglassConfig:
     return HourglassConfig(num_landmarks=num_landmarks, stem_channels=32, mid_channels=64, features=128)
 
 
+def w192_config(num_landmarks: int = 14) -> HourglassConfig:
+    """Three-quarter-width FAN (192 features), between `cpu_config` and `paper_config`."""
+    return HourglassConfig(num_landmarks=num_landmarks, stem_channels=48, mid_channels=96, features=192)
+
+
 def tiny_config(num_landmarks: int = 5) -> HourglassConfig:
     """A few-thousand-parameter hourglass for tests: same topology, 32 px input."""
     return HourglassConfig(
@@ -143,7 +149,7 @@ def tiny_config(num_landmarks: int = 5) -> HourglassConfig:
     )
 
 
-ARCHITECTURES = {"paper": paper_config, "cpu": cpu_config, "tiny": tiny_config}
+ARCHITECTURES = {"paper": paper_config, "w192": w192_config, "cpu": cpu_config, "tiny": tiny_config}
 
 
 def _bn_relu_conv(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:

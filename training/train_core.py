@@ -41,7 +41,7 @@ class CoreTrainConfig:
     train_split: str = ":8500"
     val_split: str = "8500:9000"  # monitoring only; LSPET 9000: stays the untouched test split
     out: str = "runs/core"
-    arch: str = "cpu"  # paper (FAN, 6.2M) | cpu (half width, 1.6M) | tiny (tests)
+    arch: str = "cpu"  # paper (FAN, 6.2M) | w192 (3/4 width, 3.5M) | cpu (half width, 1.6M) | tiny (tests)
     steps: int = 20_000
     batch_size: int = 16
     lr: float = 1e-3
