@@ -3,9 +3,10 @@
 # benchmarks and tests do not share the 2 cores with it. Several may run at once: the training
 # continues when the last of them ends, however it ends.
 # Usage: scripts/paused.sh .venv/bin/python -m pytest -q
-cd "$(dirname "$0")/.."
-pgid=$(cat runs/training.pid 2>/dev/null || true)
-holders=runs/paused.d
+# LANDMARKS_TRAINING_PID names another pid file (e.g. a training started from another checkout).
+root="$(cd "$(dirname "$0")/.." && pwd)"  # the command runs where it was called from
+pgid=$(cat "${LANDMARKS_TRAINING_PID:-$root/runs/training.pid}" 2>/dev/null || true)
+holders="$root/runs/paused.d"
 if [[ -n $pgid ]] && kill -0 -- "-$pgid" 2>/dev/null; then
   mkdir -p "$holders" && touch "$holders/$$"
   kill -STOP -- "-$pgid"
