@@ -30,6 +30,7 @@ from serving.config import ServerConfig
 from serving.engine import Detection
 from serving.inputs import RequestLimits
 from serving.preprocess import crop_square, decode_crop, decode_raw, resolve_box
+from serving.query import DetectQuery
 from serving.server import build_server
 from serving.servicer import LandmarkServicer
 
@@ -41,8 +42,8 @@ class _Context:  # the parts of a gRPC servicer context the handler uses
     def add_callback(self, callback) -> bool:
         return True
 
-    def abort(self, code, message):
-        raise RuntimeError(message)
+    def abort_with_status(self, status):
+        raise RuntimeError(status.details)
 
 
 def main() -> None:
@@ -90,11 +91,12 @@ def main() -> None:
 
     steps = {
         "handler, request without image": handler_no_image,
-        f"decode_crop, raw {size} px block": lambda: decode_crop(block, size, cfg.max_image_pixels, cfg.min_image_side),
+        f"decode_crop, raw {size} px block": lambda: decode_crop(DetectQuery.from_proto(block), size,
+                                                                 cfg.max_image_pixels, cfg.min_image_side),
         "  the same through a PIL image": lambda: crop_square(decode_raw(
             block.image.raw.pixels, size, size, 3, cfg.max_image_pixels, cfg.min_image_side),
             resolve_box(None, size, size), size),
-        f"decode_crop, raw {2 * size} px resized": lambda: decode_crop(resized, size, cfg.max_image_pixels,
+        f"decode_crop, raw {2 * size} px resized": lambda: decode_crop(DetectQuery.from_proto(resized), size, cfg.max_image_pixels,
                                                                         cfg.min_image_side),
         "lease version + folded model": lease_version_and_model,
         "batch of one (view) + boxes": lambda: (pixels[None], np.array([det.box], dtype=np.float64)),
