@@ -172,7 +172,7 @@ def _nan(t):
     t["head.weight"][0, 0] = float("nan")
 
 
-def _negative_var(t):  # finite tensors, but the trial forward yields NaN (sqrt of a negative variance)
+def _negative_var(t):  # finite tensors, but folding would take the sqrt of a negative variance
     key = next(k for k in t if k.endswith("running_var"))
     t[key].fill_(-1.0)
 
@@ -185,7 +185,7 @@ def _other_core(m):
     (lambda p: _adapter_bytes(p, edit=_rename_key), Code.INVALID_ARGUMENT, "tensor names"),
     (lambda p: _adapter_bytes(p, edit=_bad_shape), Code.INVALID_ARGUMENT, "shape"),
     (lambda p: _adapter_bytes(p, edit=_nan), Code.INVALID_ARGUMENT, "NaN"),
-    (lambda p: _adapter_bytes(p, edit=_negative_var), Code.INVALID_ARGUMENT, "trial forward"),
+    (lambda p: _adapter_bytes(p, edit=_negative_var), Code.INVALID_ARGUMENT, "running_var has negative values"),
     (lambda p: _adapter_bytes(p, metadata_edit=_other_core), Code.FAILED_PRECONDITION, "core"),
     (lambda p: pickle.dumps({"head.weight": torch.zeros(3, 8, 1, 1).numpy()}), Code.INVALID_ARGUMENT, "pickle"),
     (lambda p: _torch_save_bytes(), Code.INVALID_ARGUMENT, "pickle"),
