@@ -286,7 +286,9 @@ def test_reflection_v1_and_v1alpha(server, version):
                      for b in reply.file_descriptor_response.file_descriptor_proto]
             assert any(symbol.rsplit(".", 1)[1] in {s.name for s in f.service} for f in files), reply
     if version == "v1alpha":  # grpcio-reflection's own client, too
-        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase,
+        )
 
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             assert "landmarks.v1.LandmarkService" in ProtoReflectionDescriptorDatabase(channel).get_services()
