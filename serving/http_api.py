@@ -52,6 +52,7 @@ from serving.auth import authorize, bearer
 from serving.calls import DetectCalls
 from serving.errors import Reason, ServingError, clip, status_json
 from serving.inputs import RequestLimits
+from serving.precision import precision_of
 from serving.query import DetectQuery
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def _detection_json(det, total_ms: float) -> dict[str, Any]:
     }
 
 
-def _category_json(status, precision_for) -> dict[str, Any]:
+def _category_json(status, backend) -> dict[str, Any]:
     active = next((v for v in status.versions if v.version == status.active_version), None)
     names = active.adapter.landmark_names if active is not None and active.adapter is not None else []
     return {
@@ -193,7 +194,8 @@ def _category_json(status, precision_for) -> dict[str, Any]:
         "input_size": status.input_size, "active_version": status.active_version,
         "active_sha256": status.active_sha256, "landmark_names": names, "error": status.error,
         "versions": [{"version": v.version, "state": v.state, "sha256": v.sha256, "created": v.created,
-                      "precision": precision_for(v.adapter) if v.adapter is not None else ""}
+                      **dict(zip(("precision", "precision_reason"),
+                                 precision_of(backend, v.adapter) if v.adapter is not None else ("", "")))}
                      for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
     }
 
@@ -225,6 +227,7 @@ class Version(BaseModel):
     sha256: str
     created: str
     precision: str  # the number format it runs in: fp32, bf16 or int8
+    precision_reason: str  # why: the server's --precision, or under auto the calibration's check
 
 class Category(BaseModel):
     name: str
@@ -375,7 +378,7 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
              summary="The categories served, with their landmark names and versions")
     def categories():
         services = lifecycle.require()
-        return {"categories": [_category_json(s, services.backend.precision_for) for s in services.registry.list()]}
+        return {"categories": [_category_json(s, services.backend) for s in services.registry.list()]}
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"],
              summary="SERVING once the core and adapters are loaded; NOT_SERVING while loading or draining")

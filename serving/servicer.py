@@ -12,19 +12,19 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
 from importlib import metadata
-from typing import Any
 
 import grpc
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.backends import Backend
 from serving.calls import DetectCalls, outcome
 from serving.engine import Detection
 from serving.errors import Reason, ServingError
 from serving.inputs import RequestLimits
 from serving.metrics import Metrics
+from serving.precision import precision_of
 from serving.query import DetectQuery
 from serving.services import Lifecycle
 from serving.versions import CategoryStatus, VersionEntry
@@ -94,8 +94,9 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
 _STATE = {"LOADING": pb.LOADING, "READY": pb.READY, "UNLOADING": pb.UNLOADING, "FAILED": pb.FAILED}
 
 
-def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str]) -> pb.VersionInfo:
+def _version_to_proto(entry: VersionEntry, backend: Backend) -> pb.VersionInfo:
     adapter = entry.adapter
+    precision, why = precision_of(backend, adapter) if adapter else ("", "")
     return pb.VersionInfo(
         version=entry.version,
         state=_STATE[entry.state],
@@ -104,12 +105,13 @@ def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str]) 
         created=entry.created,
         trained=adapter.metadata.get("created", "") if adapter else "",
         landmark_names=adapter.landmark_names if adapter else [],
-        precision=precision_for(adapter) if adapter else "",
+        precision=precision,
+        precision_reason=why,
     )
 
 
-def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str]) -> pb.CategoryInfo:
-    """`precision_for`: the backend's (the number format each version runs in)."""
+def category_to_proto(status: CategoryStatus, backend: Backend) -> pb.CategoryInfo:
+    """`backend`: the one its versions run on (the number format each runs in, and why)."""
     return pb.CategoryInfo(
         name=status.name,
         state=_STATE[status.state],
@@ -118,7 +120,7 @@ def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str
         active_version=status.active_version,
         active_sha256=status.active_sha256,
         core_sha256=status.core_sha256,
-        versions=[_version_to_proto(v, precision_for)
+        versions=[_version_to_proto(v, backend)
                   for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
         error=status.error,
     )
@@ -150,14 +152,14 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 path=request.path if which == "path" else None,
                 activate=activate,
             )
-        return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend.precision_for),
+        return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend),
                                           created=created)
 
     @_handler
     def SetActiveVersion(self, request, context):
         services = self.lifecycle.require()
         return category_to_proto(services.registry.set_active(request.category, request.version),
-                                 services.backend.precision_for)
+                                 services.backend)
 
     @_handler
     def UnregisterAdapter(self, request, context):
@@ -167,7 +169,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @_handler
     def ListCategories(self, request, context):
         services = self.lifecycle.require()
-        return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend.precision_for)
+        return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend)
                                                      for s in services.registry.list()])
 
     @_handler
