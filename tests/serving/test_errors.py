@@ -292,3 +292,13 @@ def test_reflection_v1_and_v1alpha(server, version):
 
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             assert "landmarks.v1.LandmarkService" in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+
+def test_the_python_client_reads_the_details(client):
+    from landmarks.client import error_details
+
+    with pytest.raises(grpc.RpcError) as caught:
+        client.detect_batch([png_bytes(), b"not an image"], "cats")
+    details = error_details(caught.value)
+    assert (details.reason, details.domain, details.index) == ("IMAGE_UNDECODABLE", "landmarks.v1", 1)
+    assert details.fields[0][0] == "requests[1].image.encoded"

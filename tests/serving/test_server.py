@@ -519,16 +519,14 @@ def test_the_default_precision_serves_calibrated_adapters_in_int8_where_the_cpu_
             c.register("birds", "failed", failed.read_bytes())
             served = {(cat.name, v.version): (v.precision, v.precision_reason)
                       for cat in c.categories() for v in cat.versions}
-            assert served[("faces", "shipped")] == (
-                ("int8", "auto: its int8 calibration passed its check (mean 0.100 px, p95 0.200 px at 128)")
-                if int8_cpu else ("fp32", "auto: its int8 calibration passed its check (mean 0.100 px, p95 0.200 px "
-                                          "at 128), but int8 runs only on the onnxruntime backend on a CPU with "
-                                          "8-bit dot products (VNNI, AMX)"))
+            passed = "auto: its int8 calibration passed its check (mean 0.100 px, p95 0.200 px at 128)"
+            elsewhere = f"{passed}, but int8 runs only on the onnxruntime backend on a CPU with 8-bit dot products (VNNI, AMX)"
+            assert served[("faces", "shipped")] == (("int8", passed) if int8_cpu else ("fp32", elsewhere))
             assert served[("cats", "shipped")] == ("fp32", "auto: no int8 calibration (landmarks calibrate adds one)")
             assert served[("birds", "unchecked")][0] == "fp32"
             assert "has no recorded check" in served[("birds", "unchecked")][1]
-            assert served[("birds", "failed")] == ("fp32", "auto: its int8 calibration failed its check (mean 0.200 px,"
-                                                           " p95 0.900 px at 128; the rule is <= 0.5)")
+            failed_check = "auto: its int8 calibration failed its check (mean 0.200 px, p95 0.900 px at 128; the rule is <= 0.5)"
+            assert served[("birds", "failed")] == ("fp32", failed_check)
             assert len(c.detect(png_bytes(48, 40), "faces").points) == 6
             assert len(c.detect(png_bytes(48, 40), "cats").points) == 4
     finally:
