@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -71,7 +72,22 @@ _ADMIN_RESPONSES = {"RegisterAdapter": pb.RegisterAdapterResponse, "SetActiveVer
 
 # ------------------------------------------------------------------------------------ ingress
 class _Failed(Exception):
-    """Raised after setting the status on Ray's gRPC context: the proxy answers with that status."""
+    """Raised after setting the status on Ray's gRPC context (`_fail`); `_answers` turns it into the answer."""
+
+
+def _answers(response_type):
+    """An ingress method that ends with `_fail` returns an empty `response_type` instead of raising: Ray's
+    proxy sends the trailing metadata (the error's details) only with an answer, while the status set on
+    the context is what the client gets either way (a client never sees the empty message)."""
+    def wrap(method):
+        @functools.wraps(method)
+        async def call(self, request, grpc_context):
+            try:
+                return await method(self, request, grpc_context)
+            except _Failed:
+                return response_type()
+        return call
+    return wrap
 
 
 def _fail(grpc_context, error: ServingError | status_pb2.Status, metadata=()):
@@ -154,6 +170,7 @@ class Ingress:
         if self._counter is not None:
             self._counter.inc(n, tags={"held": "1" if held else "0"})
 
+    @_answers(pb.DetectResponse)
     async def Detect(self, request: pb.DetectRequest, grpc_context) -> pb.DetectResponse:
         self._allow("inference", grpc_context)
         await self._refresh()
@@ -165,6 +182,7 @@ class Ingress:
         self._count(held)
         return pb.DetectResponse.FromString(payload)
 
+    @_answers(pb.DetectBatchResponse)
     async def DetectBatch(self, request: pb.DetectBatchRequest, grpc_context) -> pb.DetectBatchResponse:
         self._allow("inference", grpc_context)
         n = len(request.requests)
@@ -214,18 +232,23 @@ class Ingress:
             _fail(grpc_context, status_pb2.Status.FromString(payload))
         return _ADMIN_RESPONSES[method].FromString(payload)
 
+    @_answers(pb.RegisterAdapterResponse)
     async def RegisterAdapter(self, request, grpc_context):
         return await self._admin("RegisterAdapter", request, grpc_context)
 
+    @_answers(pb.CategoryInfo)
     async def SetActiveVersion(self, request, grpc_context):
         return await self._admin("SetActiveVersion", request, grpc_context)
 
+    @_answers(pb.UnregisterAdapterResponse)
     async def UnregisterAdapter(self, request, grpc_context):
         return await self._admin("UnregisterAdapter", request, grpc_context)
 
+    @_answers(pb.ListCategoriesResponse)
     async def ListCategories(self, request, grpc_context):
         return await self._admin("ListCategories", request, grpc_context)
 
+    @_answers(pb.ServerInfoResponse)
     async def ServerInfo(self, request, grpc_context):
         import ray
 
@@ -233,6 +256,7 @@ class Ingress:
         info.versions["ray"] = ray.__version__
         return info
 
+    @_answers(health_pb2.HealthCheckResponse)
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context):
         if request.service not in ("", INFERENCE, ADMIN):
             _fail(grpc_context, ServingError(Code.NOT_FOUND, Reason.REQUEST_INVALID,
