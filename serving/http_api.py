@@ -258,7 +258,8 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
               inference_token: str | None, max_body_bytes: int):
     """The ASGI app (FastAPI, wrapped in the body limit)."""
     errors = {status: {"model": Error, "description": description} for status, description in (
-        (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message)"),
+        (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message; details: the "
+              + "reason and the field)"),
         (401, "UNAUTHENTICATED: no token, or a wrong one"),
         (404, "NOT_FOUND: no such category or version"),
         (413, "the body is over --max-message-mb"),

@@ -11,7 +11,10 @@ a replica that already holds its category.
 Ray Serve's multiplexing routes a request whose model id a replica already holds to that replica
 (else to the least loaded one, which folds it); clients send the category in the request as
 always, so the Ingress sets the model id. The proxy carries our services unchanged: it calls the
-Ingress method named like the RPC, and a status code set on the context is what the client gets.
+Ingress method named like the RPC, and a status code set on the context is what the client gets, with
+the error's google.rpc.Status details in the trailer as `landmarks serve` sends them (`_answers`); a
+DetectBatch item's index is renumbered from its replica's sub-batch into the client's batch
+(`serving.errors.renumber`).
 
 Admin across replicas: the Admin deployment validates and writes the shared store (a directory
 every replica can read: one machine, or a shared volume) exactly as `landmarks serve` does;
