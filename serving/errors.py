@@ -150,14 +150,13 @@ class ItemError(ServingError):
         self.index = index
         self.cause = cause
 
-    def for_batch(self, index: int | None = None) -> ServingError:
-        """The client's error: item `index` (default: this one's) named in the field path and message,
-        e.g. "requests[1].image.encoded: ...", and in ErrorInfo's metadata."""
-        index = self.index if index is None else index
+    def for_batch(self) -> ServingError:
+        """The client's error: the item named in the field path and message, e.g.
+        "requests[1].image.encoded: ...", and in ErrorInfo's metadata."""
         cause = self.cause
-        field = f"requests[{index}]" + (f".{cause.field}" if cause.field else "")
+        field = f"requests[{self.index}]" + (f".{cause.field}" if cause.field else "")
         return ServingError(cause.code, cause.reason, cause.why, field=field,
-                            metadata={**cause.metadata, "index": str(index)})
+                            metadata={**cause.metadata, "index": str(self.index)})
 
 
 def renumber(status: status_pb2.Status, index: int, old: int | None) -> status_pb2.Status:
