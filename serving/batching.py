@@ -1,10 +1,11 @@
 """Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`, and the one place
 that decides where a request computes.
 
-The servicer makes one call, `run(requests, prepare, deadline, on_cancel)`: the batcher
-prepares (decodes) each request, then either computes them at once in the calling thread, when
-that thread is the lead worker running a lone RPC (below), or queues them and waits for their
-results, the deadline or the client's cancellation.
+A call (`serving.calls`, for gRPC and HTTP alike) makes one call, `run(requests, prepare, deadline,
+on_cancel)`: the batcher prepares (decodes) each request, then either computes them at once in the
+calling thread, when that thread is the lead worker running a lone RPC (below), or queues them and
+waits for their results, the deadline or the client's cancellation. A request's own failure comes
+back as an `ItemError` naming its index in the call (a DetectBatch names it to the client).
 
 Queued work: each worker thread (`workers`, default 2) takes the oldest queued request, gathers
 every queued request of the same group (leased adapter version) up to `max_batch_size`, and runs
@@ -39,7 +40,7 @@ Admission and dropping:
   does not fit is refused at once. Under steady load a DetectBatch of up to `max_queue` items is
   therefore admitted once the queue ahead of it has drained, instead of never;
 - a request whose deadline has passed (DEADLINE_EXCEEDED) or whose client went away
-  (CANCELLED; the servicer wires `context.add_callback` to `Pending.cancel`) is dropped at
+  (CANCELLED; the call wires `context.add_callback` to `Pending.cancel`) is dropped at
   flush, before any compute, or earlier, when the queue is full: such requests never hold
   a slot that a live request needs;
 - a batch that fails with an unexpected error is retried one request at a time, so one bad
