@@ -50,6 +50,7 @@ with atheris.instrument_imports(include=["PIL", "serving", "landmarks"]):
     from serving.errors import ServingError
     from serving.names import CATEGORY_RE, VERSION_RE, validate_category, validate_version
     from serving.preprocess import crop_square, decode_crop, decode_encoded, decode_raw, resolve_box
+    from serving.query import DetectQuery
 
 torch.set_num_threads(1)
 
@@ -139,7 +140,7 @@ def served_crop_and_check(payload: bytes, square: tuple[float, ...], size: int, 
     request.image.encoded = payload
     request.box.x0, request.box.y0, request.box.x1, request.box.y1 = square  # float32 on the wire
     try:
-        pixels, _ = decode_crop(request, size, MAX_PIXELS, min_side)
+        pixels, _ = decode_crop(DetectQuery.from_proto(request), size, MAX_PIXELS, min_side)
     except ServingError as exc:
         allowed(exc)
         return

@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Adapter",
     "ArtifactError",
+    "BatchNormError",
     "Core",
     "CoreMismatchError",
     "MetadataError",
@@ -91,6 +92,10 @@ class TensorMismatchError(ArtifactError):
 
 class NonFiniteError(ArtifactError):
     pass
+
+
+class BatchNormError(ArtifactError):
+    """A batch-norm statistic the fold cannot use (a negative running_var)."""
 
 
 class CoreMismatchError(ArtifactError):
@@ -409,6 +414,11 @@ def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Ma
     bad = first_non_finite(tensors)
     if bad is not None:
         raise NonFiniteError(f"{label}: tensor {bad} contains NaN or Inf values; the file is broken")
+    # folding divides by sqrt(running_var + eps): a negative variance gives NaN weights
+    negative = next((k for k, t in tensors.items() if k.endswith("running_var") and bool((t < 0).any())), None)
+    if negative is not None:
+        raise BatchNormError(f"{label}: tensor {negative} has negative values; a batch-norm running variance "
+                             "is never negative, so the file is broken (train or export it again)")
 
 
 def load_core(source: Path | str | bytes) -> Core:

@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 
-__all__ = ["DetectResult", "LandmarkClient", "image_message"]
+__all__ = ["DetectResult", "ErrorDetails", "LandmarkClient", "error_details", "image_message"]
 
 
 @dataclass
@@ -60,6 +60,40 @@ class DetectResult:
             "landmarks": [{"name": n, "x": x, "y": y, "confidence": c} for (x, y, c), n in zip(self.points, self.names)],
             "timings": self.timings,
         }
+
+
+@dataclass
+class ErrorDetails:
+    """A failed call's google.rpc.Status details (see the .proto's notes on errors)."""
+
+    reason: str = ""                    # ErrorInfo.reason, e.g. "IMAGE_UNDECODABLE"
+    domain: str = ""                    # "landmarks.v1"
+    metadata: dict[str, str] = field(default_factory=dict)  # "index" of a DetectBatch item, "category", ...
+    fields: list[tuple[str, str]] = field(default_factory=list)  # BadRequest: (field path, description)
+
+    @property
+    def index(self) -> int | None:
+        """The DetectBatch item the error is about."""
+        return int(self.metadata["index"]) if self.metadata.get("index", "").isdigit() else None
+
+
+def error_details(exc: grpc.RpcError) -> ErrorDetails:
+    """The structured details of a failed call (empty if it carries none, e.g. from a proxy)."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    out = ErrorDetails()
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            out.reason, out.domain, out.metadata = info.reason, info.domain, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.fields = [(v.field, v.description) for v in bad.field_violations]
+    return out
 
 
 def image_message(image: Any) -> pb.Image:

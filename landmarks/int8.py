@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Calibration", "conv_names",
-           "conv_ranges", "int8_graph", "int8_weights", "kept_in_fp32"]
+__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Calibration", "checked_int8",
+           "conv_names", "conv_ranges", "int8_graph", "int8_weights", "kept_in_fp32"]
 
 CALIBRATION_KEY = "int8_calibration"  # the adapter metadata key
 _FORMAT = 1
@@ -105,6 +105,24 @@ class Int8Calibration:
 
 
 # ------------------------------------------------------------------------------------- calibration
+def checked_int8(metadata: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether an adapter's calibration may run by default (`--precision auto`): only one whose recorded
+    check passed the rule (`landmarks calibrate` records it); and why, in words."""
+    try:
+        calibration = Int8Calibration.from_metadata(metadata)
+    except ValueError as exc:
+        return False, f"its int8 calibration is malformed ({exc})"
+    if calibration is None:
+        return False, "no int8 calibration (landmarks calibrate adds one)"
+    check = calibration.check
+    if not {"mean_px", "p95_px"} <= set(check):
+        return False, "its int8 calibration has no recorded check; calibrate it again with landmarks calibrate"
+    measured = f"mean {check['mean_px']:.3f} px, p95 {check['p95_px']:.3f} px at 128"
+    if not (check["mean_px"] <= MAX_POINT_ERROR_PX and check["p95_px"] <= MAX_POINT_ERROR_PX):
+        return False, f"its int8 calibration failed its check ({measured}; the rule is <= {MAX_POINT_ERROR_PX})"
+    return True, f"its int8 calibration passed its check ({measured})"
+
+
 def conv_names(model: torch.nn.Module) -> list[str]:
     """Every convolution's weight name, in the network's order."""
     return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]

@@ -72,10 +72,11 @@ def hot_paths(size: int) -> dict:
     def served(data: bytes):
         from landmarks.v1 import landmarks_pb2 as pb
         from serving.preprocess import decode_crop
+        from serving.query import DetectQuery
 
         request = pb.DetectRequest(category="bench")
         request.image.encoded = data
-        return decode_crop(request, size, 50_000_000, 4)[0]
+        return decode_crop(DetectQuery.from_proto(request), size, 50_000_000, 4)[0]
 
     return {"PIL hot path": pil, "OpenCV hot path": ocv, "served": served}
 

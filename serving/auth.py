@@ -20,6 +20,7 @@ import hmac
 import grpc
 
 from landmarks.tokens import read_token  # re-exported: the server reads its tokens too
+from serving.errors import Reason, ServingError
 
 __all__ = ["TokenInterceptor", "authorize", "bearer", "metadata_token", "read_token"]
 
@@ -31,9 +32,9 @@ def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _deny(refusal: ServingError) -> grpc.RpcMethodHandler:
     def abort(request, context):
-        context.abort(code, message)
+        refusal.abort(context)
 
     return grpc.unary_unary_rpc_method_handler(abort)
 
@@ -56,21 +57,22 @@ def metadata_token(metadata) -> str | None:
 
 
 def authorize(plane: str, given: str | None, admin_token: str | None,
-              inference_token: str | None) -> tuple[grpc.StatusCode, str] | None:
+              inference_token: str | None) -> ServingError | None:
     """None if a call to `plane` ("admin" or "inference") with token `given` may proceed, else the
-    status and message to refuse it with (the table above). The gRPC interceptor and the HTTP plane
+    error to refuse it with (the table above). The gRPC interceptor and the HTTP plane
     (serving.http_api) both ask this."""
     required = admin_token if plane == "admin" else inference_token
     if required is None:
         return None
     if given is None:
         why = f"the {plane} service needs a token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
-        return grpc.StatusCode.UNAUTHENTICATED, why
+        return ServingError(grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_MISSING, why)
     if _same(given, required) or (plane == "inference" and _same(given, admin_token)):
         return None
     if plane == "admin" and _same(given, inference_token):
-        return grpc.StatusCode.PERMISSION_DENIED, "this is the inference token; admin calls need the admin token"
-    return grpc.StatusCode.UNAUTHENTICATED, f"wrong token for the {plane} service"
+        return ServingError(grpc.StatusCode.PERMISSION_DENIED, Reason.ADMIN_TOKEN_REQUIRED,
+                            "this is the inference token; admin calls need the admin token")
+    return ServingError(grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_INVALID, f"wrong token for the {plane} service")
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
@@ -88,4 +90,4 @@ class TokenInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         refusal = authorize(plane, metadata_token(handler_call_details.invocation_metadata), self.admin_token,
                             self.inference_token)
-        return continuation(handler_call_details) if refusal is None else _deny(*refusal)
+        return continuation(handler_call_details) if refusal is None else _deny(refusal)

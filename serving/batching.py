@@ -1,10 +1,11 @@
 """Dynamic batching: a bounded queue in front of `InferenceEngine.run_group`, and the one place
 that decides where a request computes.
 
-The servicer makes one call, `run(requests, prepare, deadline, on_cancel)`: the batcher
-prepares (decodes) each request, then either computes them at once in the calling thread, when
-that thread is the lead worker running a lone RPC (below), or queues them and waits for their
-results, the deadline or the client's cancellation.
+A call (`serving.calls`, for gRPC and HTTP alike) makes one call, `run(requests, prepare, deadline,
+on_cancel)`: the batcher prepares (decodes) each request, then either computes them at once in the
+calling thread, when that thread is the lead worker running a lone RPC (below), or queues them and
+waits for their results, the deadline or the client's cancellation. A request's own failure comes
+back as an `ItemError` naming its index in the call (a DetectBatch names it to the client).
 
 Queued work: each worker thread (`workers`, default 2) takes the oldest queued request, gathers
 every queued request of the same group (leased adapter version) up to `max_batch_size`, and runs
@@ -39,7 +40,7 @@ Admission and dropping:
   does not fit is refused at once. Under steady load a DetectBatch of up to `max_queue` items is
   therefore admitted once the queue ahead of it has drained, instead of never;
 - a request whose deadline has passed (DEADLINE_EXCEEDED) or whose client went away
-  (CANCELLED; the servicer wires `context.add_callback` to `Pending.cancel`) is dropped at
+  (CANCELLED; the call wires `context.add_callback` to `Pending.cancel`) is dropped at
   flush, before any compute, or earlier, when the queue is full: such requests never hold
   a slot that a live request needs;
 - a batch that fails with an unexpected error is retried one request at a time, so one bad
@@ -61,7 +62,7 @@ import grpc
 
 from serving.config import BatchConfig
 from serving.engine import Detection, InferenceEngine
-from serving.errors import ServingError
+from serving.errors import ItemError, Reason, ServingError
 from serving.inputs import DetectInput
 from serving.threads import ComputeThreads
 from serving.work import LeadTask, Pending, prepared
@@ -116,8 +117,9 @@ class DynamicBatcher:
         """Prepare each request (`prepare(request) -> DetectInput`, raising ServingError for a bad
         one) and compute them all; the results in order. `deadline` is a time.monotonic() value;
         `on_cancel(callback)` registers a callback for a client that goes away (gRPC's
-        `context.add_callback`, False if it already has). A failure raises a ServingError whose
-        `item` is the index of the request it is about."""
+        `context.add_callback`, False if it already has). A request's own failure (its input, its
+        category, its deadline) raises an `ItemError` naming its index; a failure of the whole call (the
+        queue is full, the server is shutting down) a plain ServingError."""
         if threading.current_thread() is self._threads[0]:  # a lone RPC handed over by LeadFirstExecutor
             return self._run_inline([prepared(prepare, r, i) for i, r in enumerate(requests)])
         n = len(requests)
@@ -142,10 +144,11 @@ class DynamicBatcher:
         for i, p in enumerate(pending):
             try:
                 out.append(p.wait(None if deadline is None else max(0.0, deadline - time.monotonic())))
-            except BaseException as exc:
+            except ServingError as exc:
                 cancel()  # all or nothing: the rest need not run (or this one's deadline passed while it ran)
-                if isinstance(exc, ServingError):
-                    exc.item = i
+                raise ItemError(i, exc) from None
+            except BaseException:
+                cancel()
                 raise
         return out
 
@@ -155,7 +158,7 @@ class DynamicBatcher:
         n = len(pending)
         with self._lock:
             if self._closed:
-                raise ServingError(Code.UNAVAILABLE, "server is shutting down")
+                raise ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE, "server is shutting down")
             if n > self._free():  # make room first: requests nobody waits for do not hold a slot
                 self._purge_dead()
             if n > self._free():
@@ -174,7 +177,7 @@ class DynamicBatcher:
     def _queue_full(self, n: int) -> ServingError:
         held = f", {self._reserved} held for a waiting DetectBatch" if self._reserved else ""
         return ServingError(
-            Code.RESOURCE_EXHAUSTED,
+            Code.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
             f"request queue full ({len(self._queue)} of {self.config.max_queue} waiting{held}"
             + (f", {n} more asked" if n > 1 else "") + "); retry with backoff")
 
@@ -187,11 +190,12 @@ class DynamicBatcher:
         try:
             while self.config.max_queue - len(self._queue) < n:
                 if self._closed or self._draining:
-                    raise ServingError(Code.UNAVAILABLE, "server is shutting down")
+                    raise ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE, "server is shutting down")
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise ServingError(Code.DEADLINE_EXCEEDED if deadline is not None and deadline <= limit
-                                       else Code.RESOURCE_EXHAUSTED,
+                    expired = deadline is not None and deadline <= limit
+                    raise ServingError(Code.DEADLINE_EXCEEDED if expired else Code.RESOURCE_EXHAUSTED,
+                                       Reason.DEADLINE_EXCEEDED if expired else Reason.QUEUE_FULL,
                                        f"waited for room for {n} items in the request queue "
                                        f"({len(self._queue)} of {self.config.max_queue} taken); not computed")
                 self._room.wait(left)
@@ -234,8 +238,7 @@ class DynamicBatcher:
             try:
                 out.append(p.wait(0))
             except ServingError as exc:
-                exc.item = i
-                raise
+                raise ItemError(i, exc) from None
         return out
 
     def queued(self) -> int:
@@ -259,7 +262,8 @@ class DynamicBatcher:
             self._wake_all()
             self._room.notify_all()
         for p in left:
-            p.finish(error=ServingError(Code.UNAVAILABLE, "server shut down before this request ran"))
+            p.finish(error=ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                                        "server shut down before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             if t is not threading.current_thread():
@@ -353,13 +357,13 @@ class DynamicBatcher:
         category = p.item.entry.category
         if p.deadline is not None and now >= p.deadline:  # (gRPC also cancels it: count it as expired)
             self.metrics.dropped(category, "deadline_exceeded")
-            p.finish(error=ServingError(Code.DEADLINE_EXCEEDED,
+            p.finish(error=ServingError(Code.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
                                         f"deadline passed after {(now - p.enqueued) * 1e3:.1f} ms in the queue; "
                                         "not computed"))
             return True
         if p.cancelled:
             self.metrics.dropped(category, "cancelled")
-            p.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
+            p.finish(error=ServingError(Code.CANCELLED, Reason.CANCELLED, "client cancelled the request"))
             return True
         return False
 

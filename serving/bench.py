@@ -74,7 +74,8 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
     """n adapters of the core's K with random projections / heads (what is served does not matter),
     running the core at `input_size` (default the core's own; the shipped cpu adapters use 64). Each
     carries an int8 calibration (`landmarks.int8`: ranges of two noise images, the bench's kind of
-    input, no accuracy check) so that a server run with --precision int8 registers them too."""
+    input, no accuracy check) so that a server run with --precision int8 serves them in int8; under
+    --precision auto (the default) a calibration without a passed check runs in fp32."""
     size = input_size or core.config.input_size
     noise = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
     out = []
@@ -253,6 +254,10 @@ def run(args) -> int:
               f"({'--adapter-size' if args.adapter_size else 'the shipped adapters' if shipped else 'the core'}'s "
               f"size), {image.shape[1]}x{image.shape[0]} raw test image; {args.requests} requests per row; "
               f"torch threads here: {torch.get_num_threads()}", flush=True)
+        if info.precision == "auto":
+            print("bench: the bench categories' int8 calibrations (noise images) have no accuracy check, so this "
+                  "server (--precision auto) runs them in fp32; start it with --precision int8 to measure int8",
+                  flush=True)
         print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load average "
               f"{results['machine']['load_before']} before the run (client and server share it)", flush=True)
         warning = busy_warning(results["machine"]["busy_before"], results["machine"]["cores"])

@@ -7,14 +7,15 @@
     GET  /openapi.json       the OpenAPI description of all of it
     GET  /                   the demo page (serving/static/demo.html)
 
-A detect goes where a gRPC Detect goes: the body becomes a `DetectRequest` and runs through
-`DynamicBatcher.run` with `serving.inputs.prepare_input`, so validation, messages, batching and
-the numbers are the gRPC plane's. So do its deadline and cancellation: the `X-Server-Timeout`
+A detect goes where a gRPC Detect goes: the body becomes a `DetectQuery` and runs through the same
+call helper (`serving.calls.DetectCalls`), so validation, messages, batching, metrics and the
+numbers are the gRPC plane's. So do its deadline and cancellation: the `X-Server-Timeout`
 header (seconds, as Google's HTTP APIs take it) is the gRPC deadline (504 once it passes, and a
 queued request past it is never computed), and a client that disconnects cancels its request as a
 gRPC client's cancel does (`_ClientGone`). A `ServingError` answers with its gRPC code mapped to an HTTP
-status (`HTTP_STATUS`: 400, 404, 429, 503, ...) and a body {"code": "INVALID_ARGUMENT", "message":
-...} carrying the gRPC message; a body over --max-message-mb answers 413 before it is read.
+status (`HTTP_STATUS`: 400, 404, 429, 503, ...) and the gRPC status as JSON: {"code": "INVALID_ARGUMENT",
+"message": ..., "details": [ErrorInfo, BadRequest]} (serving.errors); a body over --max-message-mb
+answers 413 before it is read.
 Tokens: `Authorization: Bearer <token>`, checked as gRPC checks its metadata (`serving.auth.authorize`;
 the detect and categories endpoints are the inference plane). TLS: the gRPC plane's files.
 This module imports FastAPI: `serving.server` imports it only for --http-port.
@@ -34,8 +35,6 @@ import socket
 import ssl
 import threading
 import time
-from contextlib import ExitStack
-from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -43,15 +42,18 @@ import grpc
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from google.rpc import error_details_pb2
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from landmarks import __version__
-from landmarks.v1 import landmarks_pb2 as pb
 from serving.auth import authorize, bearer
-from serving.errors import ServingError, clip
-from serving.inputs import RequestLimits, prepare_input
+from serving.calls import DetectCalls
+from serving.errors import Reason, ServingError, clip, status_json
+from serving.inputs import RequestLimits
+from serving.precision import precision_of
+from serving.query import DetectQuery
 
 if TYPE_CHECKING:
     from serving.config import ServerConfig
@@ -94,7 +96,7 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or ()).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _send_error(send, 413, "RESOURCE_EXHAUSTED", self._message(int(length)))
+            return await _send_error(send, 413, _too_large(self._message(int(length))))
         received = 0
 
         async def limited():
@@ -113,10 +115,14 @@ class _BodyLimit:
                 "(--max-message-mb); downscale the image before sending")
 
 
-async def _send_error(send, status: int, code: str, message: str) -> None:
+def _too_large(message: str) -> ServingError:
+    return ServingError(Code.RESOURCE_EXHAUSTED, Reason.BODY_TOO_LARGE, message)
+
+
+async def _send_error(send, status: int, error: ServingError) -> None:
     import json
 
-    body = json.dumps({"code": code, "message": message}).encode()
+    body = json.dumps(status_json(error.status())).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -159,17 +165,13 @@ def _parse_box(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         values = ()
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ServingError(Code.INVALID_ARGUMENT, f"box: expected four numbers x0,y0,x1,y1, got {clip(text)}")
+        raise ServingError(Code.INVALID_ARGUMENT, Reason.BOX_INVALID,
+                           f"expected four numbers x0,y0,x1,y1, got {clip(text)}", field="box")
     return values  # type: ignore[return-value]
 
 
-def _detect_request(data: bytes, category: str, version: str, box: str | None) -> pb.DetectRequest:
-    request = pb.DetectRequest(image=pb.Image(encoded=data), category=category, version=version)
-    parsed = _parse_box(box)
-    if parsed is not None:
-        x0, y0, x1, y1 = parsed
-        request.box.CopyFrom(pb.Box(x0=x0, y0=y0, x1=x1, y1=y1))
-    return request
+def _detect_query(data: bytes, category: str, version: str, box: str | None) -> DetectQuery:
+    return DetectQuery(category, version, encoded=data, box=_parse_box(box))
 
 
 def _detection_json(det, total_ms: float) -> dict[str, Any]:
@@ -184,7 +186,7 @@ def _detection_json(det, total_ms: float) -> dict[str, Any]:
     }
 
 
-def _category_json(status, precision_for) -> dict[str, Any]:
+def _category_json(status, backend) -> dict[str, Any]:
     active = next((v for v in status.versions if v.version == status.active_version), None)
     names = active.adapter.landmark_names if active is not None and active.adapter is not None else []
     return {
@@ -192,7 +194,8 @@ def _category_json(status, precision_for) -> dict[str, Any]:
         "input_size": status.input_size, "active_version": status.active_version,
         "active_sha256": status.active_sha256, "landmark_names": names, "error": status.error,
         "versions": [{"version": v.version, "state": v.state, "sha256": v.sha256, "created": v.created,
-                      "precision": precision_for(v.adapter) if v.adapter is not None else ""}
+                      **dict(zip(("precision", "precision_reason"),
+                                 precision_of(backend, v.adapter) if v.adapter is not None else ("", "")))}
                      for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
     }
 
@@ -224,6 +227,7 @@ class Version(BaseModel):
     sha256: str
     created: str
     precision: str  # the number format it runs in: fp32, bf16 or int8
+    precision_reason: str  # why: the server's --precision, or under auto the calibration's check
 
 class Category(BaseModel):
     name: str
@@ -244,15 +248,18 @@ class Health(BaseModel):
     message: str = ""
 
 class Error(BaseModel):
-    code: str
+    code: str  # the gRPC code's name
     message: str
+    # google.rpc.ErrorInfo (reason, domain, metadata) and BadRequest (fieldViolations), each with its "@type"
+    details: list[dict[str, Any]] = []
 
 
 def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | None, *, admin_token: str | None,
               inference_token: str | None, max_body_bytes: int):
     """The ASGI app (FastAPI, wrapped in the body limit)."""
     errors = {status: {"model": Error, "description": description} for status, description in (
-        (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message)"),
+        (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message; details: the "
+              + "reason and the field)"),
         (401, "UNAUTHENTICATED: no token, or a wrong one"),
         (404, "NOT_FOUND: no such category or version"),
         (413, "the body is over --max-message-mb"),
@@ -271,58 +278,51 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
     def inference_plane(authorization: str | None = Header(default=None, include_in_schema=False)) -> None:
         refusal = authorize("inference", bearer(authorization), admin_token, inference_token)
         if refusal is not None:
-            raise ServingError(*refusal)
+            raise refusal
 
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError):
         headers = {"retry-after": "1"} if exc.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE) else {}
         if exc.code == Code.UNAUTHENTICATED:
             headers["www-authenticate"] = "Bearer"
-        return JSONResponse({"code": exc.code.name, "message": exc.message}, status_code=http_status(exc.code),
-                            headers=headers)
+        return JSONResponse(status_json(exc.status()), status_code=http_status(exc.code), headers=headers)
 
     @app.exception_handler(_BodyTooLarge)
     async def too_large(request: Request, exc: _BodyTooLarge):
-        return JSONResponse({"code": "RESOURCE_EXHAUSTED", "message": str(exc)}, status_code=413,
+        return JSONResponse(status_json(_too_large(str(exc)).status()), status_code=413,
                             headers={"connection": "close"})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         # Starlette's own refusals (no such route, a broken multipart body) in the same shape as ours
-        code = next((c.name for c, status in HTTP_STATUS.items() if status == exc.status_code), "UNKNOWN")
-        return JSONResponse({"code": code, "message": str(exc.detail)}, status_code=exc.status_code,
-                            headers=exc.headers)
+        code = next((c for c, status in HTTP_STATUS.items() if status == exc.status_code), Code.UNKNOWN)
+        error = ServingError(code, Reason.REQUEST_INVALID, str(exc.detail),
+                             metadata={"http_status": str(exc.status_code)})
+        return JSONResponse(status_json(error.status()), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"code": "INVALID_ARGUMENT", "message": where}, status_code=400)
+        # one field violation each, named as the client sent it: the query parameter or header
+        problems = [(str(e["loc"][-1]) if e["loc"] else "request", e["msg"]) for e in exc.errors()]
+        status = ServingError(Code.INVALID_ARGUMENT, Reason.REQUEST_INVALID,
+                              "; ".join(f"{f}: {m}" for f, m in problems)).status()
+        bad = error_details_pb2.BadRequest()
+        for field, why in problems:
+            bad.field_violations.add(field=field, description=why, reason=Reason.REQUEST_INVALID.value)
+        status.details.add().Pack(bad)
+        return JSONResponse(status_json(status), status_code=400)
 
-    def detect_blocking(request: pb.DetectRequest, deadline: float | None, on_cancel) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        outcome = "internal"
-        if metrics is not None:
-            metrics.inflight.inc()
+    calls = DetectCalls(lifecycle, limits, metrics)
+
+    def detect_blocking(query: DetectQuery, deadline: float | None, on_cancel) -> dict[str, Any]:
         try:
-            services = lifecycle.require_serving()
-            with ExitStack() as leases:  # the version leased is kept until the answer is made
-                prepare = partial(prepare_input, registry=services.registry, leases=leases, limits=limits)
-                (det,) = services.batcher.run([request], prepare, deadline, on_cancel)
-            if metrics is not None:
-                metrics.detection(det.category, det.queue_ms, det.compute_ms)
-            outcome = "ok"
-            return _detection_json(det, (time.perf_counter() - t0) * 1e3)
-        except ServingError as exc:
-            outcome = exc.code.name.lower()
-            exc.item = None
+            (det,), t0 = calls.detect("HttpDetect", [query], deadline, on_cancel)
+        except ServingError:
             raise
         except Exception:
             log.exception("HTTP detect failed")
-            raise ServingError(Code.INTERNAL, "internal error in detect; see the server log") from None
-        finally:
-            if metrics is not None:
-                metrics.inflight.dec()
-                metrics.request("HttpDetect", request.category, outcome, time.perf_counter() - t0)
+            raise ServingError(Code.INTERNAL, Reason.INTERNAL, "internal error in detect; see the server log") from None
+        return _detection_json(det, (time.perf_counter() - t0) * 1e3)
 
     @app.post(
         "/v1/detect", response_model=Detection, responses=errors, tags=["inference"],
@@ -355,8 +355,9 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
             try:
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
-                    raise ServingError(Code.INVALID_ARGUMENT, "image: missing; send the file in the form field "
-                                                              "'image' (or the bytes as the request body)")
+                    raise ServingError(Code.INVALID_ARGUMENT, Reason.IMAGE_MISSING,
+                                       "missing; send the file in the form field 'image' (or the bytes as the "
+                                       "request body)", field="image")
                 data = await upload.read()
                 category = str(form.get("category", category))
                 version = str(form.get("version", version))
@@ -368,7 +369,7 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
         gone = _ClientGone()
         watcher = asyncio.get_running_loop().create_task(gone.watch(request))
         try:
-            return await run_in_threadpool(detect_blocking, _detect_request(data, category, version, box), deadline,
+            return await run_in_threadpool(detect_blocking, _detect_query(data, category, version, box), deadline,
                                            gone.add_callback)
         finally:
             watcher.cancel()
@@ -378,7 +379,7 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
              summary="The categories served, with their landmark names and versions")
     def categories():
         services = lifecycle.require()
-        return {"categories": [_category_json(s, services.backend.precision_for) for s in services.registry.list()]}
+        return {"categories": [_category_json(s, services.backend) for s in services.registry.list()]}
 
     @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}}, tags=["health"],
              summary="SERVING once the core and adapters are loaded; NOT_SERVING while loading or draining")

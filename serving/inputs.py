@@ -1,4 +1,4 @@
-"""A client's DetectRequest -> a `DetectInput`: lease the version it asks for, decode its image,
+"""A client's request (`serving.query.DetectQuery`) -> a `DetectInput`: lease the version it asks for, decode its image,
 crop once at that version's input size. The batcher calls `prepare_input` for each request."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from landmarks.v1 import landmarks_pb2 as pb
-from serving.preprocess import Box, decode_crop
+from serving.preprocess import decode_crop
+from serving.query import Box, DetectQuery
 from serving.registry import AdapterRegistry
 from serving.versions import VersionEntry
 
@@ -37,7 +37,7 @@ class DetectInput:
         return self.entry.cache_key
 
 
-def prepare_input(request: pb.DetectRequest, registry: AdapterRegistry, leases: ExitStack,
+def prepare_input(request: DetectQuery, registry: AdapterRegistry, leases: ExitStack,
                   limits: RequestLimits) -> DetectInput:
     """Raises ServingError (the version's NOT_FOUND / UNAVAILABLE, the image's INVALID_ARGUMENT). The
     lease joins `leases`: the caller holds it until the request is answered, whatever admin does."""

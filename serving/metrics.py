@@ -24,15 +24,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-if TYPE_CHECKING:
-    from serving.services import Services
+from serving.model_cache import CacheStats
 
-__all__ = ["Metrics", "start_metrics_server"]
+__all__ = ["Measured", "Metrics", "start_metrics_server"]
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,16 @@ REGISTER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 UNKNOWN, OTHER = "_unknown", "_other"
 
 
+class Measured(Protocol):
+    """What the metrics read of the server's parts (`serving.services.Services` is one)."""
+
+    def known(self, category: str) -> bool: ...
+    def cache_stats(self) -> CacheStats: ...
+    def category_count(self) -> int: ...
+
+
 class _CacheCollector:
-    def __init__(self, services: Callable[[], Services | None]) -> None:
+    def __init__(self, services: Callable[[], Measured | None]) -> None:
         self.services = services
 
     def describe(self):
@@ -54,8 +61,7 @@ class _CacheCollector:
         services = self.services()
         if services is None:
             return
-        registry = services.registry
-        s = services.models.stats()
+        s = services.cache_stats()
         for name, value, doc in (
             ("capacity_bytes", s.capacity_bytes, "folded-weights cache budget"),
             ("resident_bytes", s.resident_bytes, "folded weights resident"),
@@ -65,11 +71,11 @@ class _CacheCollector:
             yield GaugeMetricFamily(f"landmarks_folded_cache_{name}", doc, value=value)
         for name, value in (("hits", s.hits), ("misses", s.misses), ("evictions", s.evictions)):
             yield CounterMetricFamily(f"landmarks_folded_cache_{name}", f"folded-weights cache {name}", value=value)
-        yield GaugeMetricFamily("landmarks_categories", "categories registered", value=len(registry.list()))
+        yield GaugeMetricFamily("landmarks_categories", "categories registered", value=services.category_count())
 
 
 class Metrics:
-    def __init__(self, services: Callable[[], Services | None] | None = None, max_category_labels: int = 64) -> None:
+    def __init__(self, services: Callable[[], Measured | None] | None = None, max_category_labels: int = 64) -> None:
         """`services`: the server's parts once loaded (cache and registry figures, known categories)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.services = services
@@ -105,7 +111,7 @@ class Metrics:
         with self._lock:
             if category in self._labels:
                 return category
-            if self.services is not None and (loaded is None or not loaded.registry.known(category)):
+            if self.services is not None and (loaded is None or not loaded.known(category)):
                 return UNKNOWN
             if len(self._labels) >= self.max_category_labels:
                 return OTHER

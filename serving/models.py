@@ -16,7 +16,7 @@ import torch
 
 from landmarks.adapter_io import Adapter
 from serving.backends import Backend
-from serving.errors import ServingError
+from serving.errors import Reason, ServingError
 from serving.model_cache import CacheFullError, CacheStats, ModelCache
 
 __all__ = ["FoldedModels"]
@@ -35,7 +35,8 @@ class FoldedModels:
         try:
             prepared = self.backend.prepare(adapter)
         except ValueError as exc:  # folding produced non-finite weights
-            raise ServingError(Code.INVALID_ARGUMENT, f"adapter: {label}: {exc}") from None
+            raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED, f"{label}: {exc}",
+                               field="adapter") from None
         size = adapter.config.input_size
         ramp = torch.linspace(0, 1, size)
         dummy = torch.stack((ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size),
@@ -43,12 +44,13 @@ class FoldedModels:
         out = self.backend.run(prepared, dummy)
         expected = (1, adapter.num_landmarks, size // 4, size // 4)
         if tuple(out.shape) != expected:
-            raise ServingError(Code.INVALID_ARGUMENT,
-                               f"adapter: {label}: trial forward gave shape {tuple(out.shape)}, expected {expected}")
+            raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED,
+                               f"{label}: trial forward gave shape {tuple(out.shape)}, expected {expected}",
+                               field="adapter")
         if not torch.isfinite(out).all():
-            raise ServingError(Code.INVALID_ARGUMENT,
-                               f"adapter: {label}: trial forward on a dummy image produced NaN/Inf heatmaps "
-                               "(batch-norm statistics or weights out of range); the file is broken")
+            raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED,
+                               f"{label}: trial forward on a dummy image produced NaN/Inf heatmaps "
+                               "(batch-norm statistics or weights out of range); the file is broken", field="adapter")
         return prepared
 
     def admit(self, key: Hashable, prepared: Any) -> None:
@@ -66,7 +68,7 @@ class FoldedModels:
             with self.cache.lease(key, build) as model:
                 yield model
         except CacheFullError as exc:
-            raise ServingError(Code.RESOURCE_EXHAUSTED, str(exc)) from None
+            raise ServingError(Code.RESOURCE_EXHAUSTED, Reason.CACHE_FULL, str(exc)) from None
 
     def discard(self, key: Hashable) -> None:
         self.cache.discard(key)

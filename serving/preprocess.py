@@ -30,7 +30,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from landmarks.geometry import square_box
 from landmarks.images import crop_decoding, crop_square, input_block  # shared with landmarks.Detector
-from serving.errors import ServingError
+from serving.errors import Reason, ServingError
+from serving.query import Box, DetectQuery
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -46,41 +47,43 @@ __all__ = [
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-Box = tuple[float, float, float, float]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _bad(field: str, why: str) -> ServingError:
-    return ServingError(_INVALID, f"{field}: {why}")
+def _bad(field: str, why: str, reason: Reason) -> ServingError:
+    return ServingError(_INVALID, reason, why, field=field)
 
 
 def _check_size(field: str, width: int, height: int, max_pixels: int, min_side: int) -> None:
     if width <= 0 or height <= 0:
-        raise _bad(field, f"image is {width}x{height}; it needs positive width and height")
+        raise _bad(field, f"image is {width}x{height}; it needs positive width and height",
+                   Reason.IMAGE_TOO_SMALL)
     if width * height > max_pixels:
         raise _bad(field, f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over this server's limit of "
-                          f"{max_pixels / 1e6:.1f} MP; downscale it before sending")
+                          f"{max_pixels / 1e6:.1f} MP; downscale it before sending", Reason.IMAGE_TOO_LARGE)
     if min(width, height) < min_side:
-        raise _bad(field, f"image is {width}x{height}; both sides must be at least {min_side} px")
+        raise _bad(field, f"image is {width}x{height}; both sides must be at least {min_side} px",
+                   Reason.IMAGE_TOO_SMALL)
 
 
 def open_encoded(data: bytes, max_pixels: int, min_side: int, field: str = "image.encoded") -> Image.Image:
     """JPEG/PNG/WebP/BMP bytes -> a PIL image whose header is read and size checked, pixels not yet
     decoded (`load_rgb`); raises ServingError."""
     if not data:
-        raise _bad(field, "empty; send the bytes of a JPEG, PNG, WebP or BMP file")
+        raise _bad(field, "empty; send the bytes of a JPEG, PNG, WebP or BMP file", Reason.IMAGE_MISSING)
     try:
         # Only the header is parsed here. PIL itself refuses > 2 * Image.MAX_IMAGE_PIXELS (~179 MP);
         # our own, lower limit is checked right after, still before decoding.
         image = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
     except Image.DecompressionBombError as exc:
         raise _bad(field, f"image header declares too many pixels ({exc}); over this server's limit of "
-                          f"{max_pixels / 1e6:.1f} MP") from None
+                          f"{max_pixels / 1e6:.1f} MP", Reason.IMAGE_TOO_LARGE) from None
     except UnidentifiedImageError:
         head = data[:8]
-        raise _bad(field, f"not a JPEG, PNG, WebP or BMP image ({len(data)} bytes starting {head!r})") from None
+        raise _bad(field, f"not a JPEG, PNG, WebP or BMP image ({len(data)} bytes starting {head!r})",
+                   Reason.IMAGE_UNDECODABLE) from None
     except Exception as exc:  # noqa: BLE001  PIL raises many types for broken headers
-        raise _bad(field, f"image header is truncated or corrupt ({exc})") from None
+        raise _bad(field, f"image header is truncated or corrupt ({exc})", Reason.IMAGE_UNDECODABLE) from None
     width, height = image.size
     _check_size(field, width, height, max_pixels, min_side)
     return image
@@ -92,7 +95,7 @@ def load_rgb(image: Image.Image, field: str = "image.encoded") -> Image.Image:
         image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
     except Exception as exc:  # noqa: BLE001  OSError "truncated", SyntaxError, ValueError, zlib errors
-        raise _bad(field, f"{image.format} data is truncated or corrupt ({exc})") from None
+        raise _bad(field, f"{image.format} data is truncated or corrupt ({exc})", Reason.IMAGE_UNDECODABLE) from None
 
 
 def decode_encoded(data: bytes, max_pixels: int, min_side: int, field: str = "image.encoded") -> Image.Image:
@@ -103,11 +106,13 @@ def decode_encoded(data: bytes, max_pixels: int, min_side: int, field: str = "im
 def _check_raw(pixels: bytes, height: int, width: int, channels: int, max_pixels: int, min_side: int,
                field: str) -> None:
     if channels not in (1, 3, 4):
-        raise _bad(f"{field}.channels", f"must be 1 (grey), 3 (RGB) or 4 (RGBA), got {channels}")
+        raise _bad(f"{field}.channels", f"must be 1 (grey), 3 (RGB) or 4 (RGBA), got {channels}",
+                   Reason.RAW_IMAGE_INVALID)
     _check_size(field, width, height, max_pixels, min_side)
     expected = height * width * channels
     if len(pixels) != expected:
-        raise _bad(f"{field}.pixels", f"has {len(pixels)} bytes, but {height}x{width}x{channels} needs {expected}")
+        raise _bad(f"{field}.pixels", f"has {len(pixels)} bytes, but {height}x{width}x{channels} needs {expected}",
+                   Reason.RAW_IMAGE_INVALID)
 
 
 def decode_raw(pixels: bytes, height: int, width: int, channels: int, max_pixels: int, min_side: int,
@@ -123,20 +128,18 @@ def _raw_image(pixels: bytes, height: int, width: int, channels: int) -> Image.I
     return image if mode == "RGB" else image.convert("RGB")
 
 
-def decode_crop(request, size: int, max_pixels: int, min_side: int) -> tuple[np.ndarray, Box]:
-    """A DetectRequest's image (`image.encoded` or `image.raw`) and box -> its crop at `size`, (size,
-    size, 3) uint8, and the square box in the image's pixels (raises ServingError). A JPEG much larger
-    than the crop is decoded at 1/2, 1/4 or 1/8 scale (`landmarks.images.decode_scale`)."""
-    which = request.image.WhichOneof("data") if request.HasField("image") else None
-    box = (request.box.x0, request.box.y0, request.box.x1, request.box.y1) if request.HasField("box") else None
-    if which == "encoded":
-        image = open_encoded(request.image.encoded, max_pixels, min_side)
+def decode_crop(query: DetectQuery, size: int, max_pixels: int, min_side: int) -> tuple[np.ndarray, Box]:
+    """A request's image (`encoded` or `raw`) and box -> its crop at `size`, (size, size, 3) uint8, and
+    the square box in the image's pixels (raises ServingError). A JPEG much larger than the crop is
+    decoded at 1/2, 1/4 or 1/8 scale (`landmarks.images.decode_scale`)."""
+    box = query.box
+    if query.encoded is not None:
+        image = open_encoded(query.encoded, max_pixels, min_side)
         square = resolve_box(box, image.width, image.height)
         return crop_decoding(image, square, size, load_rgb), square
-    if which != "raw":
-        raise _bad("image", "missing; set image.encoded or image.raw")
-    raw = request.image.raw
-    pixels, height, width, channels = raw.pixels, raw.height, raw.width, raw.channels
+    if query.raw is None:
+        raise _bad("image", "missing; set image.encoded or image.raw", Reason.IMAGE_MISSING)
+    pixels, height, width, channels = query.raw
     _check_raw(pixels, height, width, channels, max_pixels, min_side, "image.raw")
     square = resolve_box(box, width, height)
     if (block := input_block(square, size, width, height)) is not None:
@@ -155,11 +158,12 @@ def resolve_box(box: Box | None, width: int, height: int, field: str = "box") ->
         box = (0.0, 0.0, float(width), float(height))
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise _bad(field, f"coordinates must be finite, got {box}")
+        raise _bad(field, f"coordinates must be finite, got {box}", Reason.BOX_INVALID)
     if x1 - x0 < 1 or y1 - y0 < 1:
-        raise _bad(field, f"needs x1 > x0 and y1 > y0 (at least 1 px), got ({x0}, {y0}, {x1}, {y1})")
+        raise _bad(field, f"needs x1 > x0 and y1 > y0 (at least 1 px), got ({x0}, {y0}, {x1}, {y1})",
+                   Reason.BOX_INVALID)
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise _bad(field, f"({x0}, {y0}, {x1}, {y1}) lies outside the {width}x{height} image")
+        raise _bad(field, f"({x0}, {y0}, {x1}, {y1}) lies outside the {width}x{height} image", Reason.BOX_INVALID)
     if max(x1 - x0, y1 - y0) > 4 * max(width, height):
-        raise _bad(field, f"is more than 4x larger than the {width}x{height} image")
+        raise _bad(field, f"is more than 4x larger than the {width}x{height} image", Reason.BOX_INVALID)
     return square_box((x0, y0, x1, y1))

@@ -11,7 +11,10 @@ a replica that already holds its category.
 Ray Serve's multiplexing routes a request whose model id a replica already holds to that replica
 (else to the least loaded one, which folds it); clients send the category in the request as
 always, so the Ingress sets the model id. The proxy carries our services unchanged: it calls the
-Ingress method named like the RPC, and a status code set on the context is what the client gets.
+Ingress method named like the RPC, and a status code set on the context is what the client gets, with
+the error's google.rpc.Status details in the trailer as `landmarks serve` sends them (`_answers`); a
+DetectBatch item's index is renumbered from its replica's sub-batch into the client's batch
+(`serving.errors.renumber`).
 
 Admin across replicas: the Admin deployment validates and writes the shared store (a directory
 every replica can read: one machine, or a shared volume) exactly as `landmarks serve` does;
@@ -33,13 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
-import re
 import time
 from dataclasses import replace
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 from ray import serve
 from ray.exceptions import RayError, RayTaskError
@@ -47,6 +51,7 @@ from ray.exceptions import RayError, RayTaskError
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.auth import authorize, metadata_token
 from serving.config import ServerConfig
+from serving.errors import DETAILS_KEY, Reason, ServingError, renumber
 from serving.ray_replicas import Admin, RayOptions, Replica, model_id
 
 __all__ = ["APP_NAME", "SERVICER_FUNCTIONS", "RayOptions", "app_builder", "build_app", "model_id"]
@@ -61,7 +66,6 @@ SERVICER_FUNCTIONS = [
     "landmarks.v1.landmarks_pb2_grpc.add_AdminServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
-_ITEM_RE = re.compile(r"^requests\[(\d+)\]\.")
 
 
 _ADMIN_RESPONSES = {"RegisterAdapter": pb.RegisterAdapterResponse, "SetActiveVersion": pb.CategoryInfo,
@@ -71,13 +75,43 @@ _ADMIN_RESPONSES = {"RegisterAdapter": pb.RegisterAdapterResponse, "SetActiveVer
 
 # ------------------------------------------------------------------------------------ ingress
 class _Failed(Exception):
-    """Raised after setting the status on Ray's gRPC context: the proxy answers with that status."""
+    """Raised after setting the status on Ray's gRPC context (`_fail`); `_answers` turns it into the answer."""
 
 
-def _fail(grpc_context, code: str | grpc.StatusCode, details: str):
-    grpc_context.set_code(code if isinstance(code, grpc.StatusCode) else Code[code])
-    grpc_context.set_details(details)
-    raise _Failed(details)
+def _answers(response_type):
+    """An ingress method that ends with `_fail` returns an empty `response_type` instead of raising: Ray's
+    proxy sends the trailing metadata (the error's details) only with an answer, while the status set on
+    the context is what the client gets either way (a client never sees the empty message)."""
+    def wrap(method):
+        @functools.wraps(method)
+        async def call(self, request, grpc_context):
+            try:
+                return await method(self, request, grpc_context)
+            except _Failed:
+                return response_type()
+        return call
+    return wrap
+
+
+def _fail(grpc_context, error: ServingError | status_pb2.Status, metadata=()):
+    """Answer with `error` (or a replica's google.rpc.Status): code, message, and the details in the
+    grpc-status-details-bin trailer, after `metadata`."""
+    status = error.status() if isinstance(error, ServingError) else error
+    grpc_context.set_code(Code[code_pb2.Code.Name(status.code)])  # (google.rpc.Code names gRPC's codes)
+    grpc_context.set_details(status.message)
+    grpc_context.set_trailing_metadata([*metadata, (DETAILS_KEY, status.SerializeToString())])
+    raise _Failed(status.message)
+
+
+def _item_index(status: status_pb2.Status) -> int | None:
+    """The sub-batch item a replica's DetectBatch error is about (ErrorInfo metadata "index")."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.metadata.get("index", "").isdigit():
+                return int(info.metadata["index"])
+    return None
 
 
 class Ingress:
@@ -110,24 +144,27 @@ class Ingress:
         except RayError:
             log.warning("could not read the active versions; routing by the last known", exc_info=True)
 
-    async def _route(self, method: str, request, mid: str) -> tuple[str, bytes | str, bool, str]:
+    async def _route(self, method: str, request, mid: str) -> tuple[str, bytes, bool, str]:
+        """-> (code name or "", response bytes or a serialized google.rpc.Status, held, replica)."""
         try:
             return await self.replicas.options(multiplexed_model_id=mid).detect.remote(
                 method, request.SerializeToString())
         except RayTaskError:
             log.exception("replica failed")
-            return "INTERNAL", "internal error in a replica; see the Ray logs", False, ""
+            error = ServingError(Code.INTERNAL, Reason.INTERNAL, "internal error in a replica; see the Ray logs")
         except RayError as exc:  # the replica died or is unreachable: another one will take a retry
-            why = f"the replica serving {mid or 'this request'} went away ({type(exc).__name__}); retry"
-            return "UNAVAILABLE", why, False, ""
+            error = ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                                 f"the replica serving {mid or 'this request'} went away ({type(exc).__name__}); retry")
+        return error.code.name, error.status().SerializeToString(), False, ""
 
     def _allow(self, plane: str, grpc_context) -> None:
         """`landmarks serve`'s rules (serving.auth): a token per plane, and no admin calls with --no-admin."""
         if plane == "admin" and not self._enable_admin:
-            _fail(grpc_context, Code.UNIMPLEMENTED, "this server does not serve the admin service (--no-admin)")
+            _fail(grpc_context, ServingError(Code.UNIMPLEMENTED, Reason.ADMIN_DISABLED,
+                                             "this server does not serve the admin service (--no-admin)"))
         refusal = authorize(plane, metadata_token(grpc_context.invocation_metadata()), *self._tokens)
         if refusal is not None:
-            _fail(grpc_context, *refusal)
+            _fail(grpc_context, refusal)
 
     def _mid(self, req: pb.DetectRequest) -> str:
         return model_id(req.category, req.version or self._active.get(req.category, ""))
@@ -136,22 +173,26 @@ class Ingress:
         if self._counter is not None:
             self._counter.inc(n, tags={"held": "1" if held else "0"})
 
+    @_answers(pb.DetectResponse)
     async def Detect(self, request: pb.DetectRequest, grpc_context) -> pb.DetectResponse:
         self._allow("inference", grpc_context)
         await self._refresh()
         code, payload, held, replica = await self._route("Detect", request, self._mid(request))
-        grpc_context.set_trailing_metadata([("landmarks-replica", replica), ("landmarks-held", str(int(held)))])
+        metadata = [("landmarks-replica", replica), ("landmarks-held", str(int(held)))]
         if code:
-            _fail(grpc_context, code, payload)
+            _fail(grpc_context, status_pb2.Status.FromString(payload), metadata)
+        grpc_context.set_trailing_metadata(metadata)
         self._count(held)
         return pb.DetectResponse.FromString(payload)
 
+    @_answers(pb.DetectBatchResponse)
     async def DetectBatch(self, request: pb.DetectBatchRequest, grpc_context) -> pb.DetectBatchResponse:
         self._allow("inference", grpc_context)
         n = len(request.requests)
         if n > self.max_batch_items:
-            _fail(grpc_context, Code.INVALID_ARGUMENT, f"requests: {n} items, over this server's limit of "
-                                                       f"{self.max_batch_items}; split the batch")
+            _fail(grpc_context, ServingError(Code.INVALID_ARGUMENT, Reason.BATCH_TOO_LARGE,
+                                             f"{n} items, over this server's limit of {self.max_batch_items}; "
+                                             "split the batch", field="requests"))
         await self._refresh()
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(request.requests):
@@ -169,18 +210,17 @@ class Ingress:
             if code:
                 # the item's index in its sub-batch -> in the client's batch; an error about the whole
                 # group (its category, from folding) is about its first item, as the single server says
-                m = _ITEM_RE.match(payload)
-                first = idx[int(m.group(1))] if m and int(m.group(1)) < len(idx) else idx[0]
-                details = f"requests[{first}]." + (payload[m.end():] if m else payload)
-                errors.append((first, code, details))
+                status = status_pb2.Status.FromString(payload)
+                old = _item_index(status)
+                first = idx[old] if old is not None and old < len(idx) else idx[0]
+                errors.append((first, renumber(status, first, old if old is not None and old < len(idx) else None)))
                 continue
             self._count(held, len(idx))
             for i, r in zip(idx, pb.DetectBatchResponse.FromString(payload).responses):
                 out[i] = r
-        grpc_context.set_trailing_metadata(metadata)
         if errors:
-            _, code, details = min(errors)
-            _fail(grpc_context, code, details)
+            _fail(grpc_context, min(errors, key=lambda e: e[0])[1], metadata)
+        grpc_context.set_trailing_metadata(metadata)
         return pb.DetectBatchResponse(responses=out)
 
     async def _admin(self, method: str, request, grpc_context):
@@ -188,24 +228,30 @@ class Ingress:
         try:
             code, payload, active = await self.admin.call.remote(method, request.SerializeToString())
         except RayError as exc:
-            _fail(grpc_context, Code.UNAVAILABLE, f"the admin replica is unavailable ({type(exc).__name__}); retry")
+            _fail(grpc_context, ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                                             f"the admin replica is unavailable ({type(exc).__name__}); retry"))
         self._active, self._refreshed = active, time.monotonic()
         if code:
-            _fail(grpc_context, code, payload)
+            _fail(grpc_context, status_pb2.Status.FromString(payload))
         return _ADMIN_RESPONSES[method].FromString(payload)
 
+    @_answers(pb.RegisterAdapterResponse)
     async def RegisterAdapter(self, request, grpc_context):
         return await self._admin("RegisterAdapter", request, grpc_context)
 
+    @_answers(pb.CategoryInfo)
     async def SetActiveVersion(self, request, grpc_context):
         return await self._admin("SetActiveVersion", request, grpc_context)
 
+    @_answers(pb.UnregisterAdapterResponse)
     async def UnregisterAdapter(self, request, grpc_context):
         return await self._admin("UnregisterAdapter", request, grpc_context)
 
+    @_answers(pb.ListCategoriesResponse)
     async def ListCategories(self, request, grpc_context):
         return await self._admin("ListCategories", request, grpc_context)
 
+    @_answers(pb.ServerInfoResponse)
     async def ServerInfo(self, request, grpc_context):
         import ray
 
@@ -213,13 +259,16 @@ class Ingress:
         info.versions["ray"] = ray.__version__
         return info
 
+    @_answers(health_pb2.HealthCheckResponse)
     async def Check(self, request: health_pb2.HealthCheckRequest, grpc_context):
         if request.service not in ("", INFERENCE, ADMIN):
-            _fail(grpc_context, Code.NOT_FOUND, f"unknown service {request.service!r}")
+            _fail(grpc_context, ServingError(Code.NOT_FOUND, Reason.REQUEST_INVALID,
+                                             f"unknown service {request.service!r}", field="service"))
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
     async def Watch(self, request, grpc_context):
-        _fail(grpc_context, Code.UNIMPLEMENTED, "Watch is not served through Ray Serve; poll Check")
+        _fail(grpc_context, ServingError(Code.UNIMPLEMENTED, Reason.REQUEST_INVALID,
+                                         "Watch is not served through Ray Serve; poll Check"))
 
 
 # ---------------------------------------------------------------------------------- the app

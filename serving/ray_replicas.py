@@ -10,7 +10,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -20,7 +19,7 @@ from ray import serve
 
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.config import ServerConfig
-from serving.errors import ServingError
+from serving.errors import DETAILS_KEY, ServingError
 from serving.inputs import RequestLimits
 from serving.metrics import Metrics
 from serving.names import CATEGORY_RE, VERSION_RE
@@ -37,7 +36,6 @@ INFERENCE, ADMIN = (pb.DESCRIPTOR.services_by_name[n].full_name for n in ("Landm
 _ADMIN_REQUESTS = {"RegisterAdapter": "RegisterAdapterRequest", "SetActiveVersion": "SetActiveVersionRequest",
                    "UnregisterAdapter": "UnregisterAdapterRequest", "ListCategories": "ListCategoriesRequest",
                    "ServerInfo": "ServerInfoRequest"}
-_ITEM_RE = re.compile(r"^requests\[(\d+)\]\.")
 
 
 @dataclass(frozen=True)
@@ -73,9 +71,9 @@ def model_id(category: str, version: str) -> str:
 
 # --------------------------------------------------------------------------- calls across Ray
 class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
+    def __init__(self, code: grpc.StatusCode, status: bytes) -> None:
+        super().__init__(code.name)
+        self.code, self.status = code, status
 
 
 class _Context:
@@ -88,16 +86,18 @@ class _Context:
     def add_callback(self, callback) -> bool:
         return True
 
-    def abort(self, code: grpc.StatusCode, details: str):
-        raise _Aborted(code, details)
+    def abort_with_status(self, status: grpc.Status):
+        details = dict(status.trailing_metadata or ()).get(DETAILS_KEY, b"")
+        raise _Aborted(status.code, details)
 
 
-def _invoke(method, request) -> tuple[str, bytes | str]:
-    """A servicer method on `request` -> ("", response bytes) or (status code name, details)."""
+def _invoke(method, request) -> tuple[str, bytes]:
+    """A servicer method on `request` -> ("", response bytes) or (status code name, the serialized
+    google.rpc.Status the servicer aborted with)."""
     try:
         return "", method(request, _Context()).SerializeToString()
     except _Aborted as exc:
-        return exc.code.name, exc.details
+        return exc.code.name, exc.status
 
 
 def _load(cfg: ServerConfig, names: tuple[str, ...]) -> tuple[Lifecycle, Metrics]:
@@ -195,19 +195,21 @@ class Replica:
         self._held.add(mid)
         return _Held(self, mid, lease.entry.cache_key)
 
-    async def detect(self, method: str, request: bytes) -> tuple[str, bytes | str, bool, str]:
-        """Detect or DetectBatch (serialized) -> (code name or "", response bytes or details, whether
-        this replica already held the model, this replica's name)."""
+    async def detect(self, method: str, request: bytes) -> tuple[str, bytes, bool, str]:
+        """Detect or DetectBatch (serialized) ->
+        (code name or "", response bytes or the serialized google.rpc.Status, whether this replica
+        already held the model, this replica's name)."""
         mid = serve.get_multiplexed_model_id()
         held = mid in self._held
         if mid:
             try:
                 await self.get_model(mid)
             except ServingError as exc:
-                return exc.code.name, exc.message, held, self.name
+                return exc.code.name, exc.status().SerializeToString(), held, self.name
         parse = pb.DetectRequest if method == "Detect" else pb.DetectBatchRequest
         call = getattr(self.servicer, method)
-        code, payload = await asyncio.wrap_future(self._executor.submit(_invoke, call, parse.FromString(request)))
+        code, payload = await asyncio.wrap_future(
+            self._executor.submit(_invoke, call, parse.FromString(request)))
         return code, payload, held, self.name
 
     def __del__(self) -> None:
@@ -228,8 +230,9 @@ class Admin:
         self._reports: dict[str, tuple[float, dict]] = {}  # replica -> (when, its cache stats)
         self._fresh_s = 5 * opts.sync_s
 
-    def call(self, method: str, request: bytes) -> tuple[str, bytes | str, dict[str, str]]:
-        """An AdminService method (serialized) -> (code name or "", response or details, active versions)."""
+    def call(self, method: str, request: bytes) -> tuple[str, bytes, dict[str, str]]:
+        """An AdminService method (serialized) -> (code name or "", response or the serialized
+        google.rpc.Status, active versions)."""
         kind = getattr(pb, f"{_ADMIN_REQUESTS[method]}")
         with self._lock:  # the store may have changed under another writer: look first
             self.registry.sync_store()

@@ -27,7 +27,7 @@ import grpc
 
 from landmarks import store_layout
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter
-from serving.errors import ServingError, clip, from_artifact_error, from_os_error
+from serving.errors import Reason, ServingError, clip, from_artifact_error, from_os_error
 from serving.models import FoldedModels
 from serving.names import SHIPPED, validate_category, validate_version
 from serving.store import AdapterStore
@@ -46,6 +46,16 @@ __all__ = ["AdapterRegistry", "CategoryStatus", "VersionEntry", "VersionLease"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
+
+def _no_category(category: str) -> ServingError:
+    return ServingError(Code.NOT_FOUND, Reason.CATEGORY_NOT_FOUND, f"no adapter registered for {category!r}",
+                        field="category", metadata={"category": category})
+
+
+def _unavailable(category: str, why: str) -> ServingError:
+    return ServingError(Code.UNAVAILABLE, Reason.CATEGORY_UNAVAILABLE, why, field="category",
+                        metadata={"category": category})
+
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -79,38 +89,43 @@ class AdapterRegistry:
         for other in cat.versions.values():
             if other.adapter is not None and other.adapter.num_landmarks != adapter.num_landmarks:
                 raise ServingError(
-                    Code.FAILED_PRECONDITION,
-                    f"adapter: {label} has K={adapter.num_landmarks} landmarks but version {other.version!r} of "
+                    Code.FAILED_PRECONDITION, Reason.LANDMARK_COUNT_MISMATCH,
+                    f"{label} has K={adapter.num_landmarks} landmarks but version {other.version!r} of "
                     f"{cat.name!r} has K={other.adapter.num_landmarks}; clients rely on K, so register it under "
-                    "a new category or unregister the old versions first")
+                    "a new category or unregister the old versions first", field="adapter",
+                    metadata={"category": cat.name})
 
     def _read_source(self, data: bytes | None, path: str | None) -> tuple[bytes, str]:
         if path:
             if not self.allowed_register_dirs:
-                raise ServingError(Code.PERMISSION_DENIED,
-                                   "path: registration from server-side paths is disabled; send the file bytes "
-                                   "(data) or start the server with --allow-path DIR")
+                raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_REGISTRATION_DISABLED,
+                                   "registration from server-side paths is disabled; send the file bytes "
+                                   "(data) or start the server with --allow-path DIR", field="path")
             if "\x00" in path or len(path) > 4096:
-                raise ServingError(Code.INVALID_ARGUMENT, f"path: {clip(path)} is not a usable file path "
-                                                          "(NUL byte, or over 4096 characters)")
+                raise ServingError(Code.INVALID_ARGUMENT, Reason.PATH_INVALID,
+                                   f"{clip(path)} is not a usable file path (NUL byte, or over 4096 characters)",
+                                   field="path")
             try:
                 real = Path(os.path.realpath(path))  # resolves symlinks and '..'
                 if not any(real == root or root in real.parents for root in self.allowed_register_dirs):
-                    raise ServingError(Code.PERMISSION_DENIED,
-                                       f"path: {clip(path)} is outside the directories this server allows "
-                                       f"({', '.join(map(str, self.allowed_register_dirs))})")
+                    raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_NOT_ALLOWED,
+                                       f"{clip(path)} is outside the directories this server allows "
+                                       f"({', '.join(map(str, self.allowed_register_dirs))})", field="path")
                 if not real.is_file():
-                    raise ServingError(Code.NOT_FOUND, f"path: {clip(path)} is not a file")
+                    raise ServingError(Code.NOT_FOUND, Reason.PATH_NOT_FOUND, f"{clip(path)} is not a file",
+                                       field="path")
                 size = real.stat().st_size
                 if size > self.max_adapter_bytes:
-                    raise ServingError(Code.RESOURCE_EXHAUSTED,
-                                       f"path: {clip(path)} is {size} bytes, over the "
-                                       f"{self.max_adapter_bytes}-byte adapter limit")
+                    raise ServingError(Code.RESOURCE_EXHAUSTED, Reason.ADAPTER_TOO_LARGE,
+                                       f"{clip(path)} is {size} bytes, over the "
+                                       f"{self.max_adapter_bytes}-byte adapter limit", field="path")
                 return real.read_bytes(), clip(path)
             except (OSError, ValueError) as exc:
-                raise ServingError(Code.INVALID_ARGUMENT, f"path: cannot read {clip(path)}: {exc}") from None
+                raise ServingError(Code.INVALID_ARGUMENT, Reason.PATH_INVALID, f"cannot read {clip(path)}: {exc}",
+                                   field="path") from None
         if not data:
-            raise ServingError(Code.INVALID_ARGUMENT, "data: empty; send the adapter's .safetensors bytes or a path")
+            raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_MISSING,
+                               "empty; send the adapter's .safetensors bytes or a path", field="data")
         return data, "the adapter bytes"
 
     # ---------------------------------------------------------------------------- start-up
@@ -242,10 +257,11 @@ class AdapterRegistry:
                         if activate and cat.active != version:
                             self._activate(cat, version)
                         return self._status(cat), False
-                    raise ServingError(Code.ALREADY_EXISTS,
-                                       f"version: {category}/{version} already exists with other content "
+                    raise ServingError(Code.ALREADY_EXISTS, Reason.VERSION_EXISTS,
+                                       f"{category}/{version} already exists with other content "
                                        f"(sha256 {existing.sha256[:12]}, this file {adapter.sha256[:12]}); versions "
-                                       "are immutable, register it under a new version")
+                                       "are immutable, register it under a new version", field="version",
+                                       metadata={"category": category, "version": version})
                 self._check_k(cat, adapter, label)
                 make_active = activate or cat.active is None or cat.versions[cat.active].adapter is None
                 try:
@@ -284,11 +300,13 @@ class AdapterRegistry:
             cat = self._require(category)
             entry = cat.versions.get(version)
             if entry is None:
-                raise ServingError(Code.NOT_FOUND, f"version: {category!r} has no version {version!r} "
-                                                   f"(it has {sorted(cat.versions)})")
+                raise ServingError(Code.NOT_FOUND, Reason.VERSION_NOT_FOUND,
+                                   f"{category!r} has no version {version!r} (it has {sorted(cat.versions)})",
+                                   field="version", metadata={"category": category, "version": version})
             if entry.adapter is None:
-                raise ServingError(Code.FAILED_PRECONDITION,
-                                   f"version: {category}/{version} failed to load ({entry.error}); pick another")
+                raise ServingError(Code.FAILED_PRECONDITION, Reason.VERSION_FAILED,
+                                   f"{category}/{version} failed to load ({entry.error}); pick another",
+                                   field="version", metadata={"category": category, "version": version})
             self._activate(cat, version)
             return self._status(cat)
 
@@ -301,11 +319,14 @@ class AdapterRegistry:
             cat = self._require(category)
             if version:
                 if version not in cat.versions:
-                    raise ServingError(Code.NOT_FOUND, f"version: {category!r} has no version {version!r}")
+                    raise ServingError(Code.NOT_FOUND, Reason.VERSION_NOT_FOUND,
+                                       f"{category!r} has no version {version!r}", field="version",
+                                       metadata={"category": category, "version": version})
                 if version == cat.active and len(cat.versions) > 1:
-                    raise ServingError(Code.FAILED_PRECONDITION,
-                                       f"version: {category}/{version} is the active version; activate another "
-                                       "one first, or unregister the whole category")
+                    raise ServingError(Code.FAILED_PRECONDITION, Reason.VERSION_ACTIVE,
+                                       f"{category}/{version} is the active version; activate another "
+                                       "one first, or unregister the whole category", field="version",
+                                       metadata={"category": category, "version": version})
                 victims = [cat.versions[version]]
             else:
                 victims = list(cat.versions.values())
@@ -331,7 +352,7 @@ class AdapterRegistry:
     def _require(self, category: str) -> CategoryRecord:
         cat = self._categories.get(category)
         if cat is None or (cat.loading and not cat.versions):
-            raise ServingError(Code.NOT_FOUND, f"category: no adapter registered for {category!r}")
+            raise _no_category(category)
         return cat
 
     def _status(self, cat: CategoryRecord) -> CategoryStatus:
@@ -395,21 +416,22 @@ class AdapterRegistry:
             cat = self._categories.get(category)
             if cat is None:
                 if any(e.category == category for e in self._retired):
-                    raise ServingError(Code.UNAVAILABLE, f"category: {category!r} is being unloaded")
-                raise ServingError(Code.NOT_FOUND, f"category: no adapter registered for {category!r}")
+                    raise _unavailable(category, f"{category!r} is being unloaded")
+                raise _no_category(category)
             if cat.loading and not cat.versions:
-                raise ServingError(Code.UNAVAILABLE, f"category: {category!r} is loading; retry shortly")
+                raise _unavailable(category, f"{category!r} is loading; retry shortly")
             name = version or cat.active
             entry = cat.versions.get(name) if name else None
             if entry is None:
                 if version:
-                    raise ServingError(Code.NOT_FOUND, f"version: {category!r} has no version {version!r}")
+                    raise ServingError(Code.NOT_FOUND, Reason.VERSION_NOT_FOUND,
+                                       f"{category!r} has no version {version!r}", field="version",
+                                       metadata={"category": category, "version": version})
                 if cat.error:
-                    raise ServingError(Code.UNAVAILABLE, f"category: {category!r} failed to load: {cat.error}")
-                raise ServingError(Code.UNAVAILABLE, f"category: {category!r} has no active version")
+                    raise _unavailable(category, f"{category!r} failed to load: {cat.error}")
+                raise _unavailable(category, f"{category!r} has no active version")
             if entry.adapter is None:
-                raise ServingError(Code.UNAVAILABLE,
-                                   f"category: {category}/{entry.version} failed to load: {entry.error}")
+                raise _unavailable(category, f"{category}/{entry.version} failed to load: {entry.error}")
             entry.leases += 1
         return VersionLease(self._release, entry)
 

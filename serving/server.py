@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
@@ -37,6 +36,7 @@ from serving.auth import TokenInterceptor
 from serving.config import ServerConfig, join_host_port
 from serving.inputs import RequestLimits
 from serving.metrics import Metrics, start_metrics_server
+from serving.reflection import enable_reflection
 from serving.servicer import AdminServicer, LandmarkServicer
 from serving.services import CoreLoadError, Lifecycle, Services, load_services
 from serving.threads import handler_thread
@@ -133,7 +133,7 @@ def _listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
 
 def _add_health_and_reflection(server: grpc.Server, health_servicer, services: list[str]) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(services + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection(services + [health.SERVICE_NAME], server)
 
 
 def _on_pool(servicer: LandmarkServicer, pool: futures.ThreadPoolExecutor) -> LandmarkServicer:

@@ -1,7 +1,8 @@
 """gRPC servicers: proto <-> Python values, then delegate. No model or file logic here.
 
-Every handler maps `ServingError` to its status code and message; any other exception is a
-bug, logged with its traceback and answered with INTERNAL.
+Every handler answers a `ServingError` with its status: code, message and details
+(`ServingError.status`); any other exception is a bug, logged with its traceback and answered
+with INTERNAL.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
 from importlib import metadata
-from typing import Any
 
 import grpc
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.backends import Backend
+from serving.calls import DetectCalls, outcome
 from serving.engine import Detection
-from serving.errors import ServingError
-from serving.inputs import RequestLimits, prepare_input
+from serving.errors import Reason, ServingError
+from serving.inputs import RequestLimits
 from serving.metrics import Metrics
+from serving.precision import precision_of
+from serving.query import DetectQuery
 from serving.services import Lifecycle
 from serving.versions import CategoryStatus, VersionEntry
 
@@ -39,29 +41,26 @@ def _handler(method):
         try:
             return method(self, request, context)
         except ServingError as exc:
-            context.abort(exc.code, exc.message)
+            exc.abort(context)
         except Exception:  # a bug: never for bad input
             log.exception("%s failed", method.__name__)
-            context.abort(Code.INTERNAL, f"internal error in {method.__name__}; see the server log")
+            ServingError(Code.INTERNAL, Reason.INTERNAL,
+                         f"internal error in {method.__name__}; see the server log").abort(context)
     return wrapper
 
 
+def _deadline(context) -> float | None:
+    """The RPC's deadline as a time.monotonic() value (None: none)."""
+    remaining = context.time_remaining()
+    return time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+
+
 class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
-    """Detect and DetectBatch: hand the requests to the batcher (`DynamicBatcher.run`, which prepares
-    each with `serving.inputs.prepare_input`), turn the detections into protos."""
+    """Detect and DetectBatch: protos -> `DetectQuery`s for the call helper (`serving.calls`), its
+    detections -> protos."""
 
     def __init__(self, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics) -> None:
-        self.lifecycle = lifecycle
-        self.limits = limits
-        self.metrics = metrics
-
-    def _detect(self, requests: list[pb.DetectRequest], context) -> list[Detection]:
-        services = self.lifecycle.require_serving()
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
-        with ExitStack() as leases:  # each request keeps the version it started with until it is answered
-            prepare = functools.partial(prepare_input, registry=services.registry, leases=leases, limits=self.limits)
-            return services.batcher.run(requests, prepare, deadline, context.add_callback)
+        self.calls = DetectCalls(lifecycle, limits, metrics)
 
     @staticmethod
     def _response(det: Detection, total_ms: float) -> pb.DetectResponse:
@@ -79,44 +78,15 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
 
     @_handler
     def Detect(self, request, context):
-        t0 = time.perf_counter()
-        self.metrics.inflight.inc()
-        outcome = "internal"
-        try:
-            (det,) = self._detect([request], context)
-            self.metrics.detection(det.category, det.queue_ms, det.compute_ms)
-            outcome = "ok"
-            return self._response(det, (time.perf_counter() - t0) * 1e3)
-        except ServingError as exc:
-            outcome = exc.code.name.lower()
-            raise
-        finally:
-            self.metrics.inflight.dec()
-            self.metrics.request("Detect", request.category, outcome, time.perf_counter() - t0)
+        (det,), t0 = self.calls.detect("Detect", [DetectQuery.from_proto(request)], _deadline(context),
+                                       context.add_callback)
+        return self._response(det, (time.perf_counter() - t0) * 1e3)
 
     @_handler
     def DetectBatch(self, request, context):
-        t0 = time.perf_counter()
-        n, limit = len(request.requests), self.limits.max_batch_items
-        if n > limit:
-            raise ServingError(Code.INVALID_ARGUMENT, f"requests: {n} items, over this server's limit of {limit}; "
-                                                      "split the batch")
-        category = request.requests[0].category if n else ""
-        self.metrics.inflight.inc()
-        outcome = "internal"
-        try:
-            detections = self._detect(list(request.requests), context)
-            for d in detections:
-                self.metrics.detection(d.category, d.queue_ms, d.compute_ms)
-            outcome = "ok"
-        except ServingError as exc:
-            outcome = exc.code.name.lower()
-            if exc.item is not None:
-                raise ServingError(exc.code, f"requests[{exc.item}].{exc.message}") from None
-            raise
-        finally:
-            self.metrics.inflight.dec()
-            self.metrics.request("DetectBatch", category, outcome, time.perf_counter() - t0)
+        queries = [DetectQuery.from_proto(r) for r in request.requests]
+        detections, t0 = self.calls.detect("DetectBatch", queries, _deadline(context), context.add_callback,
+                                           batch=True)
         total = (time.perf_counter() - t0) * 1e3
         return pb.DetectBatchResponse(responses=[self._response(d, total) for d in detections])
 
@@ -124,8 +94,9 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
 _STATE = {"LOADING": pb.LOADING, "READY": pb.READY, "UNLOADING": pb.UNLOADING, "FAILED": pb.FAILED}
 
 
-def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str]) -> pb.VersionInfo:
+def _version_to_proto(entry: VersionEntry, backend: Backend) -> pb.VersionInfo:
     adapter = entry.adapter
+    precision, why = precision_of(backend, adapter) if adapter else ("", "")
     return pb.VersionInfo(
         version=entry.version,
         state=_STATE[entry.state],
@@ -134,12 +105,13 @@ def _version_to_proto(entry: VersionEntry, precision_for: Callable[[Any], str]) 
         created=entry.created,
         trained=adapter.metadata.get("created", "") if adapter else "",
         landmark_names=adapter.landmark_names if adapter else [],
-        precision=precision_for(adapter) if adapter else "",
+        precision=precision,
+        precision_reason=why,
     )
 
 
-def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str]) -> pb.CategoryInfo:
-    """`precision_for`: the backend's (the number format each version runs in)."""
+def category_to_proto(status: CategoryStatus, backend: Backend) -> pb.CategoryInfo:
+    """`backend`: the one its versions run on (the number format each runs in, and why)."""
     return pb.CategoryInfo(
         name=status.name,
         state=_STATE[status.state],
@@ -148,7 +120,7 @@ def category_to_proto(status: CategoryStatus, precision_for: Callable[[Any], str
         active_version=status.active_version,
         active_sha256=status.active_sha256,
         core_sha256=status.core_sha256,
-        versions=[_version_to_proto(v, precision_for)
+        versions=[_version_to_proto(v, backend)
                   for v in sorted(status.versions, key=lambda v: (v.created, v.version))],
         error=status.error,
     )
@@ -173,28 +145,21 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         registry = services.registry
         which = request.WhichOneof("source")
         activate = request.activate if request.HasField("activate") else True
-        t0, outcome = time.perf_counter(), "internal"
-        try:
+        with outcome(lambda result, seconds: self.metrics.register_seconds.labels(result).observe(seconds)):
             status, created = registry.register(
                 request.category, request.version,
                 data=request.data if which == "data" else None,
                 path=request.path if which == "path" else None,
                 activate=activate,
             )
-            outcome = "ok"
-        except ServingError as exc:
-            outcome = exc.code.name.lower()
-            raise
-        finally:
-            self.metrics.register_seconds.labels(outcome).observe(time.perf_counter() - t0)
-        return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend.precision_for),
+        return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend),
                                           created=created)
 
     @_handler
     def SetActiveVersion(self, request, context):
         services = self.lifecycle.require()
         return category_to_proto(services.registry.set_active(request.category, request.version),
-                                 services.backend.precision_for)
+                                 services.backend)
 
     @_handler
     def UnregisterAdapter(self, request, context):
@@ -204,7 +169,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @_handler
     def ListCategories(self, request, context):
         services = self.lifecycle.require()
-        return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend.precision_for)
+        return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend)
                                                      for s in services.registry.list()])
 
     @_handler

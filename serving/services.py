@@ -21,9 +21,9 @@ from serving.backends import Backend, make_backend
 from serving.batching import DynamicBatcher
 from serving.config import ServerConfig
 from serving.engine import InferenceEngine
-from serving.errors import ServingError
+from serving.errors import Reason, ServingError
 from serving.metrics import Metrics
-from serving.model_cache import ModelCache
+from serving.model_cache import CacheStats, ModelCache
 from serving.models import FoldedModels
 from serving.registry import AdapterRegistry
 from serving.store import AdapterStore
@@ -46,6 +46,16 @@ class Services:
     registry: AdapterRegistry
     engine: InferenceEngine
     batcher: DynamicBatcher
+
+    # what serving.metrics reads (its `Measured`)
+    def known(self, category: str) -> bool:
+        return self.registry.known(category)
+
+    def cache_stats(self) -> CacheStats:
+        return self.models.stats()
+
+    def category_count(self) -> int:
+        return len(self.registry.list())
 
 
 def load_services(cfg: ServerConfig, metrics: Metrics) -> Services:
@@ -117,13 +127,14 @@ class Lifecycle:
         """The services, or UNAVAILABLE saying why there are none (yet)."""
         if self._services is None:
             why = f"failed to load: {self.load_error}" if self.load_error else "is starting (loading the core)"
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, f"server {why}")
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, Reason.SERVER_UNAVAILABLE, f"server {why}")
         return self._services
 
     def require_serving(self) -> Services:
         """As `require`, and UNAVAILABLE once shutting down (for new inference work)."""
         if self.draining:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another replica")
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                               "server is shutting down; retry on another replica")
         return self.require()
 
     def set_health(self, status: int) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from serving.engine import Detection
-from serving.errors import ServingError
+from serving.errors import ItemError, Reason, ServingError
 from serving.inputs import DetectInput
 
 __all__ = ["LeadFirstExecutor", "LeadTask", "Pending", "prepared"]
@@ -40,7 +40,7 @@ class Pending:
     def cancel(self) -> None:
         """The client went away (gRPC callback): drop it if not computed yet, and free its waiter."""
         self.cancelled = True
-        self.finish(error=ServingError(Code.CANCELLED, "client cancelled the request"))
+        self.finish(error=ServingError(Code.CANCELLED, Reason.CANCELLED, "client cancelled the request"))
 
     def finish(self, result: Detection | None = None, error: BaseException | None = None) -> None:
         if not self._done.is_set():
@@ -53,7 +53,8 @@ class Pending:
 
     def wait(self, timeout: float | None = None) -> Detection:
         if not self._done.wait(timeout):
-            raise ServingError(Code.DEADLINE_EXCEEDED, "deadline exceeded while waiting for the model")
+            raise ServingError(Code.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
+                               "deadline exceeded while waiting for the model")
         if self.error is not None:
             raise self.error
         assert self.result is not None
@@ -77,11 +78,11 @@ class LeadTask:
 
 
 def prepared(prepare: Callable[[Any], DetectInput], request: Any, index: int) -> DetectInput:
+    """`prepare(request)`; its ServingError as the `ItemError` of item `index`."""
     try:
         return prepare(request)
     except ServingError as exc:
-        exc.item = index
-        raise
+        raise ItemError(index, exc) from None
 
 
 class LeadFirstExecutor(futures.ThreadPoolExecutor):

@@ -76,6 +76,14 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
     if split is None:  # the last rows (at most a quarter of the set) held out
         held = min(check_images, max(1, len(open_dataset(images)) // 4))
         split, held_out = f":-{held}", f"-{held}:"
+    else:  # the check must run on rows the calibration never saw
+        data = open_dataset(images)
+        calibrated, checked = ({id(s) for s in data.subset(spec).samples} for spec in (split, held_out))
+        shared = [i for i, s in enumerate(data.samples) if id(s) in calibrated and id(s) in checked]
+        if shared:
+            raise ValueError(f"--split {split} and --held-out {held_out} share {len(shared)} rows (rows {shared[0]} to "
+                             f"{shared[-1]} of {len(data.samples)}); give disjoint rows, e.g. --split=:-300 "
+                             "--held-out=-300:")
     named = read_artifact(adapter_path, expected_kind="adapter").metadata["core_sha256"]
     core = core_of(adapter_path, named, core_path)
     adapter = load_adapter(adapter_path, core)

@@ -44,4 +44,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{c.name:16s} {pb.CategoryState.Name(c.state):9s} K={c.num_landmarks:<3d} "
               f"active={c.active_version or '-'} ({c.active_sha256[:12]}) versions: {versions}"
               + (f"  error: {c.error}" if c.error else ""))
+        for v in c.versions:  # why a version does not run in int8 by default
+            if v.precision == "fp32" and v.precision_reason.startswith("auto: its int8 calibration"):
+                print(f"{'':16s} {v.version}: {v.precision_reason}")
     return 0

@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _summary(key: str, value: str) -> str:
     """A metadata value as a person reads it: the int8 calibration's ranges are for the server."""
-    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration, checked_int8
 
     if key != CALIBRATION_KEY:
         return value
@@ -106,4 +106,7 @@ def _summary(key: str, value: str) -> str:
                f"{check['p95_px']:.3f} px at 128" if {"images", "mean_px", "p95_px"} <= set(check) else "")
     kept = ", ".join(n.removesuffix(".weight") for n in calibration.keep_fp32) or "none"
     total = len(set(calibration.ranges) | set(calibration.keep_fp32))
-    return (f"{len(calibration.quantised)} of {total} convolutions in int8 (fp32: {kept}){checked} (--precision int8)")
+    passed, why = checked_int8({key: value})
+    served = ("--precision auto (the default) runs it in int8 on CPUs with VNNI or AMX" if passed
+              else f"--precision auto runs it in fp32: {why}; --precision int8 runs it in int8")
+    return f"{len(calibration.quantised)} of {total} convolutions in int8 (fp32: {kept}){checked}; {served}"

@@ -165,7 +165,7 @@ class ListCategoriesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VersionInfo(_message.Message):
-    __slots__ = ("version", "state", "sha256", "size_bytes", "created", "trained", "landmark_names", "precision")
+    __slots__ = ("version", "state", "sha256", "size_bytes", "created", "trained", "landmark_names", "precision", "precision_reason")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class VersionInfo(_message.Message):
     TRAINED_FIELD_NUMBER: _ClassVar[int]
     LANDMARK_NAMES_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: CategoryState
     sha256: str
@@ -182,7 +183,8 @@ class VersionInfo(_message.Message):
     trained: str
     landmark_names: _containers.RepeatedScalarFieldContainer[str]
     precision: str
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[CategoryState, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created: _Optional[str] = ..., trained: _Optional[str] = ..., landmark_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ...) -> None: ...
+    precision_reason: str
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[CategoryState, str]] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., created: _Optional[str] = ..., trained: _Optional[str] = ..., landmark_names: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., precision_reason: _Optional[str] = ...) -> None: ...
 
 class CategoryInfo(_message.Message):
     __slots__ = ("name", "state", "num_landmarks", "input_size", "active_version", "active_sha256", "core_sha256", "versions", "error")

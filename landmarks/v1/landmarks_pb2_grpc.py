@@ -27,6 +27,17 @@ if _version_not_supported:
 
 class LandmarkServiceStub:
     """------------------------------------------------------------------------------ inference
+    Errors. Every error carries a google.rpc.Status in the grpc-status-details-bin trailer
+    (Python: grpc_status.rpc_status.from_call) with
+    google.rpc.ErrorInfo   reason: a stable name for the failure (IMAGE_UNDECODABLE,
+    CATEGORY_NOT_FOUND, ADAPTER_CORE_MISMATCH, ...; serving/errors.py
+    lists them all), domain "landmarks.v1", metadata: "index" (the
+    DetectBatch item), "category", "version" where known;
+    google.rpc.BadRequest  the field to blame, as a path ("requests[1].image.encoded"), when the
+    request is at fault (not for UNAVAILABLE or deadlines).
+    The HTTP plane's error JSON carries the same "details".
+    With tokens (landmarks serve --admin-token-file/--inference-token-file) any RPC may also fail
+    with UNAUTHENTICATED (no token, or a wrong one); health and reflection never do.
     """
 
     def __init__(self, channel):
@@ -49,12 +60,24 @@ class LandmarkServiceStub:
 
 class LandmarkServiceServicer:
     """------------------------------------------------------------------------------ inference
+    Errors. Every error carries a google.rpc.Status in the grpc-status-details-bin trailer
+    (Python: grpc_status.rpc_status.from_call) with
+    google.rpc.ErrorInfo   reason: a stable name for the failure (IMAGE_UNDECODABLE,
+    CATEGORY_NOT_FOUND, ADAPTER_CORE_MISMATCH, ...; serving/errors.py
+    lists them all), domain "landmarks.v1", metadata: "index" (the
+    DetectBatch item), "category", "version" where known;
+    google.rpc.BadRequest  the field to blame, as a path ("requests[1].image.encoded"), when the
+    request is at fault (not for UNAVAILABLE or deadlines).
+    The HTTP plane's error JSON carries the same "details".
+    With tokens (landmarks serve --admin-token-file/--inference-token-file) any RPC may also fail
+    with UNAUTHENTICATED (no token, or a wrong one); health and reflection never do.
     """
 
     def Detect(self, request, context):
-        """Landmarks of one image. Errors: INVALID_ARGUMENT (bad image, box, category name),
-        NOT_FOUND (unknown category or version), UNAVAILABLE (category loading/unloading,
-        server starting), RESOURCE_EXHAUSTED (folded-weights cache full of in-use entries).
+        """Landmarks of one image. Errors: INVALID_ARGUMENT (bad image, box, category or version
+        name), NOT_FOUND (unknown category or version), UNAVAILABLE (category loading, unloading
+        or failed; server starting or shutting down), RESOURCE_EXHAUSTED (request queue full, or
+        the folded-weights cache full of in-use entries), DEADLINE_EXCEEDED, CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,7 +85,10 @@ class LandmarkServiceServicer:
 
     def DetectBatch(self, request, context):
         """Many images (possibly of different categories) in one call; responses are in request
-        order. All-or-nothing: the first bad item fails the call, its index in the message.
+        order. All-or-nothing: the first bad item fails the call, with Detect's codes; its index is
+        in the message ("requests[1].image.encoded: ..."), in ErrorInfo.metadata["index"] and in
+        the BadRequest field path. INVALID_ARGUMENT (reason BATCH_TOO_LARGE) for more items than
+        the server's --max-batch-items.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,6 +117,17 @@ def add_LandmarkServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class LandmarkService:
     """------------------------------------------------------------------------------ inference
+    Errors. Every error carries a google.rpc.Status in the grpc-status-details-bin trailer
+    (Python: grpc_status.rpc_status.from_call) with
+    google.rpc.ErrorInfo   reason: a stable name for the failure (IMAGE_UNDECODABLE,
+    CATEGORY_NOT_FOUND, ADAPTER_CORE_MISMATCH, ...; serving/errors.py
+    lists them all), domain "landmarks.v1", metadata: "index" (the
+    DetectBatch item), "category", "version" where known;
+    google.rpc.BadRequest  the field to blame, as a path ("requests[1].image.encoded"), when the
+    request is at fault (not for UNAVAILABLE or deadlines).
+    The HTTP plane's error JSON carries the same "details".
+    With tokens (landmarks serve --admin-token-file/--inference-token-file) any RPC may also fail
+    with UNAUTHENTICATED (no token, or a wrong one); health and reflection never do.
     """
 
     @staticmethod
@@ -150,6 +187,9 @@ class LandmarkService:
 
 class AdminServiceStub:
     """---------------------------------------------------------------------------------- admin
+    Every AdminService RPC may also fail with UNAVAILABLE (server starting, or the adapter store
+    cannot be written: nothing was changed) and PERMISSION_DENIED (the inference token on an admin
+    call); UNIMPLEMENTED when the server runs with --no-admin.
     """
 
     def __init__(self, channel):
@@ -187,20 +227,27 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """---------------------------------------------------------------------------------- admin
+    Every AdminService RPC may also fail with UNAVAILABLE (server starting, or the adapter store
+    cannot be written: nothing was changed) and PERMISSION_DENIED (the inference token on an admin
+    call); UNIMPLEMENTED when the server runs with --no-admin.
     """
 
     def RegisterAdapter(self, request, context):
-        """Validate (format, names, shapes, finite values, K, core fingerprint, size cap, a trial
-        forward pass) and store a new immutable version. Same version + same content: OK
-        (idempotent, created = false); same version + other content: ALREADY_EXISTS; invalid file:
-        INVALID_ARGUMENT; another core: FAILED_PRECONDITION; too large: RESOURCE_EXHAUSTED.
+        """Validate (format, names, shapes, finite values, batch-norm statistics, K, core fingerprint,
+        size cap, a trial forward pass) and store a new immutable version. Same version + same
+        content: OK (idempotent, created = false). Errors: INVALID_ARGUMENT (invalid file, names or
+        path), ALREADY_EXISTS (same version, other content), FAILED_PRECONDITION (another core, or
+        K differs from the category's other versions), RESOURCE_EXHAUSTED (too large, or the
+        store's disk is full), PERMISSION_DENIED (a path outside --allow-path, or path
+        registration disabled), NOT_FOUND (no file at the path).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetActiveVersion(self, request, context):
-        """Switch the active version (e.g. roll back). NOT_FOUND for an unknown category/version.
+        """Switch the active version (e.g. roll back). Errors: INVALID_ARGUMENT (names), NOT_FOUND
+        (unknown category or version), FAILED_PRECONDITION (the version failed to load).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,19 +255,23 @@ class AdminServiceServicer:
 
     def UnregisterAdapter(self, request, context):
         """Remove one version (not the active one while others exist) or the whole category.
+        Errors: INVALID_ARGUMENT (names), NOT_FOUND (unknown category or version),
+        FAILED_PRECONDITION (the active version while others exist).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCategories(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every category, its versions and their states. No errors of its own.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ServerInfo(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The server's versions, backend, precision and cache; answers while loading (ready = false).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -263,6 +314,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """---------------------------------------------------------------------------------- admin
+    Every AdminService RPC may also fail with UNAVAILABLE (server starting, or the adapter store
+    cannot be written: nothing was changed) and PERMISSION_DENIED (the inference token on an admin
+    call); UNIMPLEMENTED when the server runs with --no-admin.
     """
 
     @staticmethod

@@ -41,7 +41,7 @@ import torch
 from landmarks.adapter_io import Adapter, Core
 from landmarks.hardware import cpu_int8_flags
 from landmarks.images import images_to_pixels
-from landmarks.int8 import CALIBRATION_KEY, Int8Calibration, conv_names, int8_graph, int8_weights
+from landmarks.int8 import Int8Calibration, checked_int8, conv_names, int8_graph, int8_weights
 from landmarks.onnx_export import HEATMAPS, OUTPUTS, folded_weights, template_for
 from serving.backends import blank_crops
 
@@ -213,9 +213,9 @@ class OnnxRuntimeBackend:
 
     def precision_for(self, adapter: Adapter) -> str:
         """int8 with --precision int8 (an adapter without a calibration then fails its registration), or
-        with auto for an adapter that carries one (`landmarks calibrate`) on a CPU with 8-bit dot
-        products; fp32 otherwise."""
-        if self.precision == "int8" or (self._auto_int8 and CALIBRATION_KEY in adapter.metadata):
+        with auto for an adapter whose calibration passed its check (`landmarks calibrate`) on a CPU
+        with 8-bit dot products; fp32 otherwise."""
+        if self.precision == "int8" or (self._auto_int8 and checked_int8(adapter.metadata)[0]):
             return "int8"
         return "fp32"
 

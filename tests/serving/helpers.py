@@ -3,6 +3,7 @@ files, an in-process or subprocess server, test images, metrics scraping, and th
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import threading
@@ -41,9 +42,13 @@ def make_adapter(path: Path, core_path: Path, category: str, k: int = 4, seed: i
     return save_adapter(path, tensors, config, category=category, core_sha256=sha, landmark_names=names)
 
 
-def calibrate_for_int8(path: Path, core_path: Path) -> Path:
-    """Give an adapter file the int8 calibration `landmarks calibrate` would (ranges of noise images here,
-    no accuracy check), in place."""
+PASSED_CHECK = {"mean_px": 0.1, "p95_px": 0.2, "max_px": 0.4, "images": 4}
+
+
+def calibrate_for_int8(path: Path, core_path: Path, check: dict | None = PASSED_CHECK) -> Path:
+    """Give an adapter file the int8 calibration `landmarks calibrate` would, in place: ranges of noise
+    images here, and `check` recorded as the accuracy check (by default one that passed the rule, as
+    `landmarks calibrate` records; None: none, as `Int8Calibration.measure` alone leaves it)."""
     from landmarks.adapter_io import save_with_metadata
     from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
     from landmarks.projection import fold
@@ -54,6 +59,8 @@ def calibrate_for_int8(path: Path, core_path: Path) -> Path:
     size = adapter.config.input_size
     images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
     calibration = Int8Calibration.measure(model, images)
+    if check is not None:
+        calibration = dataclasses.replace(calibration, check=dict(check))
     return save_with_metadata(path, adapter, **{CALIBRATION_KEY: calibration.to_json()})
 
 

@@ -287,3 +287,20 @@ def test_the_kuberay_manifest_is_a_valid_serve_config_that_builds_the_app():
     assert config["grpc_options"]["grpc_servicer_functions"] == SERVICER_FUNCTIONS
     (app,) = config["applications"]
     app_builder(app["args"])
+
+
+def test_errors_carry_their_details_through_the_proxy(client):
+    """A bad DetectBatch item's index is the client's, though the ingress sent each category's items to a
+    replica as a sub-batch of its own (the cats' item 1 is the client's item 2)."""
+    from landmarks.client import error_details
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.detect_batch([png_bytes(48, 40), png_bytes(48, 40), b"not an image"], ["cats", "faces", "cats"])
+    details = error_details(err.value)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (details.reason, details.domain, details.index) == ("IMAGE_UNDECODABLE", "landmarks.v1", 2)
+    assert details.fields[0][0] == "requests[2].image.encoded"
+    assert err.value.details().startswith("requests[2].image.encoded: ")
+    with pytest.raises(grpc.RpcError) as err:
+        client.detect(png_bytes(48, 40), "nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_details(err.value).reason == "CATEGORY_NOT_FOUND"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 
 import grpc
 import pytest
@@ -172,7 +173,7 @@ def _nan(t):
     t["head.weight"][0, 0] = float("nan")
 
 
-def _negative_var(t):  # finite tensors, but the trial forward yields NaN (sqrt of a negative variance)
+def _negative_var(t):  # finite tensors, but folding would take the sqrt of a negative variance
     key = next(k for k in t if k.endswith("running_var"))
     t[key].fill_(-1.0)
 
@@ -185,7 +186,7 @@ def _other_core(m):
     (lambda p: _adapter_bytes(p, edit=_rename_key), Code.INVALID_ARGUMENT, "tensor names"),
     (lambda p: _adapter_bytes(p, edit=_bad_shape), Code.INVALID_ARGUMENT, "shape"),
     (lambda p: _adapter_bytes(p, edit=_nan), Code.INVALID_ARGUMENT, "NaN"),
-    (lambda p: _adapter_bytes(p, edit=_negative_var), Code.INVALID_ARGUMENT, "trial forward"),
+    (lambda p: _adapter_bytes(p, edit=_negative_var), Code.INVALID_ARGUMENT, "running_var has negative values"),
     (lambda p: _adapter_bytes(p, metadata_edit=_other_core), Code.FAILED_PRECONDITION, "core"),
     (lambda p: pickle.dumps({"head.weight": torch.zeros(3, 8, 1, 1).numpy()}), Code.INVALID_ARGUMENT, "pickle"),
     (lambda p: _torch_save_bytes(), Code.INVALID_ARGUMENT, "pickle"),
@@ -496,20 +497,36 @@ def test_an_int8_server_serves_calibrated_adapters_and_refuses_the_rest_one_by_o
 
 @pytest.mark.skipif(DEFAULT_BACKEND != "onnxruntime", reason="onnxruntime is not installed")
 @pytest.mark.parametrize("int8_cpu", [True, False], ids=["vnni-cpu", "cpu-without-8-bit-dot-products"])
-def test_the_default_precision_serves_calibrated_adapters_in_int8_where_the_cpu_runs_it(store, monkeypatch, int8_cpu):
-    """--precision auto (the default): int8 for an adapter carrying a calibration on a CPU with 8-bit
-    dot products, fp32 for the rest (and everywhere on other CPUs, where int8 would need 7-bit weights the
-    calibration's check did not measure); each version says which (VersionInfo.precision)."""
+def test_the_default_precision_serves_calibrated_adapters_in_int8_where_the_cpu_runs_it(store, artifacts, tmp_path,
+                                                                                       monkeypatch, int8_cpu):
+    """--precision auto (the default): int8 for an adapter whose calibration passed its recorded check on
+    a CPU with 8-bit dot products, fp32 for the rest (a calibration without a check, or with a failed
+    one; and everywhere on other CPUs, where int8 would need 7-bit weights the check did not measure);
+    each version says which and why (VersionInfo.precision, precision_reason)."""
     import serving.backends.onnxruntime as ort_backend
 
     monkeypatch.setattr(ort_backend, "cpu_int8_flags", lambda: ["avx512_vnni"] if int8_cpu else [])
     calibrate_for_int8(store / "faces.safetensors", store / "core.safetensors")
+    unchecked, failed = tmp_path / "unchecked.safetensors", tmp_path / "failed.safetensors"
+    for path, check in ((unchecked, None), (failed, {"mean_px": 0.2, "p95_px": 0.9, "images": 4})):
+        shutil.copy(artifacts.extra["birds-v1"], path)
+        calibrate_for_int8(path, store / "core.safetensors", check=check)
     handle = start_server(store)
     try:
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=20) as c:
             assert c.server_info().precision == "auto"
-            served = {cat.name: cat.versions[0].precision for cat in c.categories()}
-            assert served == {"faces": "int8" if int8_cpu else "fp32", "cats": "fp32"}
+            c.register("birds", "unchecked", unchecked.read_bytes())
+            c.register("birds", "failed", failed.read_bytes())
+            served = {(cat.name, v.version): (v.precision, v.precision_reason)
+                      for cat in c.categories() for v in cat.versions}
+            passed = "auto: its int8 calibration passed its check (mean 0.100 px, p95 0.200 px at 128)"
+            elsewhere = f"{passed}, but int8 runs only on the onnxruntime backend on a CPU with 8-bit dot products (VNNI, AMX)"
+            assert served[("faces", "shipped")] == (("int8", passed) if int8_cpu else ("fp32", elsewhere))
+            assert served[("cats", "shipped")] == ("fp32", "auto: no int8 calibration (landmarks calibrate adds one)")
+            assert served[("birds", "unchecked")][0] == "fp32"
+            assert "has no recorded check" in served[("birds", "unchecked")][1]
+            failed_check = "auto: its int8 calibration failed its check (mean 0.200 px, p95 0.900 px at 128; the rule is <= 0.5)"
+            assert served[("birds", "failed")] == ("fp32", failed_check)
             assert len(c.detect(png_bytes(48, 40), "faces").points) == 6
             assert len(c.detect(png_bytes(48, 40), "cats").points) == 4
     finally:

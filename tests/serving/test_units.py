@@ -18,6 +18,7 @@ from serving.errors import ServingError
 from serving.model_cache import CacheFullError, ModelCache
 from serving.names import validate_category, validate_version
 from serving.preprocess import crop_square, decode_crop, decode_encoded, decode_raw, resolve_box
+from serving.query import DetectQuery
 from tests.serving.helpers import jpeg_bytes, png_bytes, png_header
 
 MAXPIX, MINSIDE = 50_000_000, 4
@@ -72,13 +73,13 @@ def test_raw_blocks_are_copied_with_the_pixels_pil_gives():
             if box is not None:
                 request.box.CopyFrom(pb.Box(x0=box[0], y0=box[1], x1=box[2], y1=box[3]))
             size = 32 if box is not None and box[2] - box[0] == 32 else 48
-            pixels, square = decode_crop(request, size, MAXPIX, MINSIDE)
+            pixels, square = decode_crop(DetectQuery.from_proto(request), size, MAXPIX, MINSIDE)
             assert pixels.dtype == np.uint8 and pixels.shape == (size, size, 3) and pixels.flags.c_contiguous
             np.testing.assert_array_equal(pixels, crop_square(expected_image, square, size))
         # the whole-image block: the client's own bytes
         request = pb.DetectRequest(category="c", image=pb.Image(raw=pb.RawImage(
             pixels=data[:40, :40].tobytes(), height=40, width=40, channels=channels)))
-        pixels, _ = decode_crop(request, 40, MAXPIX, MINSIDE)
+        pixels, _ = decode_crop(DetectQuery.from_proto(request), 40, MAXPIX, MINSIDE)
         np.testing.assert_array_equal(pixels[..., 0], data[:40, :40, 0])
 
 
@@ -278,7 +279,7 @@ def test_a_crop_from_a_smaller_decode_shows_the_same_place(box, grey):
     from serving.preprocess import decode_crop
 
     data = _blob_jpeg(1600, 1200, (600.0, 400.0), 40.0, grey)
-    crop, square = decode_crop(_request(data, box), 64, MAXPIX, MINSIDE)
+    crop, square = decode_crop(DetectQuery.from_proto(_request(data, box)), 64, MAXPIX, MINSIDE)
     whole = decode_encoded(data, MAXPIX, MINSIDE)
     assert square == resolve_box(box, 1600, 1200)
     reference = crop_square(whole, square, 64)

@@ -61,6 +61,8 @@ def test_calibrate_explains_bad_arguments(adapter_file, core_file, face_data, ca
     images = ["--images", f"mtfl:{face_data / 'train.txt'}", "--core", str(core_file)]
     assert main(["calibrate", str(adapter_file), *images, "--split", ":6"]) == 2
     assert "both --split and --held-out" in capsys.readouterr().err
+    assert main(["calibrate", str(adapter_file), *images, "--split", ":6", "--held-out", "4:"]) == 2
+    assert "--split :6 and --held-out 4: share 2 rows (rows 4 to 5 of" in capsys.readouterr().err
     assert main(["calibrate", str(adapter_file), *images, "--keep-fp32", "nosuchlayer"]) == 2
     assert "no convolution inside nosuchlayer" in capsys.readouterr().err
 
