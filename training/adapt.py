@@ -17,6 +17,7 @@ import argparse
 import functools
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from training.datasets import DatasetError, open_dataset
 from training.detectors import MODES, build_detector, warm_start
 from training.devices import BF16_CHOICES, choose_precision, start_processes
 from training.generator import ConditionalGenerator, GeneratorConfig
-from training.harness import LoopSettings, TrainingRun
+from training.harness import LoopSettings, RunState, TrainingRun
 from training.image_bank import ImageBank
 from training.optimisers import ClipGroup, Optimisers
 from training.pairs import PairConfig
@@ -181,19 +182,22 @@ class _NoFeatures(nn.Module):
         return []
 
 
-def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "") -> Path:
-    """Train one adapter (or baseline network); returns the exported file (rank 0; others get its path)."""
+def adapt(cfg: AdaptConfig, resume: bool = False, command: str = "",
+          on_step: Callable[[RunState], None] | None = None) -> Path:
+    """Train one adapter (or baseline network); returns the exported file (rank 0; others get its path).
+    `on_step` is called after every step (and its checkpoint) with the run's state."""
     processes, device = start_processes(cfg.device)
     try:
-        return _adapt(cfg, resume, command, processes, device)
+        return _adapt(cfg, resume, command, processes, device, on_step)
     finally:
         processes.close()
 
 
-def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torch.device) -> Path:
+def _adapt(cfg: AdaptConfig, resume: bool, command: str, processes, device: torch.device,
+           on_step: Callable[[RunState], None] | None = None) -> Path:
     out = Path(cfg.out)
     run = TrainingRun(out, LoopSettings(cfg.steps, cfg.picture_every, cfg.checkpoint_every, cfg.max_minutes,
-                                        cfg.seed), processes, device, cfg, command, cfg.batch_size)
+                                        cfg.seed), processes, device, cfg, command, cfg.batch_size, on_step)
     precision = choose_precision(device, cfg.bf16)
     run.log(f"device {device}, {precision.reason}; {processes.world} process(es)")
     core = load_core(cfg.core)

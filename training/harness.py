@@ -17,7 +17,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,9 +97,11 @@ class TrainingRun:
     """One run's folder, schedule and processes; `restore`, then `train(task)`."""
 
     def __init__(self, out: str | Path, settings: LoopSettings, processes: Processes, device: torch.device,
-                 config: object, command: str = "", batch_size: int = 1) -> None:
+                 config: object, command: str = "", batch_size: int = 1,
+                 on_step: Callable[[RunState], None] | None = None) -> None:
         self.out, self.settings, self.processes, self.device = Path(out), settings, processes, device
         self.config, self.command, self.batch_size = config, command, batch_size
+        self.on_step = on_step  # rank 0, after each step's record (and checkpoint): progress reports
         self.state = RunState()
         self._validated_at = -1
         self.checkpoint_path = self.out / "checkpoint.pt"
@@ -197,6 +199,8 @@ class TrainingRun:
                 bar.set_postfix(loss=f"{record['loss']:.3g}", ips=f"{rate:.1f}")
                 if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0:  # 0: only at the end
                     self.save(task)
+                if self.on_step is not None and self.processes.main:
+                    self.on_step(s)
                 out_of_time = bool(cfg.max_minutes) and s.elapsed > cfg.max_minutes * 60
                 if self.processes.agree(out_of_time, self.device):
                     self.log(f"stopping at step {s.step}: --max-minutes {cfg.max_minutes} reached "
