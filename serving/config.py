@@ -141,6 +141,33 @@ class ServerConfig:
     inference_token: str | None = field(default=None, repr=False, metadata=_flag(
         "file with the bearer token Detect calls need, or the admin one (default: $LANDMARKS_TOKEN, else open)",
         group="security", flag="--inference-token-file"))
+    adaptation_workers: int = field(default=1, metadata=_flag(
+        "adaptation jobs (POST /v1/adaptations, AdaptationService) that may train at once, each in a child "
+        "process; 0 turns jobs off. They need the training extra: pip install 'landmark-adapters[train]'",
+        group="adaptation"))
+    adaptation_threads: int = field(default=1, metadata=_flag(
+        "torch threads of each job's training process", group="adaptation"))
+    adaptation_nice: int = field(default=10, metadata=_flag(
+        "lower the training processes' CPU priority by this nice value, so inference keeps its latency",
+        group="adaptation"))
+    adaptation_device: str = field(default="auto", metadata=_flag(
+        "where jobs train: auto (a GPU if torch sees one), cpu, cuda, cuda:N", group="adaptation"))
+    max_adaptation_images: int = field(default=5000, metadata=_flag(
+        "most images one job may send", group="adaptation"))
+    min_adaptation_images: int = field(default=10, metadata=_flag(
+        "fewest usable images a job needs (and at least a batch of its preset plus two held out)",
+        group="adaptation"))
+    max_adaptation_image_bytes: int = field(default=20 * MIB, metadata=_flag(
+        "larger image files in a job are skipped (and counted), in MiB", group="adaptation",
+        flag="--max-adaptation-image-mb", unit=MIB))
+    max_adaptation_image_pixels: int = field(default=40_000_000, metadata=_flag(
+        "images in a job with more pixels are skipped (and counted)", group="adaptation"))
+    max_adaptation_upload_bytes: int = field(default=2048 * MIB, metadata=_flag(
+        "largest upload of one job in MiB, zips counted expanded (HTTP bodies to /v1/adaptations up to this)",
+        group="adaptation", flag="--max-adaptation-upload-mb", unit=MIB))
+    adaptation_quota_bytes: int = field(default=20 * 1024 * MIB, metadata=_flag(
+        "disk the jobs' files may take in the store (ADAPTERS/.jobs), in MiB; an upload past it is refused",
+        group="adaptation", flag="--adaptation-quota-mb", unit=MIB))
     load_in_background: bool = False  # return from build_server at once, load the core in a thread (tests)
 
     def __post_init__(self) -> None:
@@ -162,9 +189,14 @@ class ServerConfig:
             raise ValueError("message and adapter limits must be at least 1 KiB")
         if self.cache_bytes <= 0:
             raise ValueError(f"--cache-mb must be positive, got {self.cache_bytes / MIB:g}")
-        for name in ("max_workers", "max_image_pixels", "min_image_side", "max_batch_items"):
+        for name in ("max_workers", "max_image_pixels", "min_image_side", "max_batch_items", "adaptation_threads",
+                     "max_adaptation_images", "min_adaptation_images", "max_adaptation_image_bytes",
+                     "max_adaptation_image_pixels", "max_adaptation_upload_bytes", "adaptation_quota_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.adaptation_workers < 0 or not 0 <= self.adaptation_nice <= 19:
+            raise ValueError("--adaptation-workers must be >= 0 and --adaptation-nice in 0..19, got "
+                             f"{self.adaptation_workers} and {self.adaptation_nice}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.torch_threads}")
         if self.session_threads is not None and self.session_threads < 1:
@@ -208,6 +240,18 @@ class ServerConfig:
     @property
     def batching(self) -> BatchConfig:
         return BatchConfig(self.max_batch_size, self.max_queue_delay_ms, self.max_queue, self.batch_workers)
+
+    @property
+    def adaptation(self):
+        """The adaptation jobs' limits (serving.adaptations); with --no-admin there are no jobs."""
+        from serving.adaptations import AdaptationLimits
+        from serving.uploads import UploadLimits
+
+        upload = UploadLimits(self.max_adaptation_images, self.max_adaptation_image_bytes,
+                              self.max_adaptation_image_pixels, self.max_adaptation_upload_bytes)
+        return AdaptationLimits(self.adaptation_workers if self.enable_admin else 0, self.adaptation_threads,
+                                self.adaptation_nice, self.min_adaptation_images, self.adaptation_quota_bytes,
+                                device=self.adaptation_device, upload=upload)
 
     @property
     def tls(self) -> bool:

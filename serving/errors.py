@@ -100,6 +100,15 @@ class Reason(str, enum.Enum):
     VERSION_ACTIVE = "VERSION_ACTIVE"                          # unregistering the active one of several
     STORE_FULL = "STORE_FULL"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    # adaptation jobs (serving.adaptations)
+    ADAPTATION_UNAVAILABLE = "ADAPTATION_UNAVAILABLE"          # no training extra (torch), or --adaptation-workers 0
+    UPLOAD_EMPTY = "UPLOAD_EMPTY"                              # no images sent
+    UPLOAD_TOO_LARGE = "UPLOAD_TOO_LARGE"                      # over --max-adaptation-images / -upload-mb
+    UPLOAD_UNSAFE = "UPLOAD_UNSAFE"                            # a zip entry outside the folder, a zip bomb
+    TOO_FEW_IMAGES = "TOO_FEW_IMAGES"                          # fewer usable images than a job needs
+    OPTION_INVALID = "OPTION_INVALID"                          # an unknown option, or a bad value
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_FINISHED = "JOB_FINISHED"                              # cancelling a job that already ended
     # a bug (never a client's doing)
     INTERNAL = "INTERNAL"
 

@@ -6,6 +6,7 @@
     GET  /v1/health          200 SERVING / 503 NOT_SERVING (never needs a token)
     GET  /openapi.json       the OpenAPI description of all of it
     GET  /                   the demo page (serving/static/demo.html)
+    /v1/adaptations...       adaptation jobs, admin plane (serving.http_adaptations)
 
 A detect goes where a gRPC Detect goes: the body becomes a `DetectQuery` and runs through the same
 call helper (`serving.calls.DetectCalls`), so validation, messages, batching, metrics and the
@@ -50,12 +51,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from landmarks import __version__
 from serving.auth import authorize, bearer
 from serving.calls import DetectCalls
+from serving.http_adaptations import add_adaptation_routes
 from serving.errors import Reason, ServingError, clip, status_json
 from serving.inputs import RequestLimits
 from serving.precision import precision_of
 from serving.query import DetectQuery
 
 if TYPE_CHECKING:
+    from serving.adaptations import Adaptations
     from serving.config import ServerConfig
     from serving.metrics import Metrics
     from serving.services import Lifecycle
@@ -75,8 +78,12 @@ HTTP_STATUS = {
 }
 
 
-def http_status(code: grpc.StatusCode) -> int:
-    return HTTP_STATUS.get(code, 500)
+# reasons whose HTTP status says more than their gRPC code's
+REASON_STATUS = {Reason.ADAPTATION_UNAVAILABLE: 501, Reason.UPLOAD_TOO_LARGE: 413}
+
+
+def http_status(code: grpc.StatusCode, reason: Reason | None = None) -> int:
+    return REASON_STATUS.get(reason, HTTP_STATUS.get(code, 500))  # type: ignore[arg-type]
 
 
 class _BodyTooLarge(Exception):
@@ -85,18 +92,21 @@ class _BodyTooLarge(Exception):
 
 class _BodyLimit:
     """ASGI middleware: a body over `limit` bytes answers 413, by its Content-Length before a byte is
-    read, or as soon as a chunked body passes the limit (the gRPC port's message limit, kept here)."""
+    read, or as soon as a chunked body passes the limit (the gRPC port's message limit, kept here).
+    `paths` gives some paths a limit of their own (an adaptation job's upload)."""
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app, limit: int, paths: dict[str, int] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.paths = paths or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.paths.get(scope.get("path", ""), self.limit)
         length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            return await _send_error(send, 413, _too_large(self._message(int(length))))
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_error(send, 413, _too_large(self._message(int(length), limit)))
         received = 0
 
         async def limited():
@@ -104,14 +114,17 @@ class _BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _BodyTooLarge(self._message(received))
+                if received > limit:
+                    raise _BodyTooLarge(self._message(received, limit))
             return message
 
         return await self.app(scope, limited, send)
 
-    def _message(self, size: int) -> str:
-        return (f"request body is {size} bytes, over this server's limit of {self.limit} bytes "
+    def _message(self, size: int, limit: int) -> str:
+        if limit != self.limit:
+            return (f"request body is {size} bytes, over this server's limit of {limit} bytes for an upload "
+                    "(--max-adaptation-upload-mb); send fewer or smaller images")
+        return (f"request body is {size} bytes, over this server's limit of {limit} bytes "
                 "(--max-message-mb); downscale the image before sending")
 
 
@@ -255,7 +268,7 @@ class Error(BaseModel):
 
 
 def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | None, *, admin_token: str | None,
-              inference_token: str | None, max_body_bytes: int):
+              inference_token: str | None, max_body_bytes: int, adaptations: Adaptations | None = None):
     """The ASGI app (FastAPI, wrapped in the body limit)."""
     errors = {status: {"model": Error, "description": description} for status, description in (
         (400, "INVALID_ARGUMENT: a bad image, box, category or version name (the gRPC message; details: the "
@@ -280,12 +293,17 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
         if refusal is not None:
             raise refusal
 
+    def admin_plane(authorization: str | None = Header(default=None, include_in_schema=False)) -> None:
+        refusal = authorize("admin", bearer(authorization), admin_token, inference_token)
+        if refusal is not None:
+            raise refusal
+
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError):
         headers = {"retry-after": "1"} if exc.code in (Code.RESOURCE_EXHAUSTED, Code.UNAVAILABLE) else {}
         if exc.code == Code.UNAUTHENTICATED:
             headers["www-authenticate"] = "Bearer"
-        return JSONResponse(status_json(exc.status()), status_code=http_status(exc.code), headers=headers)
+        return JSONResponse(status_json(exc.status()), status_code=http_status(exc.code, exc.reason), headers=headers)
 
     @app.exception_handler(_BodyTooLarge)
     async def too_large(request: Request, exc: _BodyTooLarge):
@@ -390,24 +408,28 @@ def build_app(lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics | No
                f"failed to load: {lifecycle.load_error}" if lifecycle.load_error else "loading the core")
         return JSONResponse({"status": "NOT_SERVING", "message": why}, status_code=503)
 
+    add_adaptation_routes(app, adaptations, admin_plane, errors)
+
     page = resources.files("serving").joinpath("static/demo.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def demo_page():
         return HTMLResponse(page)
 
-    return _BodyLimit(app, max_body_bytes)
+    uploads = {"/v1/adaptations": adaptations.limits.upload.max_upload_bytes + (1 << 20)} if adaptations else {}
+    return _BodyLimit(app, max_body_bytes, uploads)
 
 
 class HttpPlane:
     """The HTTP server of `landmarks serve --http-port`: bound at construction, served by uvicorn in a
     thread after `start`, stopped by `stop` (in-flight requests get `grace` seconds)."""
 
-    def __init__(self, cfg: ServerConfig, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics) -> None:
+    def __init__(self, cfg: ServerConfig, lifecycle: Lifecycle, limits: RequestLimits, metrics: Metrics,
+                 adaptations: Adaptations | None = None) -> None:
         import uvicorn
 
         app = build_app(lifecycle, limits, metrics, admin_token=cfg.admin_token, inference_token=cfg.inference_token,
-                        max_body_bytes=cfg.max_message_bytes)
+                        max_body_bytes=cfg.max_message_bytes, adaptations=adaptations)
         self.tls = cfg.tls
         tls: dict[str, Any] = {}
         if cfg.tls:

@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.adaptations import Adaptations
 from serving.auth import TokenInterceptor
 from serving.config import ServerConfig, join_host_port
 from serving.inputs import RequestLimits
@@ -63,6 +64,7 @@ class ServerHandle:
     metrics_server: object | None = None
     metrics_port: int | None = None
     http: HttpPlane | None = None  # HTTP/JSON and the demo page (--http-port), same services
+    adaptations: Adaptations | None = None  # adaptation jobs (HTTP /v1/adaptations, AdaptationService)
 
     @property
     def http_port(self) -> int | None:
@@ -94,6 +96,8 @@ class ServerHandle:
         finished = all([event.wait(grace + 5.0) for event in stopping])  # noqa: C419  wait for each
         if self.http is not None:
             self.http.stop(grace)
+        if self.adaptations is not None:  # running jobs resume at the next start
+            self.adaptations.close()
         if self.lifecycle.services is not None:
             self.lifecycle.services.batcher.close(timeout=1.0)  # a forward still running after grace is abandoned
         if self.metrics_server is not None:
@@ -186,6 +190,8 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
         _load(cfg, lifecycle, metrics, True)
     handle = ServerHandle(cfg, server, _listen(server, cfg, cfg.port), lifecycle, metrics, admin_server)
     try:
+        handle.adaptations = Adaptations(cfg.adapters_dir, cfg.resolved_core_path, cfg.adaptation,
+                                         lambda: lifecycle.require().registry)
         if admin_server is not None:
             handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
         if cfg.http_port is not None:
@@ -195,13 +201,15 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
                 raise OSError(f"--http-port needs FastAPI and uvicorn ({exc}); install them with: "
                               "pip install 'landmark-adapters[serve]'") from None
 
-            handle.http = HttpPlane(cfg, lifecycle, limits, metrics)
+            handle.http = HttpPlane(cfg, lifecycle, limits, metrics, handle.adaptations)
         if cfg.metrics_port is not None:
             try:
                 handle.metrics_server, handle.metrics_port = start_metrics_server(metrics, cfg.host, cfg.metrics_port)
             except OSError as exc:
                 raise OSError(f"cannot serve metrics on {cfg.host}:{cfg.metrics_port}: {exc}") from None
     except OSError:
+        if handle.adaptations is not None:
+            handle.adaptations.close()
         server.stop(None)
         if admin_server is not None:
             admin_server.stop(None)
