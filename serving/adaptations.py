@@ -28,11 +28,12 @@ import queue
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 Code = grpc.StatusCode
 MIB = 1 << 20
 JOBS_DIR = ".jobs"
+STORE_FILE = "jobs.sqlite3"
 # training.adapt's presets by their batch size (a job needs one batch of training images besides the
 # held-out ones); tests check this against training.adapt.PRESETS, which the server must not import
 PRESET_BATCH = {"cpu": 16, "paper": 48, "smoke": 2}
@@ -73,7 +75,7 @@ class AdaptationLimits:
     quota_bytes: int = 20 * 1024 * MIB
     max_steps: int = 1_000_000
     device: str = "auto"
-    upload: UploadLimits = UploadLimits()
+    upload: UploadLimits = field(default_factory=UploadLimits)
 
 
 def _job_not_found(job_id: str) -> ServingError:
@@ -116,20 +118,33 @@ class Adaptations:
         self._changed = threading.Condition()
         self._revision = 0
         self._children: dict[str, subprocess.Popen] = {}
-        self._submit_lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # opening the store
+        self._upload_lock = threading.Lock()
         self._closing = False
         self._threads: list[threading.Thread] = []
-        if self.enabled and torch_installed():
-            self._store = JobStore(self.dir / "jobs.sqlite3")
-            for job in self._store.list(ACTIVE_STATES):  # what a restart interrupted
-                log.info("adaptation job %s (%s) was %s; running it again from its checkpoint",
-                         job.id, job.category, job.state)
-                self._store.update(job.id, state=QUEUED, phase="")
-                self._queue.put(job.id)
+        self._ready = self.enabled and torch_installed()
+        if self._ready:
+            if (self.dir / STORE_FILE).is_file():  # else made by the first job: serving never writes the store
+                self._open_store()
+                for job in self._store.list(ACTIVE_STATES):  # type: ignore[union-attr]  what a restart interrupted
+                    log.info("adaptation job %s (%s) was %s; running it again from its checkpoint",
+                             job.id, job.category, job.state)
+                    self._store.update(job.id, state=QUEUED, phase="")  # type: ignore[union-attr]
+                    self._queue.put(job.id)
             for i in range(limits.workers):
                 thread = threading.Thread(target=self._work, name=f"landmarks-adapt-{i}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+
+    def _open_store(self) -> JobStore:
+        with self._submit_lock:
+            if self._store is None:
+                try:
+                    self._store = JobStore(self.dir / STORE_FILE)
+                except (OSError, sqlite3.Error) as exc:
+                    raise ServingError(Code.UNAVAILABLE, Reason.STORE_UNAVAILABLE,
+                                       f"cannot open the job store {self.dir / STORE_FILE}: {exc}") from None
+            return self._store
 
     # ------------------------------------------------------------------------------ requests
     def require(self) -> JobStore:
@@ -137,10 +152,10 @@ class Adaptations:
         if not self.enabled:
             raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
                                "adaptation jobs are off on this server (--adaptation-workers 0)")
-        if self._store is None:
+        if not self._ready:
             raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
                                f"adaptation jobs need the training extra (torch) on the server: {INSTALL}")
-        return self._store
+        return self._store or self._open_store()
 
     def parse_options(self, category: str, given: dict[str, str]) -> dict:
         """The job's options from the strings a client sent; INVALID_ARGUMENT naming a bad one."""
@@ -195,7 +210,7 @@ class Adaptations:
         parsed = self.parse_options(category, options)
         job_id = secrets.token_hex(6)
         folder = self.dir / job_id
-        with self._submit_lock:  # one upload at a time against the quota
+        with self._upload_lock:  # one upload at a time against the quota
             try:
                 upload = take_images(files, folder / "images", self.limits.upload)
                 self._check_count(upload, parsed["preset"])

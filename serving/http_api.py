@@ -51,8 +51,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from landmarks import __version__
 from serving.auth import authorize, bearer
 from serving.calls import DetectCalls
-from serving.http_adaptations import add_adaptation_routes
 from serving.errors import Reason, ServingError, clip, status_json
+from serving.http_adaptations import add_adaptation_routes
 from serving.inputs import RequestLimits
 from serving.precision import precision_of
 from serving.query import DetectQuery

@@ -88,7 +88,7 @@ def jobs_server(store: Path, **overrides):
 def test_presets_known_to_the_server_are_the_trainers():
     from training.adapt import PRESETS
 
-    assert PRESET_BATCH == {name: preset.get("batch_size", 16) for name, preset in PRESETS.items()}
+    assert {name: preset.get("batch_size", 16) for name, preset in PRESETS.items()} == PRESET_BATCH
 
 
 def test_a_job_over_http_registers_a_version_that_detects(store):
