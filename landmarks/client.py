@@ -6,6 +6,8 @@
         for x, y, conf in result.points: ...
         client.register("cats", "v2", "cats-v2.safetensors")
         client.activate("cats", "v1")                                 # roll back
+        job = client.start_adaptation("mugs", ["photos.zip"])        # train a new category in the server
+        for state in client.watch_adaptation(job.id): print(state.step, state.steps)
         print(client.categories())
 
 Errors arrive as `grpc.RpcError` (`.code()`, `.details()`).
@@ -148,6 +150,7 @@ class LandmarkClient:
         self._admin_md = (("authorization", f"Bearer {admin_token}"),) if admin_token else None
         self.inference = pb_grpc.LandmarkServiceStub(self.channel)
         self.admin = pb_grpc.AdminServiceStub(self.channel)
+        self.adaptation = pb_grpc.AdaptationServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -206,6 +209,42 @@ class LandmarkClient:
 
     def server_info(self) -> pb.ServerInfoResponse:
         return self.admin.ServerInfo(pb.ServerInfoRequest(), timeout=self.timeout, metadata=self._admin_md)
+
+    # ---------------------------------------------------------------- adaptation jobs (admin token)
+    def start_adaptation(self, category: str, images: Sequence[str | Path | tuple[str, bytes]], *,
+                         preset: str = "", steps: int = 0, activate: bool = False, num_landmarks: int = 0,
+                         names: str = "", image_size: int = 0, chunk_bytes: int = 1 << 20) -> pb.AdaptationJob:
+        """Start a job that trains `category` from `images` (image files or .zip files: paths, or
+        (name, bytes) pairs), sent in chunks; returns the queued job (`watch_adaptation` follows it)."""
+        options = pb.AdaptationOptions(category=category, preset=preset, steps=steps, activate=activate,
+                                       num_landmarks=num_landmarks, names=names, image_size=image_size)
+
+        def messages():
+            yield pb.StartAdaptationRequest(options=options)
+            for item in images:
+                name, data = (item[0], item[1]) if isinstance(item, tuple) else (Path(item).name, Path(item).read_bytes())
+                for start in range(0, max(1, len(data)), chunk_bytes):
+                    yield pb.StartAdaptationRequest(chunk=pb.FileChunk(name=name if start == 0 else "",
+                                                                       data=data[start:start + chunk_bytes]))
+
+        return self.adaptation.StartAdaptation(messages(), timeout=self.timeout, metadata=self._admin_md)
+
+    def adaptation_job(self, job_id: str) -> pb.AdaptationJob:
+        return self.adaptation.GetAdaptation(pb.GetAdaptationRequest(id=job_id), timeout=self.timeout,
+                                             metadata=self._admin_md)
+
+    def adaptation_jobs(self) -> list[pb.AdaptationJob]:
+        return list(self.adaptation.ListAdaptations(pb.ListAdaptationsRequest(), timeout=self.timeout,
+                                                    metadata=self._admin_md).jobs)
+
+    def watch_adaptation(self, job_id: str, timeout: float | None = None):
+        """The job now and at each change until it ends (a stream: iterate it; no deadline by default)."""
+        return self.adaptation.WatchAdaptation(pb.GetAdaptationRequest(id=job_id), timeout=timeout,
+                                               metadata=self._admin_md)
+
+    def cancel_adaptation(self, job_id: str) -> pb.AdaptationJob:
+        return self.adaptation.CancelAdaptation(pb.CancelAdaptationRequest(id=job_id), timeout=self.timeout,
+                                                metadata=self._admin_md)
 
     def health_status(self, service: str = "") -> str:
         reply = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)

@@ -24,7 +24,7 @@ from serving.errors import Reason, ServingError
 
 __all__ = ["TokenInterceptor", "authorize", "bearer", "metadata_token", "read_token"]
 
-ADMIN_PREFIX = "/landmarks.v1.AdminService/"
+ADMIN_PREFIXES = ("/landmarks.v1.AdminService/", "/landmarks.v1.AdaptationService/")  # the admin plane
 INFERENCE_PREFIX = "/landmarks.v1.LandmarkService/"
 
 
@@ -32,10 +32,23 @@ def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
-def _deny(refusal: ServingError) -> grpc.RpcMethodHandler:
+def _deny(refusal: ServingError, handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    """A handler of the method's own kind (unary or streaming) that refuses the call."""
     def abort(request, context):
         refusal.abort(context)
 
+    def abort_stream(request, context):
+        refusal.abort(context)
+        yield  # pragma: no cover  (a generator: a server-streaming handler)
+
+    streams_in = handler is not None and handler.request_streaming
+    streams_out = handler is not None and handler.response_streaming
+    if streams_in and streams_out:
+        return grpc.stream_stream_rpc_method_handler(abort_stream)
+    if streams_in:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if streams_out:
+        return grpc.unary_stream_rpc_method_handler(abort_stream)
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
@@ -82,7 +95,7 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        if method.startswith(ADMIN_PREFIX):
+        if method.startswith(ADMIN_PREFIXES):
             plane = "admin"
         elif method.startswith(INFERENCE_PREFIX):
             plane = "inference"
@@ -90,4 +103,6 @@ class TokenInterceptor(grpc.ServerInterceptor):
             return continuation(handler_call_details)
         refusal = authorize(plane, metadata_token(handler_call_details.invocation_metadata), self.admin_token,
                             self.inference_token)
-        return continuation(handler_call_details) if refusal is None else _deny(refusal)
+        if refusal is None:
+            return continuation(handler_call_details)
+        return _deny(refusal, continuation(handler_call_details))

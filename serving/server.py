@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.adaptation_servicer import AdaptationServicer
 from serving.adaptations import Adaptations
 from serving.auth import TokenInterceptor
 from serving.config import ServerConfig, join_host_port
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["CoreLoadError", "ServerHandle", "build_server", "serve"]
 
 log = logging.getLogger(__name__)
-INFERENCE, ADMIN = (pb.DESCRIPTOR.services_by_name[name].full_name for name in ("LandmarkService", "AdminService"))
+INFERENCE, ADMIN, ADAPTATION = (pb.DESCRIPTOR.services_by_name[name].full_name
+                                for name in ("LandmarkService", "AdminService", "AdaptationService"))
 
 
 @dataclass
@@ -164,34 +166,42 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
     server = _grpc_server(cfg, handlers, cfg.max_message_bytes, cfg.max_workers + cfg.max_queue)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    lifecycle = Lifecycle(health_servicer, (INFERENCE, ADMIN) if cfg.enable_admin else (INFERENCE,))
+    lifecycle = Lifecycle(health_servicer, (INFERENCE, ADMIN, ADAPTATION) if cfg.enable_admin else (INFERENCE,))
     metrics = Metrics(lambda: lifecycle.services)
     limits = RequestLimits(cfg.max_image_pixels, cfg.min_image_side, cfg.max_batch_items)
     landmarks = LandmarkServicer(lifecycle, limits, metrics)
     if cfg.lone_on_lead:  # a lone Detect runs whole on the lead batch worker (serving.batching)
         landmarks = _on_pool(landmarks, LeadFirstExecutor(_lead_or_none(lifecycle), handlers))
     pb_grpc.add_LandmarkServiceServicer_to_server(landmarks, server)
+    # jobs train in child processes; a restart resumes the ones it interrupted (serving.adaptations)
+    adaptations = Adaptations(cfg.adapters_dir, cfg.resolved_core_path, cfg.adaptation,
+                              lambda: lifecycle.require().registry)
     admin_server = None
     if cfg.enable_admin and cfg.admin_port is None:
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), server)
-        _add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN])
+        pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations), server)
+        _add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN, ADAPTATION])
     else:
         _add_health_and_reflection(server, health_servicer, [INFERENCE])
         if cfg.enable_admin:
-            admin_pool = futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="landmarks-admin",
+            admin_pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="landmarks-admin",
                                                     initializer=handler_thread)
             admin_server = _grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
             pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), admin_server)
-            _add_health_and_reflection(admin_server, health_servicer, [ADMIN])
+            pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations), admin_server)
+            _add_health_and_reflection(admin_server, health_servicer, [ADMIN, ADAPTATION])
     if cfg.load_in_background:
         threading.Thread(target=_load, args=(cfg, lifecycle, metrics, False), name="landmarks-load",
                          daemon=True).start()
-    else:
-        _load(cfg, lifecycle, metrics, True)
-    handle = ServerHandle(cfg, server, _listen(server, cfg, cfg.port), lifecycle, metrics, admin_server)
     try:
-        handle.adaptations = Adaptations(cfg.adapters_dir, cfg.resolved_core_path, cfg.adaptation,
-                                         lambda: lifecycle.require().registry)
+        if not cfg.load_in_background:
+            _load(cfg, lifecycle, metrics, True)
+        handle = ServerHandle(cfg, server, _listen(server, cfg, cfg.port), lifecycle, metrics, admin_server,
+                              adaptations=adaptations)
+    except BaseException:
+        adaptations.close()
+        raise
+    try:
         if admin_server is not None:
             handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
         if cfg.http_port is not None:

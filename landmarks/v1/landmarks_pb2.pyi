@@ -268,3 +268,118 @@ class ServerInfoResponse(_message.Message):
     precision: str
     forward_threads: int
     def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., precision: _Optional[str] = ..., forward_threads: _Optional[int] = ...) -> None: ...
+
+class AdaptationOptions(_message.Message):
+    __slots__ = ("category", "preset", "steps", "activate", "num_landmarks", "names", "image_size")
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LANDMARKS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    category: str
+    preset: str
+    steps: int
+    activate: bool
+    num_landmarks: int
+    names: str
+    image_size: int
+    def __init__(self, category: _Optional[str] = ..., preset: _Optional[str] = ..., steps: _Optional[int] = ..., activate: _Optional[bool] = ..., num_landmarks: _Optional[int] = ..., names: _Optional[str] = ..., image_size: _Optional[int] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StartAdaptationRequest(_message.Message):
+    __slots__ = ("options", "chunk")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    options: AdaptationOptions
+    chunk: FileChunk
+    def __init__(self, options: _Optional[_Union[AdaptationOptions, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class GetAdaptationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CancelAdaptationRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListAdaptationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AdaptationJob(_message.Message):
+    __slots__ = ("id", "category", "state", "step", "steps", "phase", "validation", "validation_passed", "calibration_accepted", "calibration", "images", "skipped", "version", "activated", "error", "created", "updated")
+    class ValidationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class CalibrationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class SkippedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_PASSED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    category: str
+    state: str
+    step: int
+    steps: int
+    phase: str
+    validation: _containers.ScalarMap[str, float]
+    validation_passed: bool
+    calibration_accepted: bool
+    calibration: _containers.ScalarMap[str, float]
+    images: int
+    skipped: _containers.ScalarMap[str, int]
+    version: str
+    activated: bool
+    error: str
+    created: float
+    updated: float
+    def __init__(self, id: _Optional[str] = ..., category: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., phase: _Optional[str] = ..., validation: _Optional[_Mapping[str, float]] = ..., validation_passed: _Optional[bool] = ..., calibration_accepted: _Optional[bool] = ..., calibration: _Optional[_Mapping[str, float]] = ..., images: _Optional[int] = ..., skipped: _Optional[_Mapping[str, int]] = ..., version: _Optional[str] = ..., activated: _Optional[bool] = ..., error: _Optional[str] = ..., created: _Optional[float] = ..., updated: _Optional[float] = ...) -> None: ...
+
+class ListAdaptationsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[AdaptationJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[AdaptationJob, _Mapping]]] = ...) -> None: ...

@@ -453,3 +453,290 @@ class AdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdaptationServiceStub:
+    """----------------------------------------------------------------------------- adaptation
+    Adaptation jobs: a new category (or a new version of one) trained inside the server from
+    photos, without labels, then validated on held-out photos, calibrated for int8 and registered
+    as version "job-<id>" (the checks of RegisterAdapter). The admin plane: with tokens, the admin
+    token (else UNAUTHENTICATED, or PERMISSION_DENIED for the inference token); UNIMPLEMENTED with
+    --no-admin. Every RPC may fail with FAILED_PRECONDITION (reason ADAPTATION_UNAVAILABLE) when
+    the server runs without the training extra (pip install 'landmark-adapters[train]') or with
+    --adaptation-workers 0, and with UNAVAILABLE when the job store cannot be opened.
+    The HTTP plane serves the same jobs at /v1/adaptations.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.StartAdaptation = channel.stream_unary(
+                '/landmarks.v1.AdaptationService/StartAdaptation',
+                request_serializer=landmarks_dot_v1_dot_landmarks__pb2.StartAdaptationRequest.SerializeToString,
+                response_deserializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+                _registered_method=True)
+        self.GetAdaptation = channel.unary_unary(
+                '/landmarks.v1.AdaptationService/GetAdaptation',
+                request_serializer=landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.SerializeToString,
+                response_deserializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+                _registered_method=True)
+        self.ListAdaptations = channel.unary_unary(
+                '/landmarks.v1.AdaptationService/ListAdaptations',
+                request_serializer=landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsRequest.SerializeToString,
+                response_deserializer=landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsResponse.FromString,
+                _registered_method=True)
+        self.WatchAdaptation = channel.unary_stream(
+                '/landmarks.v1.AdaptationService/WatchAdaptation',
+                request_serializer=landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.SerializeToString,
+                response_deserializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+                _registered_method=True)
+        self.CancelAdaptation = channel.unary_unary(
+                '/landmarks.v1.AdaptationService/CancelAdaptation',
+                request_serializer=landmarks_dot_v1_dot_landmarks__pb2.CancelAdaptationRequest.SerializeToString,
+                response_deserializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+                _registered_method=True)
+
+
+class AdaptationServiceServicer:
+    """----------------------------------------------------------------------------- adaptation
+    Adaptation jobs: a new category (or a new version of one) trained inside the server from
+    photos, without labels, then validated on held-out photos, calibrated for int8 and registered
+    as version "job-<id>" (the checks of RegisterAdapter). The admin plane: with tokens, the admin
+    token (else UNAUTHENTICATED, or PERMISSION_DENIED for the inference token); UNIMPLEMENTED with
+    --no-admin. Every RPC may fail with FAILED_PRECONDITION (reason ADAPTATION_UNAVAILABLE) when
+    the server runs without the training extra (pip install 'landmark-adapters[train]') or with
+    --adaptation-workers 0, and with UNAVAILABLE when the job store cannot be opened.
+    The HTTP plane serves the same jobs at /v1/adaptations.
+    """
+
+    def StartAdaptation(self, request_iterator, context):
+        """Start a job. A client stream: the first message carries the options, every later one a
+        chunk of an image file (JPEG, PNG, WebP or BMP) or of one .zip of them. Answers the queued
+        job. Files that are not images, or are over --max-adaptation-image-mb or -pixels, are
+        skipped and counted (AdaptationJob.skipped). Errors, nothing kept: INVALID_ARGUMENT (no
+        options first (REQUEST_INVALID); a bad category name; an unknown preset or a bad value
+        (OPTION_INVALID); no images (UPLOAD_EMPTY); fewer usable images than the job needs
+        (TOO_FEW_IMAGES); a zip entry with an absolute path or "..", a zip bomb or an unreadable zip
+        (UPLOAD_UNSAFE)), RESOURCE_EXHAUSTED (more than --max-adaptation-images or
+        --max-adaptation-upload-mb (UPLOAD_TOO_LARGE); the jobs' disk quota (STORE_FULL)).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdaptation(self, request, context):
+        """One job. Errors: NOT_FOUND (JOB_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAdaptations(self, request, context):
+        """Every job, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchAdaptation(self, request, context):
+        """The job now, then at each change (step, phase, state) until it has ended; the stream closes
+        after the job's final state. Errors: NOT_FOUND (JOB_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelAdaptation(self, request, context):
+        """Stop a queued or running job and delete its files (the record stays, state "cancelled");
+        a cancelled job answers as it is. Errors: NOT_FOUND (JOB_NOT_FOUND), FAILED_PRECONDITION
+        (JOB_FINISHED: it already succeeded or failed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdaptationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'StartAdaptation': grpc.stream_unary_rpc_method_handler(
+                    servicer.StartAdaptation,
+                    request_deserializer=landmarks_dot_v1_dot_landmarks__pb2.StartAdaptationRequest.FromString,
+                    response_serializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.SerializeToString,
+            ),
+            'GetAdaptation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdaptation,
+                    request_deserializer=landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.FromString,
+                    response_serializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.SerializeToString,
+            ),
+            'ListAdaptations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAdaptations,
+                    request_deserializer=landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsRequest.FromString,
+                    response_serializer=landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsResponse.SerializeToString,
+            ),
+            'WatchAdaptation': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchAdaptation,
+                    request_deserializer=landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.FromString,
+                    response_serializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.SerializeToString,
+            ),
+            'CancelAdaptation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelAdaptation,
+                    request_deserializer=landmarks_dot_v1_dot_landmarks__pb2.CancelAdaptationRequest.FromString,
+                    response_serializer=landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'landmarks.v1.AdaptationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('landmarks.v1.AdaptationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdaptationService:
+    """----------------------------------------------------------------------------- adaptation
+    Adaptation jobs: a new category (or a new version of one) trained inside the server from
+    photos, without labels, then validated on held-out photos, calibrated for int8 and registered
+    as version "job-<id>" (the checks of RegisterAdapter). The admin plane: with tokens, the admin
+    token (else UNAUTHENTICATED, or PERMISSION_DENIED for the inference token); UNIMPLEMENTED with
+    --no-admin. Every RPC may fail with FAILED_PRECONDITION (reason ADAPTATION_UNAVAILABLE) when
+    the server runs without the training extra (pip install 'landmark-adapters[train]') or with
+    --adaptation-workers 0, and with UNAVAILABLE when the job store cannot be opened.
+    The HTTP plane serves the same jobs at /v1/adaptations.
+    """
+
+    @staticmethod
+    def StartAdaptation(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/landmarks.v1.AdaptationService/StartAdaptation',
+            landmarks_dot_v1_dot_landmarks__pb2.StartAdaptationRequest.SerializeToString,
+            landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdaptation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/landmarks.v1.AdaptationService/GetAdaptation',
+            landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.SerializeToString,
+            landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAdaptations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/landmarks.v1.AdaptationService/ListAdaptations',
+            landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsRequest.SerializeToString,
+            landmarks_dot_v1_dot_landmarks__pb2.ListAdaptationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAdaptation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/landmarks.v1.AdaptationService/WatchAdaptation',
+            landmarks_dot_v1_dot_landmarks__pb2.GetAdaptationRequest.SerializeToString,
+            landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelAdaptation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/landmarks.v1.AdaptationService/CancelAdaptation',
+            landmarks_dot_v1_dot_landmarks__pb2.CancelAdaptationRequest.SerializeToString,
+            landmarks_dot_v1_dot_landmarks__pb2.AdaptationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -82,7 +82,8 @@ def events(port: int, job_id: str, until=lambda job: False) -> list[dict]:
 
 
 def jobs_server(store: Path, **overrides):
-    return start_server(store, http_port=0, admin_token=TOKEN, adaptation_nice=0, **overrides)
+    settings = {"http_port": 0, "admin_token": TOKEN, "adaptation_nice": 0, **overrides}
+    return start_server(store, **settings)
 
 
 def test_presets_known_to_the_server_are_the_trainers():

@@ -97,7 +97,7 @@ def test_services_and_import_path():
     from landmarks.v1 import landmarks_pb2 as pb
 
     services = {s.full_name for s in pb.DESCRIPTOR.services_by_name.values()}
-    assert services == {"landmarks.v1.LandmarkService", "landmarks.v1.AdminService"}
+    assert services == {"landmarks.v1.LandmarkService", "landmarks.v1.AdminService", "landmarks.v1.AdaptationService"}
     assert pb.DESCRIPTOR.name == "landmarks/v1/landmarks.proto"
 
 
