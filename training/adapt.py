@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from landmarks.adapter_io import ArtifactError, load_core, save_adapter, save_network
+from landmarks.commands import adapt_remote
 from landmarks.heatmaps import PAPER_BETA, PAPER_BOTTLENECK_SIGMA
 from landmarks.projection import adapter_state_dict
 from training.adapt_step import AdaptationStep, LossWeights, learning_rate_factor
@@ -307,9 +308,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "(e.g. 'left-eye,right-eye,nose,...'; default p1 .. pK); servers and Detector report them",
         "compile": "torch.compile the detector, generator and perceptual network (needs a C++ compiler on "
                    "the CPU; a graph that fails to compile runs eagerly); see docs/training_speed.md"}, presets=PRESETS)
+    adapt_remote.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.server:
+        if not args.images:
+            print("error: give the category's images, e.g. `landmarks adapt --server HOST:PORT folder:photos/ "
+                  "--category mugs`", file=sys.stderr)
+            return 2
+        return adapt_remote.main(args)
     values = values_from_args(args, AdaptConfig, PRESETS)
     if not values.get("images"):
         print("error: give the category's images, e.g. `landmarks adapt folder:my_photos/ --category mugs`",
