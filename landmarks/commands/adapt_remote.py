@@ -39,7 +39,7 @@ def files_of(images: str) -> list[Path]:
 
 def _bar(job, width: int = 30) -> str:
     done = job.step / job.steps if job.steps else 0.0
-    filled = int(round(done * width))
+    filled = round(done * width)
     return f"\r{job.category} [{'#' * filled}{'-' * (width - filled)}] {job.step}/{job.steps or '?'} {job.phase or job.state}"
 
 
@@ -71,9 +71,10 @@ def main(args: argparse.Namespace) -> int:
             skipped = sum(job.skipped.values())
             print(f"job {job.id}: {job.images} images{f', {skipped} files skipped' if skipped else ''}",
                   file=sys.stderr)
-            for job in client.watch_adaptation(job.id):  # noqa: B007  the last one is the result
-                sys.stderr.write(_bar(job))
+            for state in client.watch_adaptation(job.id):
+                sys.stderr.write(_bar(state))
                 sys.stderr.flush()
+                job = state  # the last one is the result
             sys.stderr.write("\n")
         except grpc.RpcError as exc:
             return rpc_error(exc, args.server)
