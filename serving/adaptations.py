@@ -239,7 +239,8 @@ class Adaptations:
         if upload.kept < need:
             skipped = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted(upload.skipped.items()))
             raise ServingError(Code.INVALID_ARGUMENT, Reason.TOO_FEW_IMAGES,
-                               f"{upload.kept} usable images{f' (skipped: {skipped})' if skipped else ''}; a job "
+                               f"{upload.kept} usable image{'' if upload.kept == 1 else 's'}"
+                               f"{f' (skipped: {skipped})' if skipped else ''}; a job "
                                f"with preset {preset!r} needs at least {need} (JPEG, PNG, WebP or BMP, each side at "
                                f"least {self.limits.upload.min_image_side} px)", field="images")
 

@@ -146,3 +146,73 @@ def test_demo_page_shows_the_landmarks_of_an_uploaded_photo(server, browser, ada
     with LandmarkClient(f"127.0.0.1:{grpc_port}", timeout=60) as client:
         client.register("people", "v1", store / "faces.safetensors")
     wait.until(lambda d: "people" in category_options(d))
+
+
+@pytest.fixture
+def tiny_server(tmp_path):
+    """`landmarks serve --http-port` over the tiny core, with one category: an adaptation job on it takes seconds."""
+    store = tmp_path / "tiny"
+    store.mkdir()
+    make_core(store / "core.safetensors")
+    make_adapter(store / "faces.safetensors", store / "core.safetensors", "faces", k=4)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "landmarks.cli", "serve", "--adapters", str(store), "--port", "0",
+                             "--http-port", "0", "--threads", "1", "--grace", "1", "--adaptation-nice", "0"],
+                            cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        line = proc.stdout.readline()
+        http_port = re.search(r"demo page on http://127\.0\.0\.1:(\d+)/", line)
+        assert http_port, line
+        yield f"http://127.0.0.1:{http_port.group(1)}/"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_new_category_panel_trains_one_and_serves_it(tiny_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from tests.serving.test_adaptations import PHOTOS
+
+    photos = []
+    for name, data in PHOTOS:
+        photos.append(tmp_path / name)
+        photos[-1].write_bytes(data)
+    wait = WebDriverWait(browser, 120)
+    browser.get(tiny_server)
+    wait.until(lambda d: "faces" in category_options(d))
+    browser.find_element(By.ID, "new-name").send_keys("mugs")
+    browser.find_element(By.ID, "new-files").send_keys("\n".join(map(str, photos)))
+    assert browser.find_element(By.ID, "new-count").text == "10 file(s) chosen"
+    Select(browser.find_element(By.ID, "new-preset")).select_by_value("smoke")
+    browser.find_element(By.ID, "new-start").click()
+    wait.until(lambda d: d.find_element(By.ID, "new-status").get_attribute("data-state") in ("done", "error"))
+    status = browser.find_element(By.ID, "new-status")
+    assert status.get_attribute("data-state") == "done", status.text
+    assert "mugs is served: version job-" in status.text
+    progress = browser.find_element(By.ID, "new-progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "3"
+    # the samples picture was shown, and the new category is in the list, chosen, ready for a photo
+    wait.until(lambda d: d.execute_script("return document.getElementById('new-samples').naturalWidth") > 0)
+    wait.until(lambda d: "mugs" in category_options(d))
+    assert browser.execute_script("return document.getElementById('category').value") == "mugs"
+    browser.find_element(By.ID, "file").send_keys(str(photos[0]))
+    wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-state") in ("done", "error"))
+    assert browser.find_element(By.ID, "status").get_attribute("data-state") == "done"
+    assert browser.find_element(By.ID, "status").get_attribute("data-landmarks") == "10"
+
+    # a bad upload says what was wrong, in the panel
+    browser.find_element(By.ID, "new-name").clear()
+    browser.find_element(By.ID, "new-name").send_keys("cups")
+    browser.execute_script("document.getElementById('new-files').value = ''")
+    browser.find_element(By.ID, "new-files").send_keys(str(photos[0]))
+    assert browser.find_element(By.ID, "new-count").text == "1 file(s) chosen"
+    browser.find_element(By.ID, "new-start").click()
+    wait.until(lambda d: d.find_element(By.ID, "new-status").get_attribute("data-state") in ("done", "error"))
+    status = browser.find_element(By.ID, "new-status")
+    assert status.get_attribute("data-state") == "error" and "1 usable image;" in status.text, status.text
