@@ -213,11 +213,14 @@ class LandmarkClient:
     # ---------------------------------------------------------------- adaptation jobs (admin token)
     def start_adaptation(self, category: str, images: Sequence[str | Path | tuple[str, bytes]], *,
                          preset: str = "", steps: int = 0, activate: bool = False, num_landmarks: int = 0,
-                         names: str = "", image_size: int = 0, chunk_bytes: int = 1 << 20) -> pb.AdaptationJob:
+                         names: str = "", image_size: int = 0, path: str = "",
+                         chunk_bytes: int = 1 << 20) -> pb.AdaptationJob:
         """Start a job that trains `category` from `images` (image files or .zip files: paths, or
-        (name, bytes) pairs), sent in chunks; returns the queued job (`watch_adaptation` follows it)."""
+        (name, bytes) pairs), sent in chunks, and/or from `path`, a folder on the server inside its
+        --allow-path; returns the queued job (`watch_adaptation` follows it)."""
         options = pb.AdaptationOptions(category=category, preset=preset, steps=steps, activate=activate,
-                                       num_landmarks=num_landmarks, names=names, image_size=image_size)
+                                       num_landmarks=num_landmarks, names=names, image_size=image_size,
+                                       path=path)
 
         def messages():
             yield pb.StartAdaptationRequest(options=options)

@@ -42,7 +42,7 @@ def job_to_proto(job: Job) -> pb.AdaptationJob:
 def _options(message: pb.AdaptationOptions) -> dict[str, str]:
     """The options a client set, as the strings a form would carry (0 and "" = not given)."""
     given = {"activate": "true" if message.activate else "false"}
-    for name in ("preset", "names"):
+    for name in ("preset", "names", "path"):
         if getattr(message, name):
             given[name] = getattr(message, name)
     for name in ("steps", "num_landmarks", "image_size"):

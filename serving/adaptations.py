@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -58,7 +59,8 @@ DEFAULT_PRESET = "cpu"
 # validation floors for activation: points whose spread (RMS distance from their centroid, px at 128)
 # is under this have collapsed onto one spot, whatever the consistency says
 MIN_SPREAD_PX = 1.0
-OPTIONS = {"preset": str, "steps": int, "activate": bool, "num_landmarks": int, "names": str, "image_size": int}
+OPTIONS = {"preset": str, "steps": int, "activate": bool, "num_landmarks": int, "names": str, "image_size": int,
+           "path": str}
 INSTALL = "pip install 'landmark-adapters[train]'"
 
 
@@ -75,6 +77,7 @@ class AdaptationLimits:
     quota_bytes: int = 20 * 1024 * MIB
     max_steps: int = 1_000_000
     device: str = "auto"
+    allowed_dirs: tuple[Path, ...] = ()  # server folders a job may read its images from (--allow-path)
     upload: UploadLimits = field(default_factory=UploadLimits)
 
 
@@ -208,6 +211,8 @@ class Adaptations:
         store = self.require()
         validate_category(category)
         parsed = self.parse_options(category, options)
+        if parsed.get("path"):
+            files = itertools.chain(files, self._server_files(parsed.pop("path")))
         job_id = secrets.token_hex(6)
         folder = self.dir / job_id
         with self._upload_lock:  # one upload at a time against the quota
@@ -233,6 +238,37 @@ class Adaptations:
         self._queue.put(job_id)
         self._notify()
         return job
+
+    def _server_files(self, path: str) -> Iterator[tuple[str, BinaryIO]]:
+        """The files of a server folder (or one .zip) inside --allow-path, each open while it is read;
+        files whose real path leaves the allowed directories (symbolic links) are not read."""
+        roots = [Path(os.path.realpath(p)) for p in self.limits.allowed_dirs]
+        if not roots:
+            raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_REGISTRATION_DISABLED,
+                               "reading images from server paths is disabled; upload them, or start the server "
+                               "with --allow-path DIR", field="path")
+
+        def allowed(real: Path) -> bool:
+            return any(real == root or root in real.parents for root in roots)
+
+        if "\x00" in path or len(path) > 4096:
+            raise ServingError(Code.INVALID_ARGUMENT, Reason.PATH_INVALID, f"{clip(path)} is not a usable path",
+                               field="path")
+        real = Path(os.path.realpath(path))
+        if not allowed(real):
+            raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_NOT_ALLOWED,
+                               f"{clip(path)} is outside the directories this server allows "
+                               f"({', '.join(map(str, roots))})", field="path")
+        if not real.exists():
+            raise ServingError(Code.NOT_FOUND, Reason.PATH_NOT_FOUND, f"{clip(path)}: no such folder or file",
+                               field="path")
+        found = [real] if real.is_file() else sorted(
+            p for p in real.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(real).parts))
+        for file in found:
+            if not allowed(Path(os.path.realpath(file))):
+                continue
+            with open(file, "rb") as handle:
+                yield file.name, handle
 
     def _check_count(self, upload: Upload, preset: str) -> None:
         need = max(self.limits.min_images, PRESET_BATCH[preset] + 2)

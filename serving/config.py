@@ -128,7 +128,8 @@ class ServerConfig:
     enable_admin: bool = field(default=True, metadata=_flag(
         "do not serve the admin service", group="security", flag="--no-admin"))
     allowed_register_dirs: tuple[Path, ...] = field(default=(), metadata=_flag(
-        "directory RegisterAdapter(path=...) may read from (repeatable; default: none)", group="security",
+        "directory RegisterAdapter(path=...) and adaptation jobs (path=...) may read from (repeatable; default: "
+        "none)", group="security",
         flag="--allow-path"))
     tls_cert: Path | None = field(default=None, metadata=_flag(
         "PEM certificate chain: serve TLS (with --tls-key)", group="security"))
@@ -251,7 +252,8 @@ class ServerConfig:
                               self.max_adaptation_image_pixels, self.max_adaptation_upload_bytes)
         return AdaptationLimits(self.adaptation_workers if self.enable_admin else 0, self.adaptation_threads,
                                 self.adaptation_nice, self.min_adaptation_images, self.adaptation_quota_bytes,
-                                device=self.adaptation_device, upload=upload)
+                                device=self.adaptation_device, allowed_dirs=self.allowed_register_dirs,
+                                upload=upload)
 
     @property
     def tls(self) -> bool:

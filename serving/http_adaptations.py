@@ -1,7 +1,8 @@
 """The adaptation jobs over HTTP (serving.adaptations), on the admin plane (the admin token):
 
     POST   /v1/adaptations                multipart: category, images (files, or one .zip), preset, steps,
-                                          activate, num_landmarks, names, image_size -> 202 the job
+                                          activate, num_landmarks, names, image_size, path (a server
+                                          folder inside --allow-path) -> 202 the job
     GET    /v1/adaptations                every job
     GET    /v1/adaptations/{id}           one job: state, step of steps, validation, version, error
     DELETE /v1/adaptations/{id}           cancel it (its files deleted)
@@ -75,7 +76,8 @@ def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_p
                       "preset": {"type": "string", "enum": ["cpu", "paper", "smoke"]},
                       "steps": {"type": "integer"}, "activate": {"type": "boolean"},
                       "num_landmarks": {"type": "integer"}, "names": {"type": "string"},
-                      "image_size": {"type": "integer"}}}}}}})
+                      "image_size": {"type": "integer"},
+                      "path": {"type": "string", "description": "a server folder or .zip inside --allow-path"}}}}}}})
     async def start(request: Request):
         service = jobs()
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):

@@ -270,7 +270,7 @@ class ServerInfoResponse(_message.Message):
     def __init__(self, core_sha256: _Optional[str] = ..., device: _Optional[str] = ..., backend: _Optional[str] = ..., server_version: _Optional[str] = ..., api_version: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., input_size: _Optional[int] = ..., core_num_landmarks: _Optional[int] = ..., ready: _Optional[bool] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., precision: _Optional[str] = ..., forward_threads: _Optional[int] = ...) -> None: ...
 
 class AdaptationOptions(_message.Message):
-    __slots__ = ("category", "preset", "steps", "activate", "num_landmarks", "names", "image_size")
+    __slots__ = ("category", "preset", "steps", "activate", "num_landmarks", "names", "image_size", "path")
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     PRESET_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -278,6 +278,7 @@ class AdaptationOptions(_message.Message):
     NUM_LANDMARKS_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     category: str
     preset: str
     steps: int
@@ -285,7 +286,8 @@ class AdaptationOptions(_message.Message):
     num_landmarks: int
     names: str
     image_size: int
-    def __init__(self, category: _Optional[str] = ..., preset: _Optional[str] = ..., steps: _Optional[int] = ..., activate: _Optional[bool] = ..., num_landmarks: _Optional[int] = ..., names: _Optional[str] = ..., image_size: _Optional[int] = ...) -> None: ...
+    path: str
+    def __init__(self, category: _Optional[str] = ..., preset: _Optional[str] = ..., steps: _Optional[int] = ..., activate: _Optional[bool] = ..., num_landmarks: _Optional[int] = ..., names: _Optional[str] = ..., image_size: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("name", "data")

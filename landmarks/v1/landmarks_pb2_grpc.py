@@ -514,7 +514,8 @@ class AdaptationServiceServicer:
 
     def StartAdaptation(self, request_iterator, context):
         """Start a job. A client stream: the first message carries the options, every later one a
-        chunk of an image file (JPEG, PNG, WebP or BMP) or of one .zip of them. Answers the queued
+        chunk of an image file (JPEG, PNG, WebP or BMP) or of a .zip of them (or options.path names
+        a server folder). Answers the queued
         job. Files that are not images, or are over --max-adaptation-image-mb or -pixels, are
         skipped and counted (AdaptationJob.skipped). Errors, nothing kept: INVALID_ARGUMENT (no
         options first (REQUEST_INVALID); a bad category name; an unknown preset or a bad value

@@ -303,3 +303,35 @@ def test_the_cli_submits_a_folder_and_prints_the_version(store, tmp_path):
         assert "mugs" in [c["name"] for c in categories["categories"]]
     finally:
         server.shutdown(grace=0)
+
+
+def test_a_job_reads_a_server_folder_only_inside_allow_path(store, tmp_path, monkeypatch):
+    allowed = tmp_path / "allowed" / "mugs"
+    allowed.mkdir(parents=True)
+    for name, data in PHOTOS:
+        (allowed / name).write_bytes(data)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (allowed / "sneaky.png").symlink_to(outside / "secret.png")
+    (outside / "secret.png").write_bytes(photo(50))
+    monkeypatch.setenv(HOLD_ENV, "1")
+    server = jobs_server(store, allowed_register_dirs=(tmp_path / "allowed",))
+    try:
+        status, job = submit(server.http_port, files=[], path=str(allowed))
+        assert status == 202, job
+        assert job["upload"]["images"] == 10  # the link out of the allowed folder was not followed
+        assert "path" not in job["options"]
+        assert call(server.http_port, f"/v1/adaptations/{job['id']}", "DELETE")[0] == 200
+        for path, want in ((str(outside), (403, "PATH_NOT_ALLOWED")), (str(allowed / "../../elsewhere"),
+                                                                      (403, "PATH_NOT_ALLOWED")),
+                           (str(tmp_path / "allowed" / "none"), (404, "PATH_NOT_FOUND"))):
+            status, error = submit(server.http_port, files=[], path=path)
+            assert (status, error["details"][0]["reason"]) == want, error
+    finally:
+        server.shutdown(grace=0)
+    server = jobs_server(store)  # no --allow-path: no server folders
+    try:
+        status, error = submit(server.http_port, files=[], path=str(allowed))
+        assert (status, error["details"][0]["reason"]) == (403, "PATH_REGISTRATION_DISABLED")
+    finally:
+        server.shutdown(grace=0)
