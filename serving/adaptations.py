@@ -123,6 +123,7 @@ class Adaptations:
         self._children: dict[str, subprocess.Popen] = {}
         self._submit_lock = threading.Lock()  # opening the store
         self._upload_lock = threading.Lock()
+        self._finish_lock = threading.Lock()  # a job is cancelled, or registered, not both
         self._closing = False
         self._threads: list[threading.Thread] = []
         self._ready = self.enabled and torch_installed()
@@ -292,14 +293,15 @@ class Adaptations:
     def cancel(self, job_id: str) -> Job:
         """Stop the job (its child killed) and delete its files; a cancelled job answers as it is."""
         store = self.require()
-        job = self.get(job_id)
-        if job.state == CANCELLED:
-            return job
-        if job.finished:
-            raise ServingError(Code.FAILED_PRECONDITION, Reason.JOB_FINISHED,
-                               f"job {job_id} already {job.state}; unregister its version to remove it", field="id",
-                               metadata={"id": job_id})
-        store.update(job_id, state=CANCELLED, phase="")
+        with self._finish_lock:
+            job = self.get(job_id)
+            if job.state == CANCELLED:
+                return job
+            if job.finished or job.phase == "registering":
+                raise ServingError(Code.FAILED_PRECONDITION, Reason.JOB_FINISHED,
+                                   f"job {job_id} {'already ' + job.state if job.finished else 'is being registered'}; "
+                                   "unregister its version to remove it", field="id", metadata={"id": job_id})
+            store.update(job_id, state=CANCELLED, phase="")
         child = self._children.get(job_id)
         if child is not None:
             _kill(child)
@@ -418,8 +420,11 @@ class Adaptations:
 
     def _register(self, job: Job, report: dict) -> None:
         validation, calibration = report.get("validation", {}), report.get("calibration", {})
-        self._update(job.id, phase="registering", validation=validation, calibration=calibration,
-                     step=int(report.get("steps", job.steps)), steps=int(report.get("steps", job.steps)))
+        with self._finish_lock:
+            if self._store.get(job.id).state == CANCELLED:  # type: ignore[union-attr]
+                return
+            self._update(job.id, phase="registering", validation=validation, calibration=calibration,
+                         step=int(report.get("steps", job.steps)), steps=int(report.get("steps", job.steps)))
         passed = validation.get("spread", 0.0) >= MIN_SPREAD_PX
         version = f"job-{job.id}"
         try:
@@ -431,9 +436,9 @@ class Adaptations:
             self._update(job.id, state=FAILED, phase="", error=f"registering {job.category}/{version}: {why}")
             return
         validation = {**validation, "passed": passed, "floors": {"spread": MIN_SPREAD_PX}}
-        self._keep_samples_only(job.id)
         self._update(job.id, state=SUCCEEDED, phase="", version=version, validation=validation,
                      activated=status.active_version == version)
+        self._keep_samples_only(job.id)  # after the record: a restart in between must not rerun a job without images
         log.info("adaptation job %s: registered %s/%s%s", job.id, job.category, version,
                  " [active]" if status.active_version == version else "")
 

@@ -85,7 +85,8 @@ def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_p
                                "send a multipart/form-data form: category, images (one or more files, or a .zip), "
                                "and optionally preset, steps, activate (curl -F category=mugs -F images=@a.jpg ...)")
         limits = service.limits.upload
-        form = await request.form(max_files=limits.max_images + 1, max_fields=16)
+        # room for skipped files: past max_images images the job answers 413 itself
+        form = await request.form(max_files=2 * limits.max_images + 16, max_fields=16)
         try:
             category, options, files = "", {}, []
             for name, value in form.multi_items():

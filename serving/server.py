@@ -91,6 +91,8 @@ class ServerHandle:
         """Graceful stop (see the module docstring); True if in-flight work finished within grace."""
         grace = self.config.grace_s if grace is None else grace
         self.lifecycle.drain()
+        if self.adaptations is not None:  # first: its watch streams end, and running jobs resume at the next start
+            self.adaptations.close()
         # stop() cancels RPCs still running after `grace`; the event is set once they are gone
         stopping = [s.stop(grace=grace) for s in (self.server, self.admin_server) if s is not None]
         if self.http is not None:  # drains side by side with gRPC: uvicorn gives in-flight requests `grace`
@@ -98,8 +100,6 @@ class ServerHandle:
         finished = all([event.wait(grace + 5.0) for event in stopping])  # noqa: C419  wait for each
         if self.http is not None:
             self.http.stop(grace)
-        if self.adaptations is not None:  # running jobs resume at the next start
-            self.adaptations.close()
         if self.lifecycle.services is not None:
             self.lifecycle.services.batcher.close(timeout=1.0)  # a forward still running after grace is abandoned
         if self.metrics_server is not None:

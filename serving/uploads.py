@@ -111,6 +111,9 @@ class _Intake:
             raise _refuse(Reason.UPLOAD_UNSAFE, f"{name!r} is not a readable zip file ({exc})") from None
         with archive:
             entries = [e for e in archive.infolist() if not e.is_dir()]
+            if len(entries) > 4 * limits.max_images + 1000:
+                raise _refuse(Reason.UPLOAD_UNSAFE, f"{name!r} holds {len(entries)} files; at most "
+                              f"{limits.max_images} images are taken (--max-adaptation-images)")
             for entry in entries:  # every name and size is checked before anything is expanded
                 if _unsafe_name(entry.filename):
                     raise _refuse(Reason.UPLOAD_UNSAFE, f"{name!r}: entry {entry.filename!r} has an absolute path or "

@@ -81,6 +81,10 @@ def main(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"\nthe job goes on in the server; cancel it with DELETE /v1/adaptations/{job.id}", file=sys.stderr)
             return 130
+    if job.state in ("queued", "running"):  # the stream ended first: the server is stopping
+        print(f"error: the server stopped while job {job.id} was {job.state}; it resumes when the server starts "
+              f"again (GET /v1/adaptations/{job.id} shows it)", file=sys.stderr)
+        return 1
     if job.state != "succeeded":
         print(f"error: job {job.id} {job.state}: {job.error}", file=sys.stderr)
         return 1
