@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import tempfile
+from concurrent import futures
 
 import grpc
 
@@ -66,8 +67,17 @@ def _handler(method):
 
 
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
-    def __init__(self, adaptations: Adaptations) -> None:
+    """`pool`: the threads that run StartAdaptation (an upload may take minutes) and WatchAdaptation
+    (as long as the job), so that they never hold the handler threads Detect needs."""
+
+    def __init__(self, adaptations: Adaptations, pool: futures.ThreadPoolExecutor | None = None) -> None:
         self.adaptations = adaptations
+        if pool is not None:  # gRPC runs a method on the pool its handler names (experimental_thread_pool)
+            for name in ("StartAdaptation", "WatchAdaptation"):
+                method = getattr(self, name)
+                call = functools.wraps(method)(lambda request, context, method=method: method(request, context))
+                call.experimental_thread_pool = pool
+                setattr(self, name, call)
 
     @_handler
     def StartAdaptation(self, request_iterator, context):

@@ -176,10 +176,12 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     # jobs train in child processes; a restart resumes the ones it interrupted (serving.adaptations)
     adaptations = Adaptations(cfg.adapters_dir, cfg.resolved_core_path, cfg.adaptation,
                               lambda: lifecycle.require().registry)
+    # uploads and watch streams last minutes: threads of their own, not Detect's handler threads
+    adaptation_pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="landmarks-adaptation")
     admin_server = None
     if cfg.enable_admin and cfg.admin_port is None:
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), server)
-        pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations), server)
+        pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations, adaptation_pool), server)
         _add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN, ADAPTATION])
     else:
         _add_health_and_reflection(server, health_servicer, [INFERENCE])
@@ -188,7 +190,7 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
                                                     initializer=handler_thread)
             admin_server = _grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
             pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), admin_server)
-            pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations), admin_server)
+            pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations, adaptation_pool), admin_server)
             _add_health_and_reflection(admin_server, health_servicer, [ADMIN, ADAPTATION])
     if cfg.load_in_background:
         threading.Thread(target=_load, args=(cfg, lifecycle, metrics, False), name="landmarks-load",

@@ -89,3 +89,22 @@ def test_without_admin_the_service_is_unimplemented(store):
             assert refused.value.code() == Code.UNIMPLEMENTED
     finally:
         server.shutdown(grace=0)
+
+
+def test_watch_streams_do_not_take_detects_threads(grpc_jobs, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, client = grpc_jobs
+    monkeypatch.setenv(HOLD_ENV, "1")
+    job = client.start_adaptation("mugs", PHOTOS, preset="smoke", steps=4)
+    streams = server.config.max_workers + 4  # more than the server's handler threads
+    with ThreadPoolExecutor(streams) as pool:
+        watching = [pool.submit(lambda: [s.state for s in client.watch_adaptation(job.id, timeout=120)])
+                    for _ in range(streams)]
+        for _ in range(50):  # let every stream reach the server
+            if client.adaptation_job(job.id).step >= 1:
+                break
+            client.detect(photo(1), "cats")
+        assert client.detect(photo(2), "cats").category == "cats"  # Detect still has its threads
+        client.cancel_adaptation(job.id)
+        assert all(w.result(timeout=60)[-1] == "cancelled" for w in watching)
