@@ -14,14 +14,15 @@ A server without the training extra answers 501 (FAILED_PRECONDITION, reason ADA
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from serving.adaptations import Adaptations
 from serving.errors import Reason, ServingError
@@ -55,6 +56,12 @@ class AdaptationJobs(BaseModel):
 
 
 def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_plane, errors: dict) -> None:
+    # uploads and event streams last minutes: threads of their own, not the ones /v1/detect runs on
+    pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="landmarks-adaptation-http")
+
+    async def in_pool(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
     def jobs() -> Adaptations:
         if adaptations is None:
             raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
@@ -109,7 +116,7 @@ def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_p
             if not category:
                 raise ServingError(Code.INVALID_ARGUMENT, Reason.CATEGORY_INVALID,
                                    "missing; name the new category, e.g. -F category=mugs", field="category")
-            job = await run_in_threadpool(service.submit, category, files, options)
+            job = await in_pool(service.submit, category, files, options)
         finally:
             await form.close()
         return JSONResponse(job.to_json(), status_code=202,
@@ -145,7 +152,7 @@ def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_p
         async def sse():
             yield _event(first)
             while True:
-                job = await run_in_threadpool(next, stream, _END)
+                job = await in_pool(next, stream, _END)
                 if job is _END:
                     return
                 yield ": keep-alive\n\n" if job is None else _event(job)
