@@ -41,6 +41,10 @@ _SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# what a command falls back to when its module's packages are missing: `adapt --server` needs no torch
+_FALLBACKS = {"adapt": "landmarks.commands.adapt_remote"}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every subcommand listed; only `command`'s module is imported, for its arguments."""
     parser = argparse.ArgumentParser(
@@ -58,8 +62,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         try:
             importlib.import_module(module).add_arguments(p)
         except ImportError as exc:  # e.g. training extra not installed in a server image
-            p.set_defaults(_unavailable=f"{name} needs more packages ({exc}); "
-                                        "install with: pip install 'landmark-adapters[train]'")
+            missing = (f"{name} needs more packages ({exc}); install with: pip install 'landmark-adapters[train]'")
+            if name in _FALLBACKS:
+                importlib.import_module(_FALLBACKS[name]).add_standalone_arguments(p, missing)
+                p.set_defaults(_module=_FALLBACKS[name])
+            else:
+                p.set_defaults(_unavailable=missing)
     return parser
 
 
@@ -78,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 0
-    return importlib.import_module(_SUBCOMMANDS[args.command][0]).main(args)
+    return importlib.import_module(getattr(args, "_module", None) or _SUBCOMMANDS[args.command][0]).main(args)
 
 
 if __name__ == "__main__":

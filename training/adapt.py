@@ -313,10 +313,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.server:
-        if not args.images:
-            print("error: give the category's images, e.g. `landmarks adapt --server HOST:PORT folder:photos/ "
-                  "--category mugs`", file=sys.stderr)
-            return 2
         return adapt_remote.main(args)
     values = values_from_args(args, AdaptConfig, PRESETS)
     if not values.get("images"):

@@ -1,7 +1,8 @@
 """`landmarks adapt --server HOST:PORT IMAGES --category NAME`: the adaptation as a job of a running
 server (its AdaptationService) instead of on this machine. The images (a folder's image files, or a
 .zip) are streamed to the server; a progress bar follows the job; the registered version is printed.
-The training module (training.adapt) adds these flags to `landmarks adapt` and hands over here."""
+The training module (training.adapt) adds these flags to `landmarks adapt` and hands over here;
+without the training extra (no torch) `landmarks adapt` is this module alone (landmarks.cli)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".zip")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("on a server (a job of `landmarks serve`)")
+    group = parser.add_argument_group("on a server (a job of `landmarks serve`; works without the training extra)")
     group.add_argument("--server", default=None, metavar="HOST:PORT",
                        help="send the images to this server and train there: the job takes --category, --preset, "
                             "--steps, --num-landmarks, --names, --image-size and --activate; the rest are the server's")
@@ -24,6 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--admin-token-file", default=None,
                        help="with --server: the admin token file (default: $LANDMARKS_ADMIN_TOKEN, if set)")
     group.add_argument("--tls-ca", default=None, help="with --server: PEM CA to verify the server with (TLS)")
+
+
+def add_standalone_arguments(parser: argparse.ArgumentParser, missing: str) -> None:
+    """`landmarks adapt` without the training extra: only --server, with the options a job takes."""
+    parser.add_argument("images", nargs="?", default=None, help="folder:PATH (or a folder, or a .zip) of the photos")
+    parser.add_argument("--category", default="", help="the name the new category is served under")
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper", "smoke"), help="the job's preset")
+    for flag, kind in (("--steps", int), ("--num-landmarks", int), ("--names", str), ("--image-size", int)):
+        parser.add_argument(flag, type=kind, default=None, help="the job's (default: the preset's)")
+    add_arguments(parser)
+    parser.set_defaults(_training_missing=missing)
 
 
 def files_of(images: str) -> list[Path]:
@@ -50,6 +62,14 @@ def main(args: argparse.Namespace) -> int:
     from landmarks.commands import rpc_error
     from landmarks.tokens import read_token
 
+    if not getattr(args, "server", None):  # only reached without the training extra
+        print(f"error: {getattr(args, '_training_missing', 'landmarks adapt needs the training extra')}; or "
+              "train on a server: landmarks adapt --server HOST:PORT folder:photos/ --category NAME", file=sys.stderr)
+        return 2
+    if not args.images:
+        print("error: give the category's images, e.g. `landmarks adapt --server HOST:PORT folder:photos/ "
+              "--category mugs`", file=sys.stderr)
+        return 2
     if not args.category:
         print("error: --server needs --category: the name the new category is served under", file=sys.stderr)
         return 2

@@ -275,6 +275,7 @@ def test_jobs_off_or_without_torch_answer_501(store, monkeypatch):
 
 
 def test_the_cli_submits_a_folder_and_prints_the_version(store, tmp_path):
+    """Without torch on the client (the `train` extra): `landmarks adapt` is then its --server part alone."""
     import os
     import subprocess
     import sys
@@ -290,7 +291,8 @@ def test_the_cli_submits_a_folder_and_prints_the_version(store, tmp_path):
     root = Path(__file__).resolve().parents[2]
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "import sys; from landmarks.cli import main; sys.exit(main(sys.argv[1:]))",
+            [sys.executable, "-c", ("import sys; sys.modules['torch'] = None; from landmarks.cli import main; "
+             "sys.exit(main(sys.argv[1:]))"),
              "adapt", "--server", f"127.0.0.1:{server.port}", f"folder:{photos}", "--category", "mugs",
              "--preset", "smoke", "--num-landmarks", "3", "--admin-token-file", str(token)],
             cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), capture_output=True, text=True, timeout=300, check=False)
@@ -299,6 +301,7 @@ def test_the_cli_submits_a_folder_and_prints_the_version(store, tmp_path):
         version = done.stdout.strip().splitlines()[-1]
         assert version.startswith("registered mugs/job-") and version.endswith("(active)"), done.stdout
         assert "validation on held-out images: " in done.stdout
+        assert "training" in done.stderr
         _, categories = call(server.http_port, "/v1/categories")
         assert "mugs" in [c["name"] for c in categories["categories"]]
     finally:
@@ -335,3 +338,23 @@ def test_a_job_reads_a_server_folder_only_inside_allow_path(store, tmp_path, mon
         assert (status, error["details"][0]["reason"]) == (403, "PATH_REGISTRATION_DISABLED")
     finally:
         server.shutdown(grace=0)
+
+
+def test_adapt_offers_server_jobs_with_or_without_torch():
+    import subprocess
+    import sys
+
+    from landmarks.cli import build_parser
+
+    with_torch = build_parser("adapt")._subparsers._group_actions[0].choices["adapt"].format_help()
+    assert "--server HOST:PORT" in with_torch and "--generator-channels" in with_torch
+    root = Path(__file__).resolve().parents[2]
+    script = ("import sys; sys.modules['torch'] = None; from landmarks.cli import main; "
+              "sys.exit(main(sys.argv[1:]))")
+    helped = subprocess.run([sys.executable, "-c", script, "adapt", "--help"], cwd=root, capture_output=True,
+                            text=True, check=False)
+    assert helped.returncode == 0 and "--server HOST:PORT" in helped.stdout and "--generator-channels" not in helped.stdout
+    local = subprocess.run([sys.executable, "-c", script, "adapt", "folder:x", "--category", "mugs"], cwd=root,
+                           capture_output=True, text=True, check=False)
+    assert local.returncode == 2 and "pip install 'landmark-adapters[train]'" in local.stderr
+    assert "--server HOST:PORT" in local.stderr
