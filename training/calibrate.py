@@ -26,6 +26,7 @@ from landmarks.int8 import (
     DEFAULT_KEEP_FP32,
     MAX_POINT_ERROR_PX,
     Int8Calibration,
+    measure,
     conv_names,
     kept_in_fp32,
 )
@@ -88,7 +89,7 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
     calib, _ = load_crops(images, split, size, calibration_images)
     check, _ = load_crops(images, held_out, size, check_images)
     started = time.perf_counter()
-    calibration = Int8Calibration.measure(model, calib, keep)
+    calibration = measure(model, calib, keep)
     candidate = dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
     pixels, boxes = _pixels(check)
     points = {}

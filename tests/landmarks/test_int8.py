@@ -20,6 +20,7 @@ from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     Int8Calibration,
+    measure,
     conv_names,
     conv_ranges,
     int8_graph,
@@ -50,7 +51,7 @@ def category(tmp_path_factory):
 
 def calibrated(core, adapter, images, keep=DEFAULT_KEEP_FP32):
     model = fold(core.build(), adapter.tensors, adapter.config)
-    calibration = Int8Calibration.measure(model, images, keep)
+    calibration = measure(model, images, keep)
     return dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
 
 

@@ -45,7 +45,7 @@ def calibrate_for_int8(path: Path, core_path: Path) -> Path:
     """Give an adapter file the int8 calibration `landmarks calibrate` would (ranges of noise images here,
     no accuracy check), in place."""
     from landmarks.adapter_io import save_with_metadata
-    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+    from landmarks.int8 import CALIBRATION_KEY, measure
     from landmarks.projection import fold
 
     core = load_core(core_path)
@@ -53,7 +53,7 @@ def calibrate_for_int8(path: Path, core_path: Path) -> Path:
     model = fold(core.build(), adapter.tensors, adapter.config)
     size = adapter.config.input_size
     images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
-    calibration = Int8Calibration.measure(model, images)
+    calibration = measure(model, images)
     return save_with_metadata(path, adapter, **{CALIBRATION_KEY: calibration.to_json()})
 
 
