@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-__all__ = ["Box", "crop_decoding", "crop_resized", "crop_square", "decode_scale", "input_block", "square_box"]
+__all__ = ["Box", "crop_decoding", "crop_resized", "crop_square", "decode_scale", "images_to_pixels", "input_block",
+           "square_box"]
 
 Box = tuple[float, float, float, float]
 
@@ -106,3 +107,9 @@ def crop_square(image: Image.Image, box: Box, size: int) -> np.ndarray:
         sub = sub.reduce(factor)
     local = ((x0 - ix0) / factor, (y0 - iy0) / factor, (x1 - ix0) / factor, (y1 - iy0) / factor)
     return np.array(crop_resized(sub, local, size))
+
+
+def images_to_pixels(images: np.ndarray) -> np.ndarray:
+    """(B, 3, S, S) floats in [0, 1] -> (B, S, S, 3) uint8, rounded: what a client would send."""
+    pixels = np.rint(np.clip(np.asarray(images, np.float32), 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))

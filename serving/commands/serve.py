@@ -29,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     from serving.server import CoreLoadError, serve
 
-    if cfg.device.startswith("cuda"):
+    if cfg.device.startswith("cuda") and cfg.backend != "onnxruntime":  # (onnxruntime's backend checks its own)
         import torch
 
         if not torch.cuda.is_available():
