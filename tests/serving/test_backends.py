@@ -189,8 +189,8 @@ def test_torchscript_warms_each_graph_shape_once(adapters, monkeypatch):
     core, loaded = adapters
     backend = make_backend("torchscript", core)
     calls = []
-    run = backend.run
-    monkeypatch.setattr(backend, "run", lambda prepared, images: calls.append(1) or run(prepared, images))
+    forward = backend._forward
+    monkeypatch.setattr(backend, "_forward", lambda prepared, images: calls.append(1) or forward(prepared, images))
     shapes = set()
     for adapter in loaded + loaded:
         before = len(calls)
