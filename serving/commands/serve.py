@@ -27,6 +27,16 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.http_port is not None:  # the HTTP plane is the serve extra's: say so before anything loads
+        import importlib.util
+
+        missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+        if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+            missing.append("python-multipart")
+        if missing:
+            print(f"error: --http-port needs the serve extra ({', '.join(missing)} not installed): "
+                  "pip install 'landmark-adapters[serve]'", file=sys.stderr)
+            return 2
     from serving.server import CoreLoadError, serve
 
     if cfg.device.startswith("cuda") and cfg.backend != "onnxruntime":  # (onnxruntime's backend checks its own)
