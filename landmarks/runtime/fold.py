@@ -31,8 +31,9 @@ def fold(core: Mapping[str, np.ndarray], adapter: Mapping[str, np.ndarray]) -> d
         if key.endswith(".proj"):
             weight = f"{key[: -len('.proj')]}.weight"
             base = core[weight]
-            made[weight] = (np.asarray(value, np.float32) @ base.reshape(base.shape[0], -1)).reshape(base.shape)
-            folded[weight] = made[weight]
+            with np.errstate(over="ignore", invalid="ignore"):  # reported below, with the tensor's name
+                made[key] = (np.asarray(value, np.float32) @ base.reshape(base.shape[0], -1)).reshape(base.shape)
+            folded[weight] = made[key]
         else:
             folded[key] = np.ascontiguousarray(value, dtype=np.float32)
     bad = first_non_finite(made)
