@@ -6,7 +6,7 @@ within 0.5 px at 128 of fp32).
     python scripts/int8_probe.py --adapter adapters/faces.safetensors --calibrate 200 --held-out 200
     python scripts/int8_probe.py --keep-fp32 stem,top_conv,head --calibration percentile   # fewer layers in int8
 
-The adapter is exported as `landmarks export` does (`landmarks.onnx_export`), its convolutions
+The adapter is exported as `landmarks export` does (`landmarks.runtime.export`), its convolutions
 quantised with ONNX Runtime's `quantize_static` (QDQ, int8 weights per channel, uint8 activations,
 MinMax calibration on `--calibrate` images of the training list; `--calibration` picks another of
 ONNX Runtime's methods, `--keep-fp32` leaves the convolutions whose node names contain any of the given
@@ -37,7 +37,7 @@ from PIL import Image
 
 from landmarks.adapter_io import load_adapter, load_core
 from landmarks.images import crop_square
-from landmarks.onnx_export import export_adapter
+from landmarks.runtime.export import export_adapter
 from serving.backends import make_backend
 
 
