@@ -7,6 +7,10 @@ import os
 # libgomp reads its spin time once, when torch loads: the server's (and bench's bare forward's)
 # setting goes in before anything imports torch; an operator's own value wins (docs/benchmark.md)
 os.environ.setdefault("GOMP_SPINCOUNT", "20000")
+# numpy's BLAS folds adapters at registration (landmarks.runtime.fold): on its own threads, which spin
+# after each call, it fought the gRPC and ONNX Runtime threads (register -> first served ~375 ms p50
+# under `landmarks bench` against ~55 ms on one thread); read once, when numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import logging
