@@ -10,8 +10,9 @@ Every weight is an initializer named as in the torch network's state dict.
 
 Why built and not traced, nor a template stored with the core: building needs only the config every
 core and adapter file already carries, so every existing core serves as it is and no torch is needed
-to make one; it takes ~1-2 ms for the paper preset (`python -m landmarks.runtime.graph` measures it),
-against seconds for tracing; and K and S are plain parameters, so no dynamic-shape surgery is needed.
+to make one; it takes ~2.3 ms for every preset (`python -m landmarks.runtime.graph` measures it),
+against 0.3-0.9 s for tracing with torch.onnx.export (docs/runtime.md); and K and S are plain
+parameters, so no dynamic-shape surgery is needed.
 The tests compare it with the torch network (tests/landmarks/test_runtime.py).
 """
 
