@@ -11,7 +11,7 @@ near-identity adapter (the values do not matter for speed). "busy" adds one Pyth
 sleeps for 1 ms in a loop, standing in for gRPC handler threads decoding requests: an eager forward
 needs the GIL for every op and waits for that thread; the TorchScript graph runs without it. With
 `--threads 1` the forward and the busy thread have a core each, so what remains is the GIL. The
-variants alternate block by block (`--rounds`) because this VM's speed drifts; medians are printed.
+variants alternate block by block (`--rounds`) because a shared VM's speed drifts; medians are printed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark runs behind docs/benchmark.md: one server on an empty store with the shipped core,
-# then RUNS runs of `landmarks bench` against it (the README's bench, shipped adapters' size), raw
+# then RUNS runs of `landmarks bench` against it (docs/benchmark.md's bench, shipped adapters' size), raw
 # JSON in docs/bench/DATE-TAG-runN.json and the printed summary in runs/bench/TAG-runN.txt.
 #
 #   scripts/bench_runs.sh onnxruntime 3 ort-64px-quiet

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Scores the runs of scripts/long_runs.sh (proposed / finetune / scratch, and any other run NAME)
+# Scores face runs under runs/probes/NAME (`landmarks adapt` / `--mode finetune|scratch` outputs)
 # on validation (MTFL training rows 6655:, regressor fitted on rows :6655) and on the AFLW_M test list
 # (the paper's protocol; the regressor fitted on all usable MTFL training rows), each with the run's
 # last export (equal steps). JSON in docs/compare/NAME-{val,test}.json; one line per run and split.

@@ -4,7 +4,7 @@
     python scripts/decode_speed.py --rounds 9 --iters 20
 
 For each format and size: a photo-like test image (smooth gradients plus noise, so JPEG and PNG
-sizes are realistic) is encoded once; then, alternating block by block (this VM's speed drifts),
+sizes are realistic) is encoded once; then, alternating block by block (a shared VM's speed drifts),
 each decoder turns the bytes into an H x W x 3 uint8 RGB array with EXIF orientation applied,
 which is what the server needs: PIL `Image.open` + `ImageOps.exif_transpose` + `np.asarray`;
 OpenCV `cv2.imdecode(IMREAD_COLOR)` (applies EXIF orientation itself) + BGR -> RGB. Medians are

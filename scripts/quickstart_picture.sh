@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/images/quickstart_detect.png: what the README's three `landmarks detect --draw` commands write
+# docs/images/quickstart_detect.png: what the quick start's `landmarks detect --draw` commands write
 # (shipped adapters, run in process with --local, so no server is needed), side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped adapters scored as the server answers them (`landmarks evaluate --precision`: ONNX
 # Runtime, crops rounded to 8-bit pixels), in fp32 and in int8 (what the default server runs for a
-# calibrated adapter on a CPU with VNNI/AMX), with the README's protocols: faces forward/backward on
+# calibrated adapter on a CPU with VNNI/AMX), with RESULTS.md's protocols: faces forward/backward on
 # AFLW_M (regressor on all usable MTFL training rows), cats and shoes consistency on their last 500
 # images. A report of the test splits (nothing is chosen on it). JSON in docs/compare/served-*.json.
 #   scripts/served_eval.sh               # faces cats shoes

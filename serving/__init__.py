@@ -1,1 +1,1 @@
-"""The gRPC inference server: registry, folded-model cache, batching, servicers (README, Layout)."""
+"""The gRPC inference server: registry, folded-model cache, batching, servicers (docs/architecture.md)."""

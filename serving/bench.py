@@ -100,7 +100,7 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
                     image: np.ndarray, adapter_size: int, backend_name: str, precision: str = "fp32",
                     forward_threads: int = 0) -> dict:
     """The headline numbers, each side measured next to its reference so the machine's drift
-    (this VM's speed jumps between two levels ~40% apart within seconds) hits both alike.
+    (a shared VM's speed can jump by tens of percent within seconds) hits both alike.
 
     added_ms, rpc_floor_ms, overhead: `pairs` times, in turn, one Detect call, one bare forward in
     this process and one empty RPC (Health/Check), each after the same short idle gap (long enough

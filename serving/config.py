@@ -85,10 +85,9 @@ class ServerConfig:
         "batch worker uses its share; other threads use one", group="model", flag="--threads"))
     session_threads: int | None = field(default=None, metadata=_flag(
         "onnxruntime: intra-op threads of each session, fixed when it is made (default: --threads / "
-        "--batch-workers, the most crops/s under load). All the cores (e.g. 2 here) cut a lone request's "
-        "forward at 128 px by ~40%% (p50 at concurrency 1: 4.5-5.7 against 8.0-9.4 ms on the project's "
-        "2-core VM) for ~0-5%% fewer crops/s at concurrency 16, when two workers' sessions then share the "
-        "cores (docs/benchmark.md)", group="model"))
+        "--batch-workers, the most crops/s under load). All the cores lower a lone fp32 request's latency "
+        "at a small cost in crops/s at high concurrency, when the workers' sessions then share the cores; "
+        "in int8 it did not pay (measurements: docs/benchmark.md)", group="model"))
     cache_bytes: int = field(default=1024 * MIB, metadata=_flag(
         "folded-model cache budget in MiB (LRU; models in use are never evicted)", group="model",
         flag="--cache-mb", unit=MIB))

@@ -101,7 +101,7 @@ def grpc_round_trip_ms(target: str, client_kwargs: dict, n: int, gap_s: float = 
     """p50 of serial Health/Check calls: the floor any unary RPC pays on this machine (both gRPC
     stacks, Python on each end, the handler-thread hop), to read the overhead against. With `gap_s`
     idle before each call, as the overhead's Detect calls have: after a few milliseconds of idleness
-    every thread on the path wakes up cold, and on this VM that alone costs ~0.5-1 ms per RPC."""
+    every thread on the path wakes up cold, which alone can cost ~0.5-1 ms per RPC."""
     with LandmarkClient(target, timeout=60, **client_kwargs) as client:
         request = health_pb2.HealthCheckRequest()
         times = time_calls(lambda: client.health.Check(request, timeout=60), n, warmup=1, gap_s=gap_s)  # warm-up connects

@@ -145,7 +145,7 @@ def decode_crop(request, size: int, max_pixels: int, min_side: int) -> tuple[np.
     square = resolve_box(box, width, height)
     if (block := input_block(square, size, width, height)) is not None:
         # a client that crops itself: the block's bytes as they are, without a PIL image around them
-        # (after an idle gap 0.09 ms instead of 0.22 for a 128 px block: scripts/after_idle_pieces.py)
+        # (after an idle gap 0.09 ms instead of 0.22 for a 128 px block; docs/benchmark.md)
         x0, y0 = block
         crop = np.frombuffer(pixels, np.uint8).reshape(height, width, channels)[y0:y0 + size, x0:x0 + size]
         # as PIL converts: grey repeated into R, G and B; RGBA's alpha dropped

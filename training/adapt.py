@@ -159,9 +159,10 @@ class AdaptConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # What a 2-core CPU affords (~30 min), chosen by the probes in RESULTS.md: the paper's objective
-    # alone learned nothing in that time, so the core runs at 64 px, the head starts from the core's
-    # first K maps, and a separation and an equivariance term (TPS-warped pairs) help.
+    # What a 2-core CPU affords (~30 min), chosen by probes (RESULTS.md, how the recipe differs from
+    # the paper): the paper's objective alone learned nothing in that time, so the core runs at 64 px,
+    # the head starts from the core's first K maps, and a separation and an equivariance term
+    # (TPS-warped pairs) help.
     "cpu": dict(steps=1_500, batch_size=16, image_size=64, init_head="core", separation_weight=1.0,
                 equivariance_weight=1.0, tps_sd=0.08, picture_every=250, checkpoint_every=250),
     # The paper's schedule (80 epochs x 2,500 iterations, batch 48, lr x0.1 every 30 epochs), for GPUs.

@@ -6,9 +6,9 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+import tomllib
 from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Issue 18's recipe options: validation during adaptation, schedules, concentration, generator
+"""The recipe options of `landmarks adapt`: validation during adaptation, schedules, concentration, generator
 variants and the normalised reconstruction terms."""
 
 import dataclasses
