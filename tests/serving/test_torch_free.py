@@ -147,3 +147,10 @@ def test_a_training_command_without_torch_names_the_extra_at_once(torch_free, tm
     assert f"landmarks {command[0]} needs the train extra" in out.stderr
     assert not (tmp_path / "runs").exists()  # nothing was made before the check
     assert "torch" in attempts.read_text()  # it looked for torch (and found it missing) without importing it
+
+
+def test_a_torch_backend_without_torch_names_the_extra(torch_free, store):
+    run, _, _ = torch_free
+    out = run("serve", "--adapters", str(store), "--port", "0", "--backend", "torchscript")
+    assert out.returncode == 2
+    assert "--backend torchscript needs torch" in out.stderr and "pip install 'landmark-adapters[train]'" in out.stderr
