@@ -1,7 +1,8 @@
 """The serving install needs no torch: with torch made unimportable (an import hook that refuses it and
 records every attempt), the real server on a real socket answers Detect over gRPC and over HTTP,
 `landmarks detect` asks it, `Detector` gives its numbers in-process, and `landmarks export` writes a
-file ONNX Runtime runs to the same points; no process ever tries to import torch. The training
+file ONNX Runtime runs to the same points, `landmarks info` reads files; no process ever tries to
+import torch. The training
 commands say at once which extra they need."""
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def test_the_serving_path_runs_without_torch(torch_free, store, tmp_path):
         assert precision == precisions[category]
         np.testing.assert_allclose(points, _points(served[category]), atol=TOLERANCE_PX, err_msg=category)
 
+    info = run("info", str(store / "cups.safetensors"))
+    assert info.returncode == 0 and "int8" in info.stdout, info.stderr
     exported = run("export", str(store / "mugs.safetensors"), "--out", str(tmp_path / "mugs.onnx"))
     assert exported.returncode == 0, exported.stderr
     import onnxruntime as ort
