@@ -15,6 +15,10 @@ The fingerprint is the SHA-256 of the tensors as stored (names, dtypes, shapes, 
 re-saving with other metadata keeps it. Loading never unpickles: we parse the safetensors
 header ourselves, reject pickle and zip (torch.save) content by its magic bytes, and check
 names, shapes, dtypes, finiteness, version and fingerprint with a message that says what to do.
+
+Reading needs numpy only (`safetensors.numpy`): an artifact holds numpy `arrays`, which the serving
+side (`landmarks.runtime`) runs; `tensors`, the same as torch tensors, and the `save_*` functions of
+torch models are for training and need torch.
 """
 
 from __future__ import annotations
@@ -28,15 +32,20 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save_numpy
 
-from landmarks.hourglass import HourglassConfig, LandmarkHourglass
-from landmarks.projection import expected_adapter_shapes, first_non_finite
+from landmarks.runtime.architecture import HourglassConfig, adapter_shapes, network_shapes
+from landmarks.runtime.fold import first_non_finite
 from landmarks.text import clip
+
+if TYPE_CHECKING:
+    import torch
+
+    from landmarks.hourglass import LandmarkHourglass
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,7 +75,8 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1"
-_ALLOWED_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
+# safetensors' dtype names of the tensors a file may hold (bfloat16 has no numpy type: save float16 or float32)
+_ALLOWED_DTYPES = {"F16": "float16", "F32": "float32"}
 _MAX_HEADER = 16 * 1024 * 1024
 
 
@@ -109,28 +119,36 @@ class TooLargeError(ArtifactError):
 def _dense(t: torch.Tensor) -> torch.Tensor:
     """Row-major CPU copy. Not `.contiguous()`: a channels_last 1x1-conv weight counts as contiguous
     (size-1 dims' strides are ignored) yet its last stride is not 1, which byte views reject."""
+    import torch
+
     return t.detach().cpu().clone(memory_format=torch.contiguous_format)
 
 
-def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over each tensor's name, dtype, shape and row-major bytes, in name order."""
+# numpy dtype -> torch's name for it: the fingerprint names dtypes as torch does (the stored core_sha256s)
+_TORCH_DTYPE_NAMES = {np.dtype(k): f"torch.{v}" for k, v in (
+    ("float32", "float32"), ("float64", "float64"), ("float16", "float16"), ("int64", "int64"), ("int32", "int32"),
+    ("int16", "int16"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool"))}
+
+
+def tensor_fingerprint(tensors: Mapping[str, Any]) -> str:
+    """sha256 over each tensor's name, dtype, shape and row-major bytes, in name order; numpy arrays
+    or torch tensors (the same tensors give the same fingerprint either way)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if not t.numel():
-            continue
-        if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
-            # hashed in place where the memory is row-major already (a loaded file's tensors): copying
-            # ~300 small tensors took most of a registration's ~6 ms of fingerprinting
-            digest.update(np.ascontiguousarray(t.numpy()).data)
-        else:
-            digest.update(_dense(t).view(torch.uint8).numpy().data)
+        t = tensors[name]
+        if isinstance(t, np.ndarray):
+            dtype, data = _TORCH_DTYPE_NAMES[t.dtype], np.ascontiguousarray(t)
+        else:  # a torch tensor
+            import torch
+
+            t = t.detach()
+            dtype = str(t.dtype)
+            data = _dense(t).view(torch.uint8).numpy() if t.numel() else None
+        digest.update(f"{name}|{dtype}|{tuple(t.shape)}|".encode())
+        if data is not None and data.size:
+            digest.update(data.data if data.flags.c_contiguous else data.tobytes())
     return digest.hexdigest()
 
-
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-                 torch.uint8, torch.bool)
 
 MAX_NAME_CHARS = 64          # one landmark name
 MAX_METADATA_VALUE_CHARS = 64 * 1024  # any other metadata value (commands and metrics are long)
@@ -147,9 +165,16 @@ def default_landmark_names(k: int) -> list[str]:
 @dataclass(frozen=True)
 class _Artifact:
     config: HourglassConfig
-    tensors: dict[str, torch.Tensor]
+    arrays: dict[str, np.ndarray]  # as stored (a core: float16), read-only views of the file's bytes
     metadata: dict[str, str]
     sha256: str  # fingerprint of this file's tensors
+
+    @functools.cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays as torch tensors (training, the torch backends; needs torch)."""
+        import torch
+
+        return {k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()}
 
     @property
     def num_landmarks(self) -> int:
@@ -163,21 +188,29 @@ class _Artifact:
         return names or default_landmark_names(self.num_landmarks)
 
     def num_parameters(self) -> int:
-        return sum(t.numel() for k, t in self.tensors.items() if not k.endswith(("running_mean", "running_var",
-                                                                                 "num_batches_tracked")))
+        return sum(a.size for k, a in self.arrays.items() if not k.endswith(("running_mean", "running_var",
+                                                                              "num_batches_tracked")))
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return sum(a.nbytes for a in self.arrays.values())
 
 
 @dataclass(frozen=True)
 class Core(_Artifact):
-    def build(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LandmarkHourglass:
+    def build(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LandmarkHourglass:
+        """The core as a torch network (float32 unless `dtype`), in eval mode."""
+        import torch
+
+        from landmarks.hourglass import LandmarkHourglass
+
         model = LandmarkHourglass(self.config)
-        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()})
+        model.load_state_dict(self.float_state(dtype or torch.float32))
         return model.to(device).eval()
 
-    def float_state(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def float_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        import torch
+
+        dtype = dtype or torch.float32
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()}
 
 
@@ -205,6 +238,8 @@ class Network(_Artifact):
         return self.metadata.get("category", "")
 
     def build(self, device: torch.device | str = "cpu") -> LandmarkHourglass:
+        from landmarks.hourglass import LandmarkHourglass
+
         model = LandmarkHourglass(self.config)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.tensors.items()})
         return model.to(device).eval()
@@ -232,10 +267,16 @@ def _base_metadata(kind: str, config: HourglassConfig, landmark_names: list[str]
     return meta
 
 
-def _write(path: Path | str, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+def _write(path: Path | str, tensors: Mapping[str, Any], metadata: dict[str, str]) -> Path:
+    """Torch tensors (training's) or numpy arrays (an artifact's own), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _st_save({k: _dense(v) for k, v in tensors.items()}, metadata=metadata)
+    if all(isinstance(v, np.ndarray) for v in tensors.values()):
+        data = _st_save_numpy({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    else:
+        from safetensors.torch import save
+
+        data = save({k: _dense(v) for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)  # atomic: readers never see a half-written file
@@ -246,10 +287,13 @@ def save_core(
     path: Path | str,
     model: LandmarkHourglass,
     landmark_names: list[str] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
     **provenance: object,
 ) -> str:
     """Store a trained core (fp16 by default, ~13 MB for the paper preset); returns its fingerprint."""
+    import torch
+
+    dtype = dtype or torch.float16
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
     fingerprint = tensor_fingerprint(tensors)
@@ -277,7 +321,7 @@ def save_adapter(
 def save_with_metadata(path: Path | str, adapter: Adapter, **metadata: str) -> Path:
     """`adapter`'s tensors, unchanged (its fingerprint too), with `metadata` added to its own (e.g. an
     int8 calibration), written atomically to `path`."""
-    return _write(path, adapter.tensors, {**adapter.metadata, **metadata})
+    return _write(path, adapter.arrays, {**adapter.metadata, **metadata})
 
 
 def save_network(path: Path | str, model: LandmarkHourglass, category: str, **provenance: object) -> Path:
@@ -351,6 +395,11 @@ def read_artifact(
         raise MetadataError(f"{label}: bad config metadata: {exc}") from None
     _check_metadata(label, kind, meta, config)
 
+    for key, entry in header.items():  # numpy has no bfloat16: say so before safetensors fails on it
+        dtype = entry.get("dtype") if isinstance(entry, dict) and key != "__metadata__" else None
+        if dtype is not None and dtype not in _ALLOWED_DTYPES:
+            raise TensorMismatchError(f"{label}: tensor {clip(key)} has dtype {clip(dtype)}; store float16 or "
+                                      "float32 (e.g. tensor.float() before saving)")
     try:
         tensors = _st_load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises assorted error types for corrupt payloads
@@ -358,14 +407,12 @@ def read_artifact(
 
     if kind == "adapter":
         # The core's own K does not change an adapter's shapes (the head is new).
-        expected = expected_adapter_shapes(config, config.num_landmarks, meta["targets"])
+        expected = adapter_shapes(config, config.num_landmarks, meta["targets"])
     else:
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in LandmarkHourglass(config).state_dict().items()
-                        if not k.endswith("num_batches_tracked")}
+        expected = network_shapes(config)
     _check_tensors(label, tensors, expected)
     cls = {"core": Core, "adapter": Adapter, "network": Network}[kind]
-    artifact = cls(config=config, tensors=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
+    artifact = cls(config=config, arrays=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
     if kind == "core" and meta.get("core_sha256") not in (None, artifact.sha256):
         raise MetadataError(f"{label}: tensors do not match the core_sha256 in its metadata (file corrupted or edited)")
     return artifact
@@ -397,7 +444,7 @@ def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: Hour
             raise MetadataError(f"{label}: core_sha256 {clip(meta['core_sha256'])} is not a sha256 hex digest")
 
 
-def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
+def _check_tensors(label: str, tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise TensorMismatchError(
@@ -409,8 +456,8 @@ def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Ma
         tensor = tensors[key]
         if tuple(tensor.shape) != tuple(shape):
             raise TensorMismatchError(f"{label}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        if tensor.dtype not in _ALLOWED_DTYPES:
-            raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/bfloat16/float32")
+        if tensor.dtype.name not in _ALLOWED_DTYPES.values():
+            raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/float32")
     bad = first_non_finite(tensors)
     if bad is not None:
         raise NonFiniteError(f"{label}: tensor {bad} contains NaN or Inf values; the file is broken")
