@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import json
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,8 +36,25 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save_numpy
 
+from landmarks.artifact_checks import (
+    ALLOWED_DTYPES,
+    MAX_HEADER,
+    MAX_INPUT_SIZE_FACTOR,
+    ArtifactError,
+    BatchNormError,
+    CoreMismatchError,
+    MetadataError,
+    NonFiniteError,
+    NotSafetensorsError,
+    PickleFileError,
+    TensorMismatchError,
+    TooLargeError,
+    check_metadata,
+    check_tensors,
+    parse_header,
+)
+from landmarks.fingerprint import dense, tensor_fingerprint
 from landmarks.runtime.architecture import HourglassConfig, adapter_shapes, network_shapes
-from landmarks.runtime.fold import first_non_finite
 from landmarks.text import clip
 
 if TYPE_CHECKING:
@@ -75,86 +90,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1"
-# safetensors' dtype names of the tensors a file may hold (bfloat16 has no numpy type: save float16 or float32)
-_ALLOWED_DTYPES = {"F16": "float16", "F32": "float32"}
-_MAX_HEADER = 16 * 1024 * 1024
-
-
-class ArtifactError(ValueError):
-    """A core/adapter/network file is unusable; the message says why and what to do."""
-
-
-class NotSafetensorsError(ArtifactError):
-    pass
-
-
-class PickleFileError(NotSafetensorsError):
-    pass
-
-
-class MetadataError(ArtifactError):
-    pass
-
-
-class TensorMismatchError(ArtifactError):
-    pass
-
-
-class NonFiniteError(ArtifactError):
-    pass
-
-
-class BatchNormError(ArtifactError):
-    """A batch-norm statistic the fold cannot use (a negative running_var)."""
-
-
-class CoreMismatchError(ArtifactError):
-    """The adapter was trained against another core (serving: FAILED_PRECONDITION)."""
-
-
-class TooLargeError(ArtifactError):
-    pass
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """Row-major CPU copy. Not `.contiguous()`: a channels_last 1x1-conv weight counts as contiguous
-    (size-1 dims' strides are ignored) yet its last stride is not 1, which byte views reject."""
-    import torch
-
-    return t.detach().cpu().clone(memory_format=torch.contiguous_format)
-
-
-# numpy dtype -> torch's name for it: the fingerprint names dtypes as torch does (the stored core_sha256s)
-_TORCH_DTYPE_NAMES = {np.dtype(k): f"torch.{v}" for k, v in (
-    ("float32", "float32"), ("float64", "float64"), ("float16", "float16"), ("int64", "int64"), ("int32", "int32"),
-    ("int16", "int16"), ("int8", "int8"), ("uint8", "uint8"), ("bool", "bool"))}
-
-
-def tensor_fingerprint(tensors: Mapping[str, Any]) -> str:
-    """sha256 over each tensor's name, dtype, shape and row-major bytes, in name order; numpy arrays
-    or torch tensors (the same tensors give the same fingerprint either way)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        if isinstance(t, np.ndarray):
-            dtype, data = _TORCH_DTYPE_NAMES[t.dtype], np.ascontiguousarray(t)
-        else:  # a torch tensor
-            import torch
-
-            t = t.detach()
-            dtype = str(t.dtype)
-            data = _dense(t).view(torch.uint8).numpy() if t.numel() else None
-        digest.update(f"{name}|{dtype}|{tuple(t.shape)}|".encode())
-        if data is not None and data.size:
-            digest.update(data.data if data.flags.c_contiguous else data.tobytes())
-    return digest.hexdigest()
-
-
-MAX_NAME_CHARS = 64          # one landmark name
-MAX_METADATA_VALUE_CHARS = 64 * 1024  # any other metadata value (commands and metrics are long)
-# how much larger than its core's input an adapter may run the (fully convolutional) core: memory
-# and time grow with the square of the side, and a file must not be able to take the server down
-MAX_INPUT_SIZE_FACTOR = 2
 
 
 def default_landmark_names(k: int) -> list[str]:
@@ -276,7 +211,7 @@ def _write(path: Path | str, tensors: Mapping[str, Any], metadata: dict[str, str
     else:
         from safetensors.torch import save
 
-        data = save({k: _dense(v) for k, v in tensors.items()}, metadata=metadata)
+        data = save({k: dense(v) for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)  # atomic: readers never see a half-written file
@@ -331,28 +266,6 @@ def save_network(path: Path | str, model: LandmarkHourglass, category: str, **pr
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _parse_header(data: bytes, source: str) -> dict:
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise PickleFileError(
-            f"{source} is a Python pickle, which we never load (unpickling runs arbitrary code). "
-            "Convert the weights to safetensors (safetensors.torch.save_file) and try again."
-        )
-    if data[:4] == b"PK\x03\x04":
-        raise PickleFileError(
-            f"{source} is a zip archive, most likely torch.save output (pickle inside), which we never load. "
-            "Convert it to safetensors (safetensors.torch.save_file) and try again."
-        )
-    if len(data) < 10:
-        raise NotSafetensorsError(f"{source} is {len(data)} bytes: too short to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(_MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
-        raise NotSafetensorsError(f"{source} is not a safetensors file (bad header); save it with safetensors")
-    try:
-        return json.loads(data[8 : 8 + header_len])
-    except (ValueError, RecursionError) as exc:  # (JSON errors, bad UTF-8, a 5,000-digit integer)
-        raise NotSafetensorsError(f"{source}: safetensors header is not valid JSON ({exc})") from None
-
-
 def read_artifact(
     source: Path | str | bytes, expected_kind: str | None = None, max_bytes: int | None = None, name: str = ""
 ) -> Core | Adapter | Network:
@@ -370,7 +283,7 @@ def read_artifact(
     if max_bytes is not None and len(data) > max_bytes:
         raise TooLargeError(f"{label} is {len(data)} bytes, over the {max_bytes}-byte limit")
 
-    header = _parse_header(data, label)
+    header = parse_header(data, label)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise MetadataError(f"{label}: __metadata__ must map strings to strings")
@@ -393,11 +306,11 @@ def read_artifact(
         config = HourglassConfig.from_json(meta["config"])
     except (ValueError, TypeError) as exc:
         raise MetadataError(f"{label}: bad config metadata: {exc}") from None
-    _check_metadata(label, kind, meta, config)
+    check_metadata(label, kind, meta, config)
 
     for key, entry in header.items():  # numpy has no bfloat16: say so before safetensors fails on it
         dtype = entry.get("dtype") if isinstance(entry, dict) and key != "__metadata__" else None
-        if dtype is not None and dtype not in _ALLOWED_DTYPES:
+        if dtype is not None and dtype not in ALLOWED_DTYPES:
             raise TensorMismatchError(f"{label}: tensor {clip(key)} has dtype {clip(dtype)}; store float16 or "
                                       "float32 (e.g. tensor.float() before saving)")
     try:
@@ -410,62 +323,12 @@ def read_artifact(
         expected = adapter_shapes(config, config.num_landmarks, meta["targets"])
     else:
         expected = network_shapes(config)
-    _check_tensors(label, tensors, expected)
+    check_tensors(label, tensors, expected)
     cls = {"core": Core, "adapter": Adapter, "network": Network}[kind]
     artifact = cls(config=config, arrays=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
     if kind == "core" and meta.get("core_sha256") not in (None, artifact.sha256):
         raise MetadataError(f"{label}: tensors do not match the core_sha256 in its metadata (file corrupted or edited)")
     return artifact
-
-
-def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: HourglassConfig) -> None:
-    """Every metadata value a reader of ours uses, by type and range, before anything uses it."""
-    for key, value in meta.items():
-        limit = MAX_METADATA_VALUE_CHARS
-        if len(key) > 256 or len(value) > limit:
-            raise MetadataError(f"{label}: metadata {clip(key)} is over {limit} characters")
-    for key, expected in (("num_landmarks", config.num_landmarks), ("input_size", config.input_size)):
-        if key in meta and meta[key] != str(expected):
-            raise MetadataError(f"{label}: metadata {key} is {clip(meta[key])} but its config says {expected}")
-    try:
-        names = json.loads(meta.get("landmark_names", "[]"))
-    except (ValueError, RecursionError):  # (ValueError: also a 5,000-digit integer)
-        names = None
-    if (not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names)
-            or len(names) not in (0, config.num_landmarks)):
-        raise MetadataError(
-            f"{label}: landmark_names must be a JSON list of {config.num_landmarks} names (1-{MAX_NAME_CHARS} "
-            f"characters each) or [], got {clip(meta.get('landmark_names', ''))}; fix it with "
-            "landmarks.adapter_io.save_adapter(..., landmark_names=[...])")
-    if kind == "adapter":
-        if meta["targets"] not in ("all", "3x3"):
-            raise MetadataError(f"{label}: targets {clip(meta['targets'])} must be 'all' or '3x3'")
-        if not re.fullmatch(r"[0-9a-f]{64}", meta["core_sha256"]):
-            raise MetadataError(f"{label}: core_sha256 {clip(meta['core_sha256'])} is not a sha256 hex digest")
-
-
-def _check_tensors(label: str, tensors: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise TensorMismatchError(
-            f"{label}: tensor names do not match this architecture: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    for key, shape in expected.items():
-        tensor = tensors[key]
-        if tuple(tensor.shape) != tuple(shape):
-            raise TensorMismatchError(f"{label}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        if tensor.dtype.name not in _ALLOWED_DTYPES.values():
-            raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/float32")
-    bad = first_non_finite(tensors)
-    if bad is not None:
-        raise NonFiniteError(f"{label}: tensor {bad} contains NaN or Inf values; the file is broken")
-    # folding divides by sqrt(running_var + eps): a negative variance gives NaN weights
-    negative = next((k for k, t in tensors.items() if k.endswith("running_var") and bool((t < 0).any())), None)
-    if negative is not None:
-        raise BatchNormError(f"{label}: tensor {negative} has negative values; a batch-norm running variance "
-                             "is never negative, so the file is broken (train or export it again)")
 
 
 def load_core(source: Path | str | bytes) -> Core:
@@ -513,7 +376,7 @@ def find_core(adapter_path: Path | str, core_sha256: str, elsewhere: tuple[Path 
                 with open(candidate, "rb") as fh:
                     head = fh.read(8)
                     size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-                    header = _parse_header(head + fh.read(min(size, _MAX_HEADER)), str(candidate))
+                    header = parse_header(head + fh.read(min(size, MAX_HEADER)), str(candidate))
             except (OSError, ArtifactError):
                 continue
             meta = header.get("__metadata__")
