@@ -54,7 +54,7 @@ JOBS_DIR = ".jobs"
 STORE_FILE = "jobs.sqlite3"
 # training.adapt's presets by their batch size (a job needs one batch of training images besides the
 # held-out ones); tests check this against training.adapt.PRESETS, which the server must not import
-PRESET_BATCH = {"cpu": 16, "paper": 48, "smoke": 2}
+PRESET_BATCH = {"cpu": 16, "quick": 16, "paper": 48, "smoke": 2}
 DEFAULT_PRESET = "cpu"
 # validation floors for activation: points whose spread (RMS distance from their centroid, px at 128)
 # is under this have collapsed onto one spot, whatever the consistency says

@@ -80,7 +80,7 @@ def add_adaptation_routes(app: FastAPI, adaptations: Adaptations | None, admin_p
                   "type": "object", "required": ["category", "images"], "properties": {
                       "category": {"type": "string"},
                       "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                      "preset": {"type": "string", "enum": ["cpu", "paper", "smoke"]},
+                      "preset": {"type": "string", "enum": ["cpu", "quick", "paper", "smoke"]},
                       "steps": {"type": "integer"}, "activate": {"type": "boolean"},
                       "num_landmarks": {"type": "integer"}, "names": {"type": "string"},
                       "image_size": {"type": "integer"},

@@ -31,7 +31,7 @@ def add_standalone_arguments(parser: argparse.ArgumentParser, missing: str) -> N
     """`landmarks adapt` without the training extra: only --server, with the options a job takes."""
     parser.add_argument("images", nargs="?", default=None, help="folder:PATH (or a folder, or a .zip) of the photos")
     parser.add_argument("--category", default="", help="the name the new category is served under")
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper", "smoke"), help="the job's preset")
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "quick", "paper", "smoke"), help="the job's preset")
     for flag, kind in (("--steps", int), ("--num-landmarks", int), ("--names", str), ("--image-size", int)):
         parser.add_argument(flag, type=kind, default=None, help="the job's (default: the preset's)")
     add_arguments(parser)
