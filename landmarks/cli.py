@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     # known args only: an unavailable command has no arguments, and its message beats "unrecognized"
     args, unknown = parser.parse_known_args(argv)
+    needs = getattr(args, "_needs_option", None)  # a fallback works only with this option
+    if needs and not getattr(args, needs[0], None):
+        args._unavailable = needs[1]
     if getattr(args, "_unavailable", None):
         print(f"error: {args._unavailable}", file=sys.stderr)
         return 2

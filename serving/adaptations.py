@@ -65,7 +65,10 @@ INSTALL = "pip install 'landmark-adapters[train]'"
 
 
 def torch_installed() -> bool:
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # blocked (an import hook, a None entry in sys.modules)
+        return False
 
 
 @dataclass(frozen=True)
@@ -121,34 +124,44 @@ class Adaptations:
         self._changed = threading.Condition()
         self._revision = 0
         self._children: dict[str, subprocess.Popen] = {}
-        self._submit_lock = threading.Lock()  # opening the store
+        self._submit_lock = threading.Lock()  # starting: the torch probe, the store, the workers
         self._upload_lock = threading.Lock()
         self._finish_lock = threading.Lock()  # a job is cancelled, or registered, not both
         self._closing = False
         self._threads: list[threading.Thread] = []
-        self._ready = self.enabled and torch_installed()
-        if self._ready:
-            if (self.dir / STORE_FILE).is_file():  # else made by the first job: serving never writes the store
-                self._open_store()
-                for job in self._store.list(ACTIVE_STATES):  # type: ignore[union-attr]  what a restart interrupted
-                    log.info("adaptation job %s (%s) was %s; running it again from its checkpoint",
-                             job.id, job.category, job.state)
-                    self._store.update(job.id, state=QUEUED, phase="")  # type: ignore[union-attr]
-                    self._queue.put(job.id)
-            for i in range(limits.workers):
+        self._torch: bool | None = None  # probed once, when jobs are first needed (never by a plain start)
+        if self.enabled and (self.dir / STORE_FILE).is_file():  # jobs a restart interrupted go on
+            try:
+                self._start()
+            except ServingError as exc:
+                log.warning("adaptation jobs in %s wait: %s", self.dir, exc.message)
+
+    def _start(self) -> JobStore:
+        """Probe torch, open (or make) the job store, queue what a restart interrupted, start the workers."""
+        with self._submit_lock:
+            if self._torch is None:
+                self._torch = torch_installed()
+            if not self._torch:
+                raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
+                                   f"adaptation jobs need the training extra (torch) on the server: {INSTALL}")
+            if self._store is not None:
+                return self._store
+            try:
+                store = JobStore(self.dir / STORE_FILE)
+            except (OSError, sqlite3.Error) as exc:
+                raise ServingError(Code.UNAVAILABLE, Reason.STORE_UNAVAILABLE,
+                                   f"cannot open the job store {self.dir / STORE_FILE}: {exc}") from None
+            for job in store.list(ACTIVE_STATES):
+                log.info("adaptation job %s (%s) was %s; running it again from its checkpoint",
+                         job.id, job.category, job.state)
+                store.update(job.id, state=QUEUED, phase="")
+                self._queue.put(job.id)
+            self._store = store
+            for i in range(self.limits.workers):
                 thread = threading.Thread(target=self._work, name=f"landmarks-adapt-{i}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
-
-    def _open_store(self) -> JobStore:
-        with self._submit_lock:
-            if self._store is None:
-                try:
-                    self._store = JobStore(self.dir / STORE_FILE)
-                except (OSError, sqlite3.Error) as exc:
-                    raise ServingError(Code.UNAVAILABLE, Reason.STORE_UNAVAILABLE,
-                                       f"cannot open the job store {self.dir / STORE_FILE}: {exc}") from None
-            return self._store
+            return store
 
     # ------------------------------------------------------------------------------ requests
     def require(self) -> JobStore:
@@ -156,10 +169,7 @@ class Adaptations:
         if not self.enabled:
             raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
                                "adaptation jobs are off on this server (--adaptation-workers 0)")
-        if not self._ready:
-            raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
-                               f"adaptation jobs need the training extra (torch) on the server: {INSTALL}")
-        return self._store or self._open_store()
+        return self._store if self._store is not None else self._start()
 
     def parse_options(self, category: str, given: dict[str, str]) -> dict:
         """The job's options from the strings a client sent; INVALID_ARGUMENT naming a bad one."""

@@ -35,7 +35,8 @@ def add_standalone_arguments(parser: argparse.ArgumentParser, missing: str) -> N
     for flag, kind in (("--steps", int), ("--num-landmarks", int), ("--names", str), ("--image-size", int)):
         parser.add_argument(flag, type=kind, default=None, help="the job's (default: the preset's)")
     add_arguments(parser)
-    parser.set_defaults(_training_missing=missing)
+    parser.set_defaults(_needs_option=("server", (f"{missing}; or train on a server: landmarks adapt --server "
+                                                 "HOST:PORT folder:photos/ --category NAME")))
 
 
 def files_of(images: str) -> list[Path]:
@@ -62,10 +63,6 @@ def main(args: argparse.Namespace) -> int:
     from landmarks.commands import rpc_error
     from landmarks.tokens import read_token
 
-    if not getattr(args, "server", None):  # only reached without the training extra
-        print(f"error: {getattr(args, '_training_missing', 'landmarks adapt needs the training extra')}; or "
-              "train on a server: landmarks adapt --server HOST:PORT folder:photos/ --category NAME", file=sys.stderr)
-        return 2
     if not args.images:
         print("error: give the category's images, e.g. `landmarks adapt --server HOST:PORT folder:photos/ "
               "--category mugs`", file=sys.stderr)

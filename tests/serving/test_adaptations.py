@@ -254,7 +254,7 @@ def test_jobs_need_the_admin_token(refusing_server):
     assert refused.value.code == 401
 
 
-def test_jobs_off_or_without_torch_answer_501(store, monkeypatch):
+def test_jobs_off_answer_501(store):
     server = jobs_server(store, adaptation_workers=0)
     try:
         status, error = submit(server.http_port)
@@ -262,16 +262,43 @@ def test_jobs_off_or_without_torch_answer_501(store, monkeypatch):
         assert error["details"][0]["reason"] == "ADAPTATION_UNAVAILABLE" and "--adaptation-workers 0" in error["message"]
     finally:
         server.shutdown(grace=0)
-    # a serving install without the training extra: the probe the server makes says no torch
-    monkeypatch.setattr("serving.adaptations.torch_installed", lambda: False)
-    server = jobs_server(store)
+
+
+def test_a_server_without_torch_answers_501_and_still_serves(store, tmp_path):
+    """`landmarks serve` in an interpreter where torch cannot be imported (the serving install)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    token = tmp_path / "admin.token"
+    token.write_text(TOKEN)
+    script = "import sys; sys.modules['torch'] = None; from landmarks.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", script, "serve", "--adapters", str(store), "--port", "0",
+                             "--http-port", "0", "--threads", "1", "--admin-token-file", str(token)],
+                            cwd=root, env=dict(os.environ, PYTHONPATH=str(root)), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        line = proc.stdout.readline()
+        found = re.search(r"demo page on http://127\.0\.0\.1:(\d+)/", line)
+        assert found, f"{line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        port = int(found.group(1))
         for method, path in (("POST", "/v1/adaptations"), ("GET", "/v1/adaptations"), ("GET", "/v1/adaptations/x")):
-            status, error = submit(server.http_port) if method == "POST" else call(server.http_port, path)
-            assert status == 501, error
+            status, error = submit(port) if method == "POST" else call(port, path)
+            assert status == 501 and error["code"] == "FAILED_PRECONDITION", error
             assert "pip install 'landmark-adapters[train]'" in error["message"]
+        status, detection = call(port, "/v1/detect?category=cats", "POST", photo(3), {"content-type": "image/png"})
+        assert status == 200, detection
+        assert not (store / ".jobs").exists()  # nothing written for jobs
     finally:
-        server.shutdown(grace=0)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_cli_submits_a_folder_and_prints_the_version(store, tmp_path):
