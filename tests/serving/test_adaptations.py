@@ -140,8 +140,9 @@ def test_cancel_stops_the_job_and_frees_its_files(store, monkeypatch):
         assert "mugs" not in [c["name"] for c in categories["categories"]]
         # cancelling again answers as it is; a job that does not exist is 404
         assert call(server.http_port, f"/v1/adaptations/{job['id']}", "DELETE")[0] == 200
-        status, error = call(server.http_port, "/v1/adaptations/nosuchjob", "DELETE")
-        assert status == 404 and error["details"][0]["reason"] == "JOB_NOT_FOUND"
+        for method, path in (("DELETE", ""), ("GET", ""), ("GET", "/events"), ("GET", "/samples.png")):
+            status, error = call(server.http_port, f"/v1/adaptations/nosuchjob{path}", method)
+            assert status == 404 and error["details"][0]["reason"] == "JOB_NOT_FOUND", (method, path, error)
     finally:
         server.shutdown(grace=0)
 

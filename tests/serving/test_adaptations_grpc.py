@@ -108,3 +108,16 @@ def test_watch_streams_do_not_take_detects_threads(grpc_jobs, monkeypatch):
         assert client.detect(photo(2), "cats").category == "cats"  # Detect still has its threads
         client.cancel_adaptation(job.id)
         assert all(w.result(timeout=60)[-1] == "cancelled" for w in watching)
+
+
+def test_an_upload_over_the_limit_stops_mid_stream(store):
+    server = jobs_server(store, max_adaptation_upload_bytes=1 << 20)
+    try:
+        with LandmarkClient(f"127.0.0.1:{server.port}", timeout=60, admin_token=TOKEN) as client:
+            big = [(f"{i}.png", bytes(300 << 10)) for i in range(5)]  # 1.5 MB in 64 KB chunks
+            assert _refusal(lambda: client.start_adaptation("mugs", big, chunk_bytes=64 << 10)) == (
+                Code.RESOURCE_EXHAUSTED, "UPLOAD_TOO_LARGE")
+            assert client.adaptation_jobs() == []
+            assert not [p for p in (store / ".jobs").iterdir() if p.is_dir()]
+    finally:
+        server.shutdown(grace=0)
