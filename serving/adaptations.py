@@ -388,7 +388,10 @@ class Adaptations:
 
     def _run(self, job: Job) -> None:
         folder = self.dir / job.id
-        self._update(job.id, state=RUNNING, phase="starting")
+        with self._finish_lock:  # not if it was cancelled since it was queued
+            if self._store.get(job.id).state != QUEUED:  # type: ignore[union-attr]
+                return
+            self._update(job.id, state=RUNNING, phase="starting")
         root = Path(__file__).resolve().parents[1]  # where `training` lives beside `serving`
         env = dict(os.environ, OMP_NUM_THREADS=str(self.limits.threads), MKL_NUM_THREADS=str(self.limits.threads),
                    PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p))
@@ -399,6 +402,8 @@ class Adaptations:
                 stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env, cwd=root,
                 start_new_session=True, text=True)
         self._children[job.id] = child
+        if self._store.get(job.id).state == CANCELLED:  # type: ignore[union-attr]  cancelled while it started
+            _kill(child)
         report: dict = {}
         try:
             for line in child.stdout:  # type: ignore[union-attr]
@@ -418,8 +423,11 @@ class Adaptations:
             with contextlib.suppress(OSError):
                 child.stdout.close()  # type: ignore[union-attr]
         current = self._store.get(job.id)  # type: ignore[union-attr]
-        if current is None or current.state == CANCELLED or self._closing:
-            return  # cancelled (files gone), or the server is stopping (the job resumes at the next start)
+        if current is None or current.state == CANCELLED:
+            self._delete_files(job.id)  # again: what the child wrote before it was killed
+            return
+        if self._closing:
+            return  # the server is stopping: the job resumes at the next start
         if report.get("event") != "done":
             why = report.get("message") or f"the training process ended with status {child.returncode}"
             tail = _tail(folder / "worker.log")
