@@ -81,6 +81,7 @@ class AdaptationLimits:
     max_steps: int = 1_000_000
     device: str = "auto"
     allowed_dirs: tuple[Path, ...] = ()  # server folders a job may read its images from (--allow-path)
+    admin: bool = True  # False: --no-admin, and jobs are admin work
     upload: UploadLimits = field(default_factory=UploadLimits)
 
 
@@ -166,6 +167,9 @@ class Adaptations:
     # ------------------------------------------------------------------------------ requests
     def require(self) -> JobStore:
         """The job store, or FAILED_PRECONDITION saying why jobs are off."""
+        if not self.limits.admin:  # as the gRPC service, which --no-admin does not serve
+            raise ServingError(Code.UNIMPLEMENTED, Reason.ADMIN_DISABLED,
+                               "this server runs with --no-admin: no admin calls, adaptation jobs included")
         if not self.enabled:
             raise ServingError(Code.FAILED_PRECONDITION, Reason.ADAPTATION_UNAVAILABLE,
                                "adaptation jobs are off on this server (--adaptation-workers 0)")

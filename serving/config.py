@@ -255,7 +255,7 @@ class ServerConfig:
         return AdaptationLimits(self.adaptation_workers if self.enable_admin else 0, self.adaptation_threads,
                                 self.adaptation_nice, self.min_adaptation_images, self.adaptation_quota_bytes,
                                 device=self.adaptation_device, allowed_dirs=self.allowed_register_dirs,
-                                upload=upload)
+                                admin=self.enable_admin, upload=upload)
 
     @property
     def tls(self) -> bool:

@@ -263,6 +263,12 @@ def test_jobs_off_answer_501(store):
         assert error["details"][0]["reason"] == "ADAPTATION_UNAVAILABLE" and "--adaptation-workers 0" in error["message"]
     finally:
         server.shutdown(grace=0)
+    server = jobs_server(store, enable_admin=False, admin_token=None)
+    try:
+        status, error = submit(server.http_port)
+        assert status == 501 and error["code"] == "UNIMPLEMENTED" and "--no-admin" in error["message"]
+    finally:
+        server.shutdown(grace=0)
 
 
 def test_a_server_without_torch_answers_501_and_still_serves(store, tmp_path):
