@@ -109,6 +109,9 @@ def test_a_job_over_http_registers_a_version_that_detects(store):
         assert status == 200 and got["state"] == "succeeded" and got["activated"]
         status, listed = call(server.http_port, "/v1/adaptations")
         assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+        paths = call(server.http_port, "/openapi.json")[1]["paths"]
+        assert {"/v1/adaptations", "/v1/adaptations/{job_id}", "/v1/adaptations/{job_id}/events",
+                "/v1/adaptations/{job_id}/samples.png"} <= set(paths)
         status, picture = call(server.http_port, f"/v1/adaptations/{job['id']}/samples.png")
         assert status == 200 and picture[:8] == b"\x89PNG\r\n\x1a\n"
         # the new category serves at once
