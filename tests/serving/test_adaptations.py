@@ -395,3 +395,25 @@ def test_adapt_offers_server_jobs_with_or_without_torch():
                            capture_output=True, text=True, check=False)
     assert local.returncode == 2 and "pip install 'landmark-adapters[train]'" in local.stderr
     assert "--server HOST:PORT" in local.stderr
+
+
+def test_a_job_on_a_served_category_adds_a_version_and_activates_only_if_asked(store):
+    server = jobs_server(store)
+    try:
+        body, kind = multipart([("category", "cats"), ("preset", "smoke")],  # K: the category's own (4)
+                               [("images", name, data) for name, data in PHOTOS])
+        status, job = call(server.http_port, "/v1/adaptations", "POST", body, {"content-type": kind})
+        assert status == 202 and job["options"]["num_landmarks"] == 4, job
+        done = events(server.http_port, job["id"])[-1]
+        assert done["state"] == "succeeded" and not done["activated"], done
+        cats = {c["name"]: c for c in call(server.http_port, "/v1/categories")[1]["categories"]}["cats"]
+        assert cats["active_version"] == "shipped"
+        assert {v["version"] for v in cats["versions"]} == {"shipped", done["version"]}
+        status, detection = call(server.http_port, "/v1/detect?category=cats", "POST", photo(5),
+                                 {"content-type": "image/png"})
+        assert status == 200 and detection["version"] == "shipped"
+        # another K for a served category is refused before anything is uploaded
+        status, error = submit(server.http_port, category="cats", num_landmarks="3")
+        assert status == 400 and error["details"][0]["reason"] == "OPTION_INVALID" and "K=4" in error["message"]
+    finally:
+        server.shutdown(grace=0)
