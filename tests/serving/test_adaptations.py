@@ -417,3 +417,18 @@ def test_a_job_on_a_served_category_adds_a_version_and_activates_only_if_asked(s
         assert status == 400 and error["details"][0]["reason"] == "OPTION_INVALID" and "K=4" in error["message"]
     finally:
         server.shutdown(grace=0)
+
+
+def test_a_job_whose_training_fails_reports_why_and_registers_nothing(store):
+    server = jobs_server(store)
+    try:
+        (store / "core.safetensors").write_bytes(b"not a core any more")  # the server has it in memory already
+        status, job = submit(server.http_port)
+        assert status == 202
+        done = events(server.http_port, job["id"])[-1]
+        assert done["state"] == "failed" and done["version"] == "" and "core" in done["error"].lower(), done
+        assert "mugs" not in [c["name"] for c in call(server.http_port, "/v1/categories")[1]["categories"]]
+        status, error = call(server.http_port, f"/v1/adaptations/{job['id']}", "DELETE")
+        assert status == 400 and error["details"][0]["reason"] == "JOB_FINISHED"
+    finally:
+        server.shutdown(grace=0)
