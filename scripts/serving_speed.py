@@ -3,6 +3,7 @@
     python scripts/serving_speed.py backends [...]   # the serving backends side by side: how the default is chosen
     python scripts/serving_speed.py decode [...]     # decoding a client's image: PIL, OpenCV, decoding at a smaller scale
     python scripts/serving_speed.py ab HOST:PORT,HOST:PORT [...]  # call-by-call A/B of running servers
+    python scripts/serving_speed.py profile HOST:PORT --pid PID [...]  # where a loaded server's CPU goes
 
 `python scripts/serving_speed.py SUBCOMMAND --help` says more.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import threading
@@ -331,7 +333,105 @@ def latency_ab(args, targets: list[str], clients: list[LandmarkClient], image: n
     return 0
 
 
-COMMANDS = {"backends": backends_main, "decode": decode_main, "ab": ab_main}
+PROFILE_DOC = """Where a running server's time goes under the bench's closed-loop load (py-spy).
+
+    landmarks serve --precision int8 --port 50187 &
+    python scripts/serving_speed.py profile localhost:50187 --pid $! --category faces --seconds 20
+
+Runs `--concurrency` Detect calls always in flight (the bench's load generator, `serving.load.load_row`)
+on one category for `--seconds`, while `py-spy record` (pip install py-spy; `--py-spy` names the
+binary) samples every thread of the server process. Prints the CPU seconds the server and this load
+generator used over the wall time (both share the machine's cores), and the server's samples by
+where they were: the ONNX Runtime forward (`InferenceSession.run`), the rest of the batch workers,
+gRPC's own Python, the handler (parsing, decoding, filling the reply) and anything else; then the
+busiest innermost frames. The raw stacks are kept in `--out`.
+"""
+
+# the first frame (innermost outward) that matches names the bucket a sample belongs to
+PROFILE_BUCKETS = (
+    ("ONNX Runtime forward (InferenceSession.run)", ("onnxruntime_inference_collection.py",)),
+    ("batch workers: batching, crops, points", ("serving/batching.py", "serving/work.py", "serving/backends/")),
+    ("handler: request, decode, reply", ("serving/servicer.py", "serving/calls.py", "serving/preprocess.py",
+                                         "serving/inputs.py", "serving/query.py", "serving/errors.py",
+                                         "serving/auth.py", "serving/metrics.py", "google/protobuf")),
+    ("gRPC's Python (server threads, polling)", ("grpc/",)),
+)
+
+
+def _cpu_seconds(pid: int) -> float:
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def profile_main(argv: list[str]) -> int:
+    import subprocess
+    from collections import Counter
+    from pathlib import Path
+
+    from serving.load import load_row
+
+    parser = argparse.ArgumentParser(prog="serving_speed.py profile", description=PROFILE_DOC,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", help="host:port of the server")
+    parser.add_argument("--pid", type=int, required=True, help="the server's process id")
+    parser.add_argument("--category", default="faces")
+    parser.add_argument("--image-size", type=int, default=128, help="side of the raw test image")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary")
+    parser.add_argument("--out", type=Path, default=Path("runs/profile-server.txt"), help="raw stacks (folded)")
+    args = parser.parse_args(argv)
+    image = np.random.default_rng(0).integers(0, 256, (args.image_size, args.image_size, 3), dtype=np.uint8)
+    with LandmarkClient(args.target, timeout=60) as client:
+        client.wait_ready(90)
+        while not any(c.name == args.category and c.active_version for c in client.categories()):
+            time.sleep(0.5)  # the server is still loading its store
+    load_row(args.target, {}, [args.category], args.concurrency, 4 * args.concurrency, image)  # warm
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen([args.py_spy, "record", "--pid", str(args.pid), "--rate", str(args.rate), "--duration",
+                            str(int(args.seconds)), "--format", "raw", "--threads", "--nonblocking", "--output",
+                            str(args.out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # py-spy attaches
+    server0, client0, wall0 = _cpu_seconds(args.pid), time.process_time(), time.perf_counter()
+    served = 0
+    while time.perf_counter() - wall0 < args.seconds - 1.5:
+        served += load_row(args.target, {}, [args.category], args.concurrency, 8 * args.concurrency, image)["requests"]
+    wall = time.perf_counter() - wall0
+    server_cpu, client_cpu = _cpu_seconds(args.pid) - server0, time.process_time() - client0
+    _, err = spy.communicate(timeout=args.seconds + 60)
+    if spy.returncode:
+        print(err)
+        return 1
+    cores = os.cpu_count() or 1
+    print(f"{served} requests in {wall:.1f} s ({served / wall:.0f} req/s) at concurrency {args.concurrency}; CPU "
+          f"seconds per wall second: server {server_cpu / wall:.2f}, this load generator {client_cpu / wall:.2f}, "
+          f"of {cores} cores")
+    buckets: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    for line in args.out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames, n = stack.split(";"), int(count)
+        total += n
+        bucket = next((name for frame in reversed(frames) for name, marks in PROFILE_BUCKETS
+                       if any(m in frame for m in marks)), "other")
+        buckets[bucket] += n
+        leaves[frames[-1]] += n
+    print(f"server samples by where they were ({total} samples of non-idle threads, {args.rate}/s):")
+    for name, n in buckets.most_common():
+        print(f"  {100 * n / total:5.1f}%  {name}")
+    print("busiest innermost frames:")
+    for frame, n in leaves.most_common(12):
+        print(f"  {100 * n / total:5.1f}%  {frame}")
+    return 0
+
+
+COMMANDS = {"backends": backends_main, "decode": decode_main, "ab": ab_main, "profile": profile_main}
 
 
 def main() -> int:
