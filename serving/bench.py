@@ -328,12 +328,12 @@ def run(args) -> int:
         image = np.random.default_rng(0).integers(0, 256, (args.image_size or size, args.image_size or size, 3),
                                                   dtype=np.uint8)
         n_cats = max(args.categories)
+        size_from = "--adapter-size" if args.adapter_size else "the shipped adapters'" if shipped else "the core's"
         results["machine"] = machine()
         print(f"bench: server {target} ({info.backend}, {info.precision or 'fp32'}, on {info.device}, "
               f"core {core.sha256[:12]}, "
               f"K={core.config.num_landmarks}); {n_cats} bench categories running the core at {adapter_size} px "
-              f"({'--adapter-size' if args.adapter_size else 'the shipped adapters' if shipped else 'the core'}'s "
-              f"size), {image.shape[1]}x{image.shape[0]} raw test image; {args.requests} requests per row; "
+              f"({size_from} size), {image.shape[1]}x{image.shape[0]} raw test image; {args.requests} requests per row; "
               f"torch threads here: {torch.get_num_threads()}", flush=True)
         print(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, load average "
               f"{results['machine']['load_before']} before the run (client and server share it)", flush=True)
