@@ -237,7 +237,9 @@ def headline_ratios(args, target: str, client_kwargs: dict, core, adapter_bytes:
     return {
         "bare_backend": backend.name,
         "bare_threads": shared if name == "onnxruntime" else torch.get_num_threads(),
-        "bare_precision": getattr(backend, "precision", "fp32"),
+        # the format the bare model runs this adapter in (under auto: int8 only for a checked calibration)
+        "bare_precision": (backend.precision_for(adapter) if hasattr(backend, "precision_for")
+                           else getattr(backend, "precision", "fp32")),
         "closed_loop": {"blocks": args.blocks, "block_size": args.block_size, "calls": len(loop_server_ms),
                         **summary(loop_server_ms, loop_bare_ms, loop_replies, floor)},
         "after_idle": {"pairs": len(server_ms), "gap_ms": args.gap_ms,

@@ -36,7 +36,7 @@ def test_bench_command_smoke(server, store, capsys, tmp_path, extra):
     assert "register -> first served" in out and "back to back" in out and "machine: " in out
     assert {c.name for c in server.services.registry.list()} == {"cats", "faces"}  # bench categories removed
     assert "bench: the bench categories run in fp32 (server --precision auto" in out and "--precision int8" in out
-    assert result["served_precision"]["precision"] == "fp32"
+    assert result["served_precision"]["precision"] == "fp32" == result["headline"]["bare_precision"]
     assert result["adapter_size"] == (16 if extra else 32)  # the shipped tiny adapters run at the core's 32
     assert all(row["server_p50_ms"]["compute"] > 0 for row in result["rows"])
     headline = result["headline"]
@@ -145,3 +145,26 @@ def test_the_four_figures_say_their_target():
     assert note.startswith("bench: the bench categories run in int8 (server --precision int8") and "noise" in note
     note = precision_note("auto", {"precision": "fp32", "reason": "no passed check"})
     assert "run in fp32" in note and "start the server with --precision int8" in note
+
+
+def test_an_int8_server_runs_the_bench_categories_in_int8_and_the_bench_says_so(store, capsys, tmp_path):
+    """The bench's noise-calibrated adapters run in int8 only on a server started with --precision int8;
+    the four figures then compare that server with the bare int8 model."""
+    from landmarks.cli import main
+    from tests.serving.helpers import start_server
+
+    server = start_server(store, precision="int8")
+    try:
+        rc = main(["bench", "--server", f"127.0.0.1:{server.port}", "--core", str(store / "core.safetensors"),
+                   "--requests", "4", "--concurrency", "1,4", "--categories", "1", "--ref-iters", "2", "--rounds", "1",
+                   "--pairs", "2", "--gap-ms", "1", "--blocks", "1", "--block-size", "2", "--max-batch", "2",
+                   "--json", str(tmp_path / "bench.json")])
+    finally:
+        server.shutdown(grace=0)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "bench: the bench categories run in int8 (server --precision int8" in out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["served_precision"]["precision"] == "int8" and result["headline"]["bare_precision"] == "int8"
+    assert result["headline"]["max_batch"] == 2 and result["headline"]["worker_batches"] == [1, 2]
+    assert result["overhead_vs_bare_ort"] > 0 and result["speedup_vs_official_batched"] > 0
