@@ -60,10 +60,22 @@ BENCH_RUNS = {  # the bench runs the performance page reads, and how many of eac
 }
 
 
+def _metadata(path: Path) -> dict:
+    """A safetensors file's metadata, read from its JSON header (no torch needed)."""
+    with path.open("rb") as f:
+        return json.loads(f.read(int.from_bytes(f.read(8), "little")))["__metadata__"]
+
+
 def _sources() -> dict[str, object]:
-    """Every file the pages quote numbers from: docs/*_eval.json, docs/compare/*.json, docs/bench/*.json."""
-    paths = [*ROOT.glob("docs/*_eval.json"), *ROOT.glob("docs/compare/*.json"), *ROOT.glob("docs/bench/*.json")]
-    return {str(p.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted(paths)}
+    """Every file the pages quote numbers from: docs/*_eval*.json, docs/compare/*.json, docs/bench/*.json, and
+    the numbers in the shipped files' metadata (the core's validation, the int8 calibrations' checks)."""
+    paths = [*ROOT.glob("docs/*_eval*.json"), *ROOT.glob("docs/compare/*.json"), *ROOT.glob("docs/bench/*.json")]
+    files: dict[str, object] = {str(p.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted(paths)}
+    files["adapters/core.safetensors"] = json.loads(_metadata(ROOT / "adapters/core.safetensors")["metrics"])
+    for c in ("faces", "cats", "shoes"):
+        calibration = json.loads(_metadata(ROOT / f"adapters/{c}.safetensors")["int8_calibration"])
+        files[f"adapters/{c}.safetensors"] = calibration["check"]
+    return files
 
 
 def _page(page: str) -> str:
@@ -116,7 +128,9 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
                       f"{med(int8, 'register_to_served_ms'):.0f} ms |")),
         ("README.md", f"16 categories mixed against one, crops/s | {med(int8, 'mixed_vs_single'):.2f} |"),
         # RESULTS: the core and the shipped adapters
-        ("RESULTS.md", f"| {core['mean_pck@0.2']:.1f}% ({core['images']:,} images, 9,000-9,999) |"),
+        ("RESULTS.md", (f"| {core['mean_pck@0.2']:.1f}% ({core['images']:,} images, 9,000-9,999) | "
+                        f"{files['docs/core_eval_flip.json']['mean_pck@0.2']:.1f}% | "
+                        f"{files['adapters/core.safetensors']['val_pck@0.2']:.1f}% (8,500-8,999) |")),
         ("RESULTS.md", (f"| {faces['forward']:.2f} | {faces['backward']:.2f} | {faces['consistency']:.2f} | "
                        f"{faces['spread']:.1f} | - |")),
         ("RESULTS.md", (f"| - | - | {cats['consistency']:.2f} | {cats['spread']:.1f} | "
@@ -136,6 +150,13 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
         out.append(("RESULTS.md", (f"| {c}: consistency / background points | {fp['consistency']:.2f} px / "
                                   f"{fp['background_points_per_image']:.2f} | {i8['consistency']:.2f} px / "
                                   f"{i8['background_points_per_image']:.2f} |")))
+    out.append(("RESULTS.md", (f"on the same rows (`--split 8500:9000`) reads "
+                              f"{files['docs/core_eval_val.json']['mean_pck@0.2']:.1f}%")))
+    for c, rows in (("faces", "MTFL training rows 6655:"), ("cats", "AFHQ cats -1000:-500"),
+                    ("shoes", "UT-Zappos50K -1000:-500")):
+        check = files[f"adapters/{c}.safetensors"]
+        out.append(("RESULTS.md", (f"| {c} | {rows} | {check['mean_px']:.3f} | {check['p95_px']:.3f} | "
+                                  f"{check['max_px']:.2f} |")))
     # RESULTS: proposed / finetune / scratch, and what the text reads from them
     for m in ("proposed", "finetune", "scratch"):
         out.append(("RESULTS.md", f"| {fbc(compare[m, 'val'])} | {fbc(compare[m, 'test'])} |"))
@@ -312,7 +333,7 @@ def test_reproduce_results_regenerates_every_evaluation_file() -> None:
     for argv in ran:
         args, unknown = build_parser(argv[0]).parse_known_args(argv)
         assert not unknown and not getattr(args, "_unavailable", None), argv
-    evaluations = {name for name in _sources() if not name.startswith("docs/bench/")}
+    evaluations = {name for name in _sources() if name.startswith("docs/") and not name.startswith("docs/bench/")}
     kept = {"docs/compare/faces-128-teach-500-val.json", "docs/compare/faces-128-teach-500-test.json"}
     assert evaluations - kept <= written, f"not regenerated: {evaluations - kept - written}"
     # by default only the shipped files' evaluations (hours, not the comparison's training)
