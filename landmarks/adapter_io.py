@@ -15,28 +15,52 @@ The fingerprint is the SHA-256 of the tensors as stored (names, dtypes, shapes, 
 re-saving with other metadata keeps it. Loading never unpickles: we parse the safetensors
 header ourselves, reject pickle and zip (torch.save) content by its magic bytes, and check
 names, shapes, dtypes, finiteness, version and fingerprint with a message that says what to do.
+
+Reading needs numpy only (`safetensors.numpy`): an artifact holds numpy `arrays`, which the serving
+side (`landmarks.runtime`) runs; `tensors`, the same as torch tensors, and the `save_*` functions of
+torch models are for training and need torch.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import json
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
+from safetensors.numpy import load as _st_load
+from safetensors.numpy import save as _st_save_numpy
 
-from landmarks.hourglass import HourglassConfig, LandmarkHourglass
-from landmarks.projection import expected_adapter_shapes, first_non_finite
+from landmarks.artifact_checks import (
+    ALLOWED_DTYPES,
+    MAX_HEADER,
+    MAX_INPUT_SIZE_FACTOR,
+    ArtifactError,
+    BatchNormError,
+    CoreMismatchError,
+    MetadataError,
+    NonFiniteError,
+    NotSafetensorsError,
+    PickleFileError,
+    TensorMismatchError,
+    TooLargeError,
+    check_metadata,
+    check_tensors,
+    parse_header,
+)
+from landmarks.fingerprint import dense, tensor_fingerprint
+from landmarks.runtime.architecture import HourglassConfig, adapter_shapes, network_shapes
 from landmarks.text import clip
+
+if TYPE_CHECKING:
+    import torch
+
+    from landmarks.hourglass import LandmarkHourglass
 
 __all__ = [
     "FORMAT_VERSION",
@@ -66,77 +90,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1"
-_ALLOWED_DTYPES = {torch.float16, torch.bfloat16, torch.float32}
-_MAX_HEADER = 16 * 1024 * 1024
-
-
-class ArtifactError(ValueError):
-    """A core/adapter/network file is unusable; the message says why and what to do."""
-
-
-class NotSafetensorsError(ArtifactError):
-    pass
-
-
-class PickleFileError(NotSafetensorsError):
-    pass
-
-
-class MetadataError(ArtifactError):
-    pass
-
-
-class TensorMismatchError(ArtifactError):
-    pass
-
-
-class NonFiniteError(ArtifactError):
-    pass
-
-
-class BatchNormError(ArtifactError):
-    """A batch-norm statistic the fold cannot use (a negative running_var)."""
-
-
-class CoreMismatchError(ArtifactError):
-    """The adapter was trained against another core (serving: FAILED_PRECONDITION)."""
-
-
-class TooLargeError(ArtifactError):
-    pass
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    """Row-major CPU copy. Not `.contiguous()`: a channels_last 1x1-conv weight counts as contiguous
-    (size-1 dims' strides are ignored) yet its last stride is not 1, which byte views reject."""
-    return t.detach().cpu().clone(memory_format=torch.contiguous_format)
-
-
-def tensor_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over each tensor's name, dtype, shape and row-major bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if not t.numel():
-            continue
-        if t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES:
-            # hashed in place where the memory is row-major already (a loaded file's tensors): copying
-            # ~300 small tensors took most of a registration's ~6 ms of fingerprinting
-            digest.update(np.ascontiguousarray(t.numpy()).data)
-        else:
-            digest.update(_dense(t).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16, torch.int8,
-                 torch.uint8, torch.bool)
-
-MAX_NAME_CHARS = 64          # one landmark name
-MAX_METADATA_VALUE_CHARS = 64 * 1024  # any other metadata value (commands and metrics are long)
-# how much larger than its core's input an adapter may run the (fully convolutional) core: memory
-# and time grow with the square of the side, and a file must not be able to take the server down
-MAX_INPUT_SIZE_FACTOR = 2
 
 
 def default_landmark_names(k: int) -> list[str]:
@@ -147,9 +100,16 @@ def default_landmark_names(k: int) -> list[str]:
 @dataclass(frozen=True)
 class _Artifact:
     config: HourglassConfig
-    tensors: dict[str, torch.Tensor]
+    arrays: dict[str, np.ndarray]  # as stored (a core: float16), read-only views of the file's bytes
     metadata: dict[str, str]
     sha256: str  # fingerprint of this file's tensors
+
+    @functools.cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays as torch tensors (training, the torch backends; needs torch)."""
+        import torch
+
+        return {k: torch.from_numpy(np.array(v)) for k, v in self.arrays.items()}
 
     @property
     def num_landmarks(self) -> int:
@@ -163,21 +123,29 @@ class _Artifact:
         return names or default_landmark_names(self.num_landmarks)
 
     def num_parameters(self) -> int:
-        return sum(t.numel() for k, t in self.tensors.items() if not k.endswith(("running_mean", "running_var",
-                                                                                 "num_batches_tracked")))
+        return sum(a.size for k, a in self.arrays.items() if not k.endswith(("running_mean", "running_var",
+                                                                              "num_batches_tracked")))
 
     def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+        return sum(a.nbytes for a in self.arrays.values())
 
 
 @dataclass(frozen=True)
 class Core(_Artifact):
-    def build(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LandmarkHourglass:
+    def build(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> LandmarkHourglass:
+        """The core as a torch network (float32 unless `dtype`), in eval mode."""
+        import torch
+
+        from landmarks.hourglass import LandmarkHourglass
+
         model = LandmarkHourglass(self.config)
-        model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()})
+        model.load_state_dict(self.float_state(dtype or torch.float32))
         return model.to(device).eval()
 
-    def float_state(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def float_state(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        import torch
+
+        dtype = dtype or torch.float32
         return {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.tensors.items()}
 
 
@@ -205,6 +173,8 @@ class Network(_Artifact):
         return self.metadata.get("category", "")
 
     def build(self, device: torch.device | str = "cpu") -> LandmarkHourglass:
+        from landmarks.hourglass import LandmarkHourglass
+
         model = LandmarkHourglass(self.config)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.tensors.items()})
         return model.to(device).eval()
@@ -232,10 +202,16 @@ def _base_metadata(kind: str, config: HourglassConfig, landmark_names: list[str]
     return meta
 
 
-def _write(path: Path | str, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+def _write(path: Path | str, tensors: Mapping[str, Any], metadata: dict[str, str]) -> Path:
+    """Torch tensors (training's) or numpy arrays (an artifact's own), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _st_save({k: _dense(v) for k, v in tensors.items()}, metadata=metadata)
+    if all(isinstance(v, np.ndarray) for v in tensors.values()):
+        data = _st_save_numpy({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    else:
+        from safetensors.torch import save
+
+        data = save({k: dense(v) for k, v in tensors.items()}, metadata=metadata)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)  # atomic: readers never see a half-written file
@@ -246,10 +222,13 @@ def save_core(
     path: Path | str,
     model: LandmarkHourglass,
     landmark_names: list[str] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype | None = None,
     **provenance: object,
 ) -> str:
     """Store a trained core (fp16 by default, ~13 MB for the paper preset); returns its fingerprint."""
+    import torch
+
+    dtype = dtype or torch.float16
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()
                if not k.endswith("num_batches_tracked")}
     fingerprint = tensor_fingerprint(tensors)
@@ -277,7 +256,7 @@ def save_adapter(
 def save_with_metadata(path: Path | str, adapter: Adapter, **metadata: str) -> Path:
     """`adapter`'s tensors, unchanged (its fingerprint too), with `metadata` added to its own (e.g. an
     int8 calibration), written atomically to `path`."""
-    return _write(path, adapter.tensors, {**adapter.metadata, **metadata})
+    return _write(path, adapter.arrays, {**adapter.metadata, **metadata})
 
 
 def save_network(path: Path | str, model: LandmarkHourglass, category: str, **provenance: object) -> Path:
@@ -287,28 +266,6 @@ def save_network(path: Path | str, model: LandmarkHourglass, category: str, **pr
 
 
 # ---------------------------------------------------------------------------------------- loading
-def _parse_header(data: bytes, source: str) -> dict:
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise PickleFileError(
-            f"{source} is a Python pickle, which we never load (unpickling runs arbitrary code). "
-            "Convert the weights to safetensors (safetensors.torch.save_file) and try again."
-        )
-    if data[:4] == b"PK\x03\x04":
-        raise PickleFileError(
-            f"{source} is a zip archive, most likely torch.save output (pickle inside), which we never load. "
-            "Convert it to safetensors (safetensors.torch.save_file) and try again."
-        )
-    if len(data) < 10:
-        raise NotSafetensorsError(f"{source} is {len(data)} bytes: too short to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(_MAX_HEADER, len(data) - 8) or data[8:9] != b"{":
-        raise NotSafetensorsError(f"{source} is not a safetensors file (bad header); save it with safetensors")
-    try:
-        return json.loads(data[8 : 8 + header_len])
-    except (ValueError, RecursionError) as exc:  # (JSON errors, bad UTF-8, a 5,000-digit integer)
-        raise NotSafetensorsError(f"{source}: safetensors header is not valid JSON ({exc})") from None
-
-
 def read_artifact(
     source: Path | str | bytes, expected_kind: str | None = None, max_bytes: int | None = None, name: str = ""
 ) -> Core | Adapter | Network:
@@ -326,7 +283,7 @@ def read_artifact(
     if max_bytes is not None and len(data) > max_bytes:
         raise TooLargeError(f"{label} is {len(data)} bytes, over the {max_bytes}-byte limit")
 
-    header = _parse_header(data, label)
+    header = parse_header(data, label)
     meta = header.get("__metadata__") or {}
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise MetadataError(f"{label}: __metadata__ must map strings to strings")
@@ -349,8 +306,13 @@ def read_artifact(
         config = HourglassConfig.from_json(meta["config"])
     except (ValueError, TypeError) as exc:
         raise MetadataError(f"{label}: bad config metadata: {exc}") from None
-    _check_metadata(label, kind, meta, config)
+    check_metadata(label, kind, meta, config)
 
+    for key, entry in header.items():  # numpy has no bfloat16: say so before safetensors fails on it
+        dtype = entry.get("dtype") if isinstance(entry, dict) and key != "__metadata__" else None
+        if dtype is not None and dtype not in ALLOWED_DTYPES:
+            raise TensorMismatchError(f"{label}: tensor {clip(key)} has dtype {clip(dtype)}; store float16 or "
+                                      "float32 (e.g. tensor.float() before saving)")
     try:
         tensors = _st_load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises assorted error types for corrupt payloads
@@ -358,67 +320,15 @@ def read_artifact(
 
     if kind == "adapter":
         # The core's own K does not change an adapter's shapes (the head is new).
-        expected = expected_adapter_shapes(config, config.num_landmarks, meta["targets"])
+        expected = adapter_shapes(config, config.num_landmarks, meta["targets"])
     else:
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in LandmarkHourglass(config).state_dict().items()
-                        if not k.endswith("num_batches_tracked")}
-    _check_tensors(label, tensors, expected)
+        expected = network_shapes(config)
+    check_tensors(label, tensors, expected)
     cls = {"core": Core, "adapter": Adapter, "network": Network}[kind]
-    artifact = cls(config=config, tensors=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
+    artifact = cls(config=config, arrays=tensors, metadata=dict(meta), sha256=tensor_fingerprint(tensors))
     if kind == "core" and meta.get("core_sha256") not in (None, artifact.sha256):
         raise MetadataError(f"{label}: tensors do not match the core_sha256 in its metadata (file corrupted or edited)")
     return artifact
-
-
-def _check_metadata(label: str, kind: str, meta: Mapping[str, str], config: HourglassConfig) -> None:
-    """Every metadata value a reader of ours uses, by type and range, before anything uses it."""
-    for key, value in meta.items():
-        limit = MAX_METADATA_VALUE_CHARS
-        if len(key) > 256 or len(value) > limit:
-            raise MetadataError(f"{label}: metadata {clip(key)} is over {limit} characters")
-    for key, expected in (("num_landmarks", config.num_landmarks), ("input_size", config.input_size)):
-        if key in meta and meta[key] != str(expected):
-            raise MetadataError(f"{label}: metadata {key} is {clip(meta[key])} but its config says {expected}")
-    try:
-        names = json.loads(meta.get("landmark_names", "[]"))
-    except (ValueError, RecursionError):  # (ValueError: also a 5,000-digit integer)
-        names = None
-    if (not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_CHARS for n in names)
-            or len(names) not in (0, config.num_landmarks)):
-        raise MetadataError(
-            f"{label}: landmark_names must be a JSON list of {config.num_landmarks} names (1-{MAX_NAME_CHARS} "
-            f"characters each) or [], got {clip(meta.get('landmark_names', ''))}; fix it with "
-            "landmarks.adapter_io.save_adapter(..., landmark_names=[...])")
-    if kind == "adapter":
-        if meta["targets"] not in ("all", "3x3"):
-            raise MetadataError(f"{label}: targets {clip(meta['targets'])} must be 'all' or '3x3'")
-        if not re.fullmatch(r"[0-9a-f]{64}", meta["core_sha256"]):
-            raise MetadataError(f"{label}: core_sha256 {clip(meta['core_sha256'])} is not a sha256 hex digest")
-
-
-def _check_tensors(label: str, tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise TensorMismatchError(
-            f"{label}: tensor names do not match this architecture: "
-            f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-        )
-    for key, shape in expected.items():
-        tensor = tensors[key]
-        if tuple(tensor.shape) != tuple(shape):
-            raise TensorMismatchError(f"{label}: tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-        if tensor.dtype not in _ALLOWED_DTYPES:
-            raise TensorMismatchError(f"{label}: tensor {key} has dtype {tensor.dtype}; use float16/bfloat16/float32")
-    bad = first_non_finite(tensors)
-    if bad is not None:
-        raise NonFiniteError(f"{label}: tensor {bad} contains NaN or Inf values; the file is broken")
-    # folding divides by sqrt(running_var + eps): a negative variance gives NaN weights
-    negative = next((k for k, t in tensors.items() if k.endswith("running_var") and bool((t < 0).any())), None)
-    if negative is not None:
-        raise BatchNormError(f"{label}: tensor {negative} has negative values; a batch-norm running variance "
-                             "is never negative, so the file is broken (train or export it again)")
 
 
 def load_core(source: Path | str | bytes) -> Core:
@@ -466,7 +376,7 @@ def find_core(adapter_path: Path | str, core_sha256: str, elsewhere: tuple[Path 
                 with open(candidate, "rb") as fh:
                     head = fh.read(8)
                     size = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-                    header = _parse_header(head + fh.read(min(size, _MAX_HEADER)), str(candidate))
+                    header = parse_header(head + fh.read(min(size, MAX_HEADER)), str(candidate))
             except (OSError, ArtifactError):
                 continue
             meta = header.get("__metadata__")

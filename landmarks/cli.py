@@ -4,15 +4,47 @@ Subcommand modules are named here by dotted path and only the chosen one is impo
 --help` imports none of them, `landmarks detect` does not load the server or the training code,
 and a server install without the training extra still runs `landmarks serve` and `landmarks info`.
 Process-wide set-up a command needs (e.g. the server's OpenMP settings) belongs in its module.
+
+The base install (ONNX Runtime, no torch) runs `serve`, `detect`, `export`, `info` and the client
+commands; the training commands (and `bench`, whose reference forward is torch's) need the train
+extra, `serve-ray` the ray extra: each such command checks for its extra's packages before anything
+else and names the one command that installs them.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXTRAS", "build_parser", "main", "missing_extra"]
+
+# extra -> the modules it brings that its commands import (pyproject.toml's optional-dependencies)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "torchvision", "scipy", "matplotlib", "yaml"),
+    "ray": ("ray",),
+}
+# command -> the extra it needs beyond the base install
+_COMMAND_EXTRAS = {"train-core": "train", "evaluate-core": "train", "adapt": "train", "evaluate": "train",
+                   "calibrate": "train", "bench": "train", "serve-ray": "ray"}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # blocked (sys.modules entry None, an import hook)
+        return False
+
+
+def missing_extra(command: str) -> str | None:
+    """The error `command` gives when its extra is not installed (naming the install command), else None."""
+    extra = _COMMAND_EXTRAS.get(command)
+    missing = [m for m in EXTRAS.get(extra, ()) if not _installed(m)]
+    if not missing:
+        return None
+    return (f"landmarks {command} needs the {extra} extra ({', '.join(missing)} not installed): "
+            f"pip install 'landmark-adapters[{extra}]'")
 
 _EPILOG = """\
 examples:
@@ -54,6 +86,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, (module, help_text) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name != command:
+            continue
+        if (problem := missing_extra(name)) is not None:
+            p.set_defaults(_unavailable=problem)
             continue
         try:
             importlib.import_module(module).add_arguments(p)

@@ -10,10 +10,12 @@
     result.names                                       # K names (p1 .. pK unless the adapter names them)
     results = detector.detect([img1, img2])            # a list in, a list out (one forward per 16)
 
-The numbers are the server's (`landmarks serve` + `landmarks.client`), within float rounding:
-both fold the adapter into the core (`landmarks.projection.fold`), crop and turn heatmaps into
-points with the same functions (`landmarks.images`), and read images with PIL as they are stored
-(no EXIF rotation). `tests/serving/test_detector_agreement.py` compares the two.
+The numbers are the default server's (`landmarks serve` + `landmarks.client`), within 1e-3 px: both
+run the category on the inference runtime (`landmarks.runtime`: the numpy fold, the same ONNX graph,
+ONNX Runtime, int8 where the adapter is calibrated and the CPU runs int8 natively, i.e. the server's
+`--precision auto`; `precision="fp32"` runs fp32 as `--precision fp32` does), crop with the same
+functions (`landmarks.runtime.crops`), and read images with PIL as they are stored (no EXIF rotation).
+`tests/serving/test_detector_agreement.py` compares the two. Needs no torch.
 """
 
 from __future__ import annotations
@@ -28,14 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from landmarks import store_layout
 from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter, load_core
-from landmarks.geometry import square_box
-from landmarks.images import Box, crop_decoding, locate_in_boxes, pixels_to_images
-from landmarks.projection import fold
+from landmarks.runtime.crops import Box, crop_decoding, square_box
+from landmarks.runtime.sessions import Runtime
 
 __all__ = ["Detector", "Landmarks", "default_adapters_dir"]
 
@@ -84,9 +84,14 @@ class Landmarks:
 
 
 class Detector:
-    """One category's adapter folded into the core, ready to run; `Detector.load` makes one."""
+    """One category's adapter folded into the core, ready to run; `Detector.load` makes one.
 
-    def __init__(self, core: Core, adapter: Adapter, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
+    `precision`: "auto" (default, what the default server runs: int8 for an adapter that carries an int8
+    calibration on a CPU with 8-bit dot products, else fp32), "fp32" or "int8". `threads`: the ONNX
+    Runtime session's (default: the physical cores)."""
+
+    def __init__(self, core: Core, adapter: Adapter, device: str = "cpu", batch_size: int = 16,
+                 precision: str = "auto", threads: int | None = None) -> None:
         self.device = _device(device)
         self.core = core
         self.adapter = adapter
@@ -94,19 +99,21 @@ class Detector:
         self.names = adapter.landmark_names
         self.input_size = adapter.config.input_size
         self.batch_size = max(1, int(batch_size))
-        # channels_last as the server's backends run it (oneDNN's preferred layout on CPU)
-        self.model = fold(core.build(self.device), adapter.tensors, adapter.config).requires_grad_(False)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        # its own arena: a library user's process may hold several detectors and sessions of its own
+        runtime = Runtime(core, self.device, threads, precision=precision, share_arena=False)
+        self.model = runtime.prepare(adapter)  # ValueError for int8 without a calibration, non-finite weights
+        self.precision = self.model.precision
 
     @classmethod
     def load(cls, category: str | None = None, *, adapters: str | Path | None = None,
              core: str | Path | None = None, adapter: str | Path | None = None, version: str | None = None,
-             device: str | torch.device = "cpu") -> Detector:
+             device: str = "cpu", precision: str = "auto") -> Detector:
         """The detector of `category`, from an adapters directory as `landmarks serve` reads it
         (`adapters`, default: the repository's adapters/ or $LANDMARKS_ADAPTERS): its core.safetensors
         and the category's active version (a registered one, else <category>.safetensors); or from
         explicit files, `adapter=FILE` (and `core=FILE`, default: the directory's core). `version`
-        picks a registered version ("shipped": the flat file). `device`: "cpu", "cuda", "cuda:1", "auto".
+        picks a registered version ("shipped": the flat file). `device`: "cpu", "cuda", "cuda:1", "auto"
+        (CUDA needs onnxruntime-gpu). `precision`: "auto" (the default server's), "fp32" or "int8".
         Raises FileNotFoundError / ValueError (landmarks.adapter_io.ArtifactError) saying what to do."""
         directory = Path(adapters) if adapters is not None else default_adapters_dir()
         if adapter is None:
@@ -126,7 +133,7 @@ class Detector:
             loaded = load_adapter(adapter, loaded_core)
         if category and loaded.category != category:
             raise ValueError(f"{adapter} is an adapter for {loaded.category!r}, not {category!r}")
-        return cls(loaded_core, loaded, device)
+        return cls(loaded_core, loaded, device, precision=precision)
 
     @staticmethod
     def categories(adapters: str | Path | None = None) -> list[str]:
@@ -160,12 +167,8 @@ class Detector:
         out: list[Landmarks] = []
         for start in range(0, len(images), self.batch_size):
             chunk = range(start, min(start + self.batch_size, len(images)))
-            pixels = torch.from_numpy(np.stack([crops[i] for i in chunk]))
-            box_tensor = torch.tensor([squares[i] for i in chunk], dtype=torch.float64)
-            with torch.inference_mode():
-                x = pixels_to_images(pixels.to(self.device)).contiguous(memory_format=torch.channels_last)
-                points, confidence = locate_in_boxes(self.model(x).float(), box_tensor.to(self.device), size)
-            points, confidence = points.float().cpu().numpy(), confidence.float().cpu().numpy()
+            pixels = np.stack([crops[i] for i in chunk])
+            points, confidence = self.model.locate(pixels, np.array([squares[i] for i in chunk], np.float64))
             for j, i in enumerate(chunk):
                 out.append(Landmarks(points[j], confidence[j], list(self.names), self.category, squares[i],
                                      sizes[i]))
@@ -173,7 +176,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (f"Detector({self.category!r}, K={len(self.names)}, {self.input_size} px, "
-                f"adapter {self.adapter.sha256[:12]}, core {self.core.sha256[:12]}, device {self.device})")
+                f"adapter {self.adapter.sha256[:12]}, core {self.core.sha256[:12]}, device {self.device}, {self.precision})")
 
 
 def to_rgb(image: Any) -> Image.Image:
@@ -194,7 +197,7 @@ def _open(image: Any) -> tuple[Image.Image, str]:
         # decoded as it is (a caller's image is never drafted smaller in place)
         return _loaded(image, "the image"), "the image"
     if hasattr(image, "numpy") and not isinstance(image, np.ndarray):  # a torch tensor
-        image = image.detach().cpu().numpy()
+        image = image.detach().cpu().numpy() if hasattr(image, "detach") else image.numpy()
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}; e.g. "
@@ -242,13 +245,14 @@ def _square(box: Sequence[float] | None, width: int, height: int) -> Box:
     return square_box((x0, y0, x1, y1))
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} asked for, but torch sees no CUDA device; use device='cpu'")
-    return device
+def _device(device: Any) -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA where ONNX Runtime has it: onnxruntime-gpu and a GPU)."""
+    text = str(device)
+    if text == "auto":
+        import onnxruntime as ort
+
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return text
 
 
 def _check_names(directory: Path, category: str, version: str | None) -> None:

@@ -7,12 +7,12 @@ integers) to  u = (x + 0.5 - x0) * S / (x1 - x0) - 0.5.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from landmarks.runtime.crops import crop_resized, square_box  # torch-free, shared with serving
 
 __all__ = [
     "apply_affine",
@@ -25,14 +25,6 @@ __all__ = [
     "square_box",
     "warp_images",
 ]
-
-
-def square_box(box: tuple[float, float, float, float], margin: float = 0.0) -> tuple[float, float, float, float]:
-    """The square with the box's centre and side max(w, h) * (1 + margin)."""
-    x0, y0, x1, y1 = box
-    side = max(x1 - x0, y1 - y0) * (1.0 + margin)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
 def original_to_input(points: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
@@ -50,24 +42,6 @@ def input_to_original(points: torch.Tensor, box: tuple[float, float, float, floa
     scale = ((box[..., 2:] - box[..., :2]) / size).to(points.dtype)
     origin = box[..., :2].to(points.dtype)
     return (points + 0.5) * scale + origin - 0.5
-
-
-def crop_resized(image: Image.Image, box: tuple[float, float, float, float], size: int) -> Image.Image:
-    """Crop `box` (may extend past the image; zero padding) and resize to a size x size RGB image.
-
-    Uses PIL's antialiased bilinear resize, so large photos are not aliased.
-    """
-    if image.mode != "RGB":  # (convert would copy an RGB image too)
-        image = image.convert("RGB")
-    x0, y0, x1, y1 = box
-    w, h = image.size
-    pad_l, pad_t = max(0, -math.floor(x0)), max(0, -math.floor(y0))
-    pad_r, pad_b = max(0, math.ceil(x1) - w), max(0, math.ceil(y1) - h)
-    if pad_l or pad_t or pad_r or pad_b:
-        canvas = Image.new("RGB", (w + pad_l + pad_r, h + pad_t + pad_b))
-        canvas.paste(image, (pad_l, pad_t))
-        image, box = canvas, (x0 + pad_l, y0 + pad_t, x1 + pad_l, y1 + pad_t)
-    return image.resize((size, size), resample=Image.BILINEAR, box=box)
 
 
 def crop_to_tensor(image: Image.Image, box: tuple[float, float, float, float], size: int) -> torch.Tensor:

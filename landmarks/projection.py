@@ -17,7 +17,6 @@ core, named by the core's own module paths:
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Mapping
 from typing import Literal
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from landmarks.hourglass import HourglassConfig, LandmarkHourglass
+from landmarks.runtime.architecture import adapter_shapes
 
 __all__ = [
     "ProjectedConv2d",
@@ -160,20 +160,10 @@ def load_adapter_state(model: LandmarkHourglass, tensors: Mapping[str, torch.Ten
 def expected_adapter_shapes(
     core_config: HourglassConfig, num_landmarks: int, targets: ProjectionTargets
 ) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a valid adapter for this core architecture (built on the meta device)."""
-    return dict(_expected_adapter_shapes(core_config, num_landmarks, targets))
-
-
-@functools.lru_cache(maxsize=32)
-def _expected_adapter_shapes(core_config: HourglassConfig, num_landmarks: int,
-                             targets: ProjectionTargets) -> dict[str, tuple[int, ...]]:
-    # building the network, even on the meta device, took ~50 ms: every registration read it (the
-    # server's register -> first served time), so it is computed once per architecture
-    with torch.device("meta"):
-        core = LandmarkHourglass(core_config)
-        adapted = build_adapted(core, num_landmarks, targets)
-        # the same traversal that names a real adapter's tensors, on shape-only meta tensors
-        return {key: tuple(t.shape) for key, t in adapter_state_dict(adapted).items()}
+    """Key -> shape of a valid adapter for this core architecture, from the config alone
+    (`landmarks.runtime.architecture.adapter_shapes`; tests/landmarks/test_runtime.py checks it against
+    `adapter_state_dict` of a built network)."""
+    return adapter_shapes(core_config, num_landmarks, targets)
 
 
 def fold_state_dict(

@@ -66,7 +66,7 @@ from PIL import Image
 from landmarks.adapter_io import load_adapter, load_core, save_adapter
 from landmarks.client import LandmarkClient
 from landmarks.images import crop_square, pixels_to_images
-from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+from landmarks.int8 import CALIBRATION_KEY, measure
 from landmarks.projection import adapter_state_dict, build_adapted, fold, load_adapter_state
 from serving.backends import BACKEND_NAMES, make_backend
 from serving.load import grpc_round_trip_ms, load_row, percentile, time_calls
@@ -97,7 +97,7 @@ def random_adapters(core, n: int, seed: int = 0, input_size: int | None = None) 
                         p.add_(0.02 * torch.randn(p.shape, generator=gen))
                 adapted.head.weight.copy_(0.1 * torch.randn(adapted.head.weight.shape, generator=gen))
             tensors = adapter_state_dict(adapted)
-            calibration = Int8Calibration.measure(fold(core.build(), tensors, adapted.config), noise)
+            calibration = measure(fold(core.build(), tensors, adapted.config), noise)
             path = save_adapter(Path(tmp) / f"bench-{i}.safetensors", tensors, adapted.config,
                                 category=f"bench-{i}", core_sha256=core.sha256,
                                 **{CALIBRATION_KEY: calibration.to_json()})

@@ -18,6 +18,7 @@ from serving.backends import (  # names only: no backend module is imported
     BACKEND_NAMES,
     DEFAULT_BACKEND,
     PRECISIONS,
+    require_backend,
 )
 
 __all__ = ["DEFAULT_PORT", "REPO_ADAPTERS", "BatchConfig", "ServerConfig", "add_arguments", "from_args",
@@ -176,6 +177,7 @@ class ServerConfig:
             raise ValueError(f"--grace must be >= 0, got {self.grace_s}")
         if self.backend not in BACKEND_NAMES:
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        require_backend(self.backend)  # the torch backends need the train extra: say so before anything loads
         self._check_precision()
         self.batching  # noqa: B018  validates the batching values now, before anything loads
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-import torch
+import numpy as np
 
 from landmarks.adapter_io import Adapter
 from serving.backends import Backend
@@ -38,16 +38,16 @@ class FoldedModels:
             raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED, f"{label}: {exc}",
                                field="adapter") from None
         size = adapter.config.input_size
-        ramp = torch.linspace(0, 1, size)
-        dummy = torch.stack((ramp.view(1, -1).expand(size, size), ramp.view(-1, 1).expand(size, size),
-                             torch.full((size, size), 0.5))).unsqueeze(0)
-        out = self.backend.run(prepared, dummy)
+        ramp = np.linspace(0, 1, size, dtype=np.float32)
+        dummy = np.stack((np.broadcast_to(ramp[None, :], (size, size)), np.broadcast_to(ramp[:, None], (size, size)),
+                          np.full((size, size), 0.5, np.float32)))[None]
+        out = np.asarray(self.backend.run(prepared, dummy))
         expected = (1, adapter.num_landmarks, size // 4, size // 4)
         if tuple(out.shape) != expected:
             raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED,
                                f"{label}: trial forward gave shape {tuple(out.shape)}, expected {expected}",
                                field="adapter")
-        if not torch.isfinite(out).all():
+        if not np.isfinite(out).all():
             raise ServingError(Code.INVALID_ARGUMENT, Reason.ADAPTER_TRIAL_FAILED,
                                f"{label}: trial forward on a dummy image produced NaN/Inf heatmaps "
                                "(batch-norm statistics or weights out of range); the file is broken", field="adapter")

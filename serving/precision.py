@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from landmarks.int8 import checked_int8
+from landmarks.runtime.int8 import checked_int8
 
 __all__ = ["precision_of"]
 
 
 def precision_of(backend, adapter) -> tuple[str, str]:
     """(the backend's `precision_for(adapter)`, why): the server's --precision when it was given, under
-    auto the calibration's verdict (`landmarks.int8.checked_int8`)."""
+    auto the calibration's verdict (`landmarks.runtime.int8.checked_int8`)."""
     precision = backend.precision_for(adapter)
     setting = getattr(backend, "precision", "fp32")
     if setting != "auto":

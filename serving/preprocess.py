@@ -6,13 +6,13 @@ truncated or garbage data, unsupported formats, too small images and inconsisten
 raise `ServingError(INVALID_ARGUMENT)` naming the field and the reason.
 
 A JPEG much larger than the model input is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
-`landmarks.images.decode_scale`): a 1920x1080 photo costs a few ms instead of ~20.
+`landmarks.runtime.crops.decode_scale`): a 1920x1080 photo costs a few ms instead of ~20.
 
-Cropping: the box is made square (`landmarks.geometry.square_box`), and only the part of the
+Cropping: the box is made square (`landmarks.runtime.crops.square_box`), and only the part of the
 image under it is converted, reduced by an integer factor when it is much larger than the model
 input (box filter, so no aliasing and no big intermediate canvas), then resized with
-`landmarks.geometry.crop_resized`, once, at the input size of the adapter version the request
-leased (`landmarks.images.crop_square`, which the in-process `landmarks.Detector` uses too). A raw
+`landmarks.runtime.crops.crop_resized`, once, at the input size of the adapter version the request
+leased (`landmarks.runtime.crops.crop_square`, which the in-process `landmarks.Detector` uses too). A raw
 image whose box is already an input-sized block of whole pixels is sliced from the request's bytes,
 the same pixels without a PIL image. Each
 request keeps its crop as uint8 pixels, and a batch goes to the backend as such: scaling to [0, 1]
@@ -28,8 +28,12 @@ import grpc
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from landmarks.geometry import square_box
-from landmarks.images import crop_decoding, crop_square, input_block  # shared with landmarks.Detector
+from landmarks.runtime.crops import (  # shared with landmarks.Detector
+    crop_decoding,
+    crop_square,
+    input_block,
+    square_box,
+)
 from serving.errors import Reason, ServingError
 from serving.query import Box, DetectQuery
 
@@ -131,7 +135,7 @@ def _raw_image(pixels: bytes, height: int, width: int, channels: int) -> Image.I
 def decode_crop(query: DetectQuery, size: int, max_pixels: int, min_side: int) -> tuple[np.ndarray, Box]:
     """A request's image (`encoded` or `raw`) and box -> its crop at `size`, (size, size, 3) uint8, and
     the square box in the image's pixels (raises ServingError). A JPEG much larger than the crop is
-    decoded at 1/2, 1/4 or 1/8 scale (`landmarks.images.decode_scale`)."""
+    decoded at 1/2, 1/4 or 1/8 scale (`landmarks.runtime.crops.decode_scale`)."""
     box = query.box
     if query.encoded is not None:
         image = open_encoded(query.encoded, max_pixels, min_side)

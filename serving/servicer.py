@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import platform
+import sys
 import time
 from importlib import metadata
 
@@ -175,11 +176,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     @_handler
     def ServerInfo(self, request, context):
         import google.protobuf
-        import torch
 
         services = self.lifecycle.services
-        versions = {"torch": torch.__version__, "grpcio": grpc.__version__,
-                    "protobuf": google.protobuf.__version__, "python": platform.python_version()}
+        versions = {"grpcio": grpc.__version__, "protobuf": google.protobuf.__version__,
+                    "python": platform.python_version()}
+        for package in ("onnxruntime", "torch"):  # torch only where a torch backend loaded it
+            if (module := sys.modules.get(package)) is not None:
+                versions[package] = module.__version__
         info = pb.ServerInfoResponse(server_version=_package_version(), api_version="landmarks.v1",
                                      versions=versions, ready=services is not None, device=self.device)
         if services is not None:

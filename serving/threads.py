@@ -1,4 +1,6 @@
-"""Which server threads may run torch on several cores: only the lead batch worker.
+"""Which server threads may run torch on several cores: only the lead batch worker (with the torch
+backends; the default, ONNX Runtime, sets each session's threads itself and needs no torch, so where
+torch is not loaded these calls change nothing).
 
 PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large enough torch op its
 own pool of worker threads, and once the workers of all pools outnumber the cores it stops
@@ -16,18 +18,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+from landmarks.runtime.sessions import default_threads
 
 __all__ = ["DEFAULT_COMPUTE_THREADS", "ComputeThreads", "compute_thread", "handler_thread", "single_threaded"]
 
-DEFAULT_COMPUTE_THREADS = torch.get_num_threads()  # torch's own choice (physical cores), read at import
+DEFAULT_COMPUTE_THREADS = default_threads()  # the physical cores, as torch and ONNX Runtime choose
 
 
 def _set_this_thread(threads: int) -> None:
+    torch = sys.modules.get("torch")  # only a torch backend loads it; without it there is no pool to set
+    if torch is None:
+        return
     # ATen sets each thread's OpenMP thread count lazily, from the process-wide value, at the
     # thread's first parallel op; trigger that first so it cannot undo the setting below.
     torch.get_num_threads()

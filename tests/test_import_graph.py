@@ -1,5 +1,6 @@
 """Who may import whom: `landmarks` is the shared library (it imports neither side), `serving` never
-imports `training`. Checked twice: statically over every import statement in the source (including
+imports `training`, `training` never imports `serving` (both run categories through the inference
+runtime, `landmarks.runtime`, which imports no torch). Checked twice: statically over every import statement in the source (including
 those inside functions, which a run only meets on some paths), and by running commands and looking
 at what they loaded."""
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "landmarks": {"training", "serving"},
     "serving": {"training"},
+    "training": {"serving"},
 }
 
 
@@ -131,3 +133,19 @@ def test_a_subcommand_whose_packages_are_missing_says_so(tmp_path):
     assert out.returncode == 2
     assert "adapt needs more packages" in out.stderr
     assert "pip install" in out.stderr
+
+
+# the runtime sits below both sides and runs without torch: it imports numpy, onnx, onnxruntime, PIL
+# and its own modules, and of the rest of `landmarks` only the torch-free helpers named here
+RUNTIME_MAY_IMPORT = {"landmarks.runtime", "landmarks.text", "landmarks.hardware"}
+
+
+def test_the_runtime_imports_no_torch_and_nothing_above_it():
+    bad = []
+    for path in sorted((ROOT / "landmarks" / "runtime").rglob("*.py")):
+        for line, name in imported_modules(path):
+            top = name.split(".")[0]
+            if top in {"torch", "torchvision", "training", "serving"} or (
+                    top == "landmarks" and not any(name == m or name.startswith(m + ".") for m in RUNTIME_MAY_IMPORT)):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
+    assert not bad, "\n".join(bad)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,12 +160,15 @@ class AdaptConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # What a 2-core CPU affords (~30 min), chosen by probes (RESULTS.md, how the recipe differs from
-    # the paper): the paper's objective alone learned nothing in that time, so the core runs at 64 px,
-    # the head starts from the core's first K maps, and a separation and an equivariance term
-    # (TPS-warped pairs) help.
-    "cpu": dict(steps=1_500, batch_size=16, image_size=64, init_head="core", separation_weight=1.0,
-                equivariance_weight=1.0, tps_sd=0.08, picture_every=250, checkpoint_every=250),
+    # The shipped adapters' recipe (the default): the core at its own 128 px, the head started from the
+    # core's first K maps, a separation and an equivariance term (TPS-warped pairs; without them the
+    # points collapsed onto one spot at this budget, RESULTS.md), lr 2e-3 on a cosine over the run.
+    "cpu": dict(steps=3_000, batch_size=16, image_size=128, lr=2e-3, lr_schedule="cosine", init_head="core",
+                separation_weight=1.0, equivariance_weight=1.0, tps_sd=0.08, picture_every=250,
+                checkpoint_every=250),
+    # The same terms with the core at 64 px: ~3x faster a step, worse points (RESULTS.md); a first look.
+    "quick": dict(steps=1_500, batch_size=16, image_size=64, init_head="core", separation_weight=1.0,
+                  equivariance_weight=1.0, tps_sd=0.08, picture_every=250, checkpoint_every=250),
     # The paper's schedule (80 epochs x 2,500 iterations, batch 48, lr x0.1 every 30 epochs), for GPUs.
     "paper": dict(steps=200_000, batch_size=48, lr_schedule="step", lr_decay_every=75_000, workers=8,
                   picture_every=2_500, checkpoint_every=2_500),
@@ -266,9 +270,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="FORMAT:PATH of the category's images, e.g. folder:photos/ or mtfl:.../new_training.txt "
                              "(annotations are never used for training); a bare folder means folder:PATH")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="cpu: ~30 min on 2 cores, 64 px, with separation + equivariance terms (RESULTS.md); "
-                             "paper: the paper's objective and 200k-step schedule (GPUs); "
-                             "smoke: seconds")
+                        help="cpu (default): the shipped adapters' recipe, 128 px, separation + equivariance "
+                             "terms, lr 2e-3 cosine, 3,000 steps; quick: the same at 64 px, 1,500 steps; "
+                             "paper: the paper's objective and 200k-step schedule (GPUs); smoke: seconds")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="skip the int8 calibration that ends a run (the server then runs the adapter in fp32); "
+                             "by default the last rows of the images (up to 300, a tenth at most) are held out of "
+                             "training, and the adapter is calibrated on the rest and checked on them")
     add_config_arguments(parser, AdaptConfig, skip=("images",), choices={
         "mode": MODES, "targets": ("all", "3x3"), "init_head": ("scratch", "core"),
         "lr_schedule": ("constant", "step", "cosine"), "generator_upsample": ("transposed", "resize"),
@@ -305,6 +313,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "the CPU; a graph that fails to compile runs eagerly); see docs/training_speed.md"}, presets=PRESETS)
 
 
+CALIBRATION_HOLD_OUT = 300  # at most this many images (and a tenth of the set) held out for int8's check
+
+
+def held_out_rows(images: str, train_split: str) -> tuple[str, str] | None:
+    """(calibration rows, check rows) for the int8 calibration that ends `landmarks adapt`: the training
+    rows and the rows after them. With no --train-split, the last rows are held out (the caller trains
+    on the rest); None where the training rows leave nothing after them to check on."""
+    if not train_split:
+        total = len(open_dataset(images))
+        held = min(CALIBRATION_HOLD_OUT, total // 10)
+        return (f":-{held}", f"-{held}:") if held >= 4 else None
+    match = re.fullmatch(r":(-?\d+)", train_split.strip())
+    return (train_split, f"{match[1]}:") if match else None
+
+
+def _calibrate(path: Path, images: str, core: str, rows: tuple[str, str] | None) -> None:
+    from training.calibrate import calibrate
+
+    if rows is None:
+        print(f"not calibrated for int8 (no held-out rows after --train-split); to serve it in int8: "
+              f"landmarks calibrate {path} --images {images} --split ROWS --held-out ROWS")
+        return
+    try:
+        result = calibrate(path, images, rows[0], rows[1], None, core_path=Path(core))
+    except (ArtifactError, DatasetError, ValueError) as exc:  # the adapter stands; it runs in fp32
+        print(f"warning: not calibrated for int8 ({exc}); the server runs it in fp32", file=sys.stderr)
+        return
+    measured = (f"int8 vs fp32 on {result['images']} held-out images: mean {result['mean_px']:.3f}, "
+                f"p95 {result['p95_px']:.3f} px at 128")
+    if result["accepted"]:
+        print(f"calibrated for int8 ({measured}); the default server runs it in int8")
+    else:
+        print(f"int8 calibration refused ({measured}; the rule is 0.5): the server runs it in fp32")
+
+
 def main(args: argparse.Namespace) -> int:
     values = values_from_args(args, AdaptConfig, PRESETS)
     if not values.get("images"):
@@ -313,15 +356,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if ":" not in values["images"] or Path(values["images"]).exists():
         values["images"] = f"folder:{values['images']}"
+    calibrating = not args.no_calibrate and values.get("mode", "proposed") == "proposed"
     try:
+        rows = held_out_rows(values["images"], values.get("train_split", "")) if calibrating else None
+        if calibrating and rows is not None and not values.get("train_split"):
+            values["train_split"] = rows[0]  # the check's images are never trained on
         cfg = AdaptConfig(**values)
         path = adapt(cfg, resume=args.resume, command=invocation())
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the process that wrote it
+            print(f"wrote {path}")
+            if calibrating:
+                _calibrate(path, cfg.images, cfg.core, rows)
     except (ArtifactError, DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the process that wrote it
-        print(f"wrote {path}")
-        if cfg.mode == "proposed":  # the check compares int8 with fp32, so the adaptation's images serve
-            print(f"to serve it in int8 (~1.3x the crops/s; points checked against fp32 first): landmarks calibrate "
-                  f"{path} --images {cfg.images}")
     return 0

@@ -2,7 +2,7 @@
 
 The adapter is folded into its core and run in fp32 over the category's own images; each
 convolution's input and output ranges are recorded (`landmarks.int8`). The int8 graph the server
-would build from them (the onnxruntime backend itself) is then run beside fp32 on held-out images
+would build from them (its sessions, `landmarks.runtime.sessions`) is then run beside fp32 on held-out images
 of the same set, and the calibration is written into the adapter's metadata only if the points
 stay within 0.5 px (mean and 95th percentile, in pixels of a 128 px crop) of fp32's: issue 16's
 acceptance rule. The adapter's tensors, and so its fingerprint and served version, are unchanged.
@@ -25,11 +25,12 @@ from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     MAX_POINT_ERROR_PX,
-    Int8Calibration,
     conv_names,
     kept_in_fp32,
+    measure,
 )
 from landmarks.projection import fold
+from landmarks.runtime.sessions import Runtime
 from training.datasets import DatasetError, open_dataset
 from training.evaluate import core_of
 from training.validation import load_crops
@@ -69,8 +70,6 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
               core_path: Path | None = None, keep: tuple[str, ...] = DEFAULT_KEEP_FP32,
               calibration_images: int = 200, check_images: int = 300, threads: int | None = None) -> dict:
     """Calibrate, check, and (if accepted) write; returns what was measured ('accepted' says which)."""
-    from serving.backends import make_backend
-
     if (split is None) != (held_out is None):
         raise ValueError("give both --split and --held-out (disjoint rows), or neither")
     if split is None:  # the last rows (at most a quarter of the set) held out
@@ -96,14 +95,13 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
     calib, _ = load_crops(images, split, size, calibration_images)
     check, _ = load_crops(images, held_out, size, check_images)
     started = time.perf_counter()
-    calibration = Int8Calibration.measure(model, calib, keep)
+    calibration = measure(model, calib, keep)
     candidate = dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
     pixels, boxes = _pixels(check)
     points = {}
-    for precision in ("fp32", "int8"):
-        backend = make_backend("onnxruntime", core, threads=threads, precision=precision)
-        prepared = backend.prepare(candidate)
-        points[precision] = np.concatenate([backend.locate(prepared, pixels[i:i + 64], boxes[i:i + 64])[0]
+    for precision in ("fp32", "int8"):  # the server's own sessions (landmarks.runtime)
+        prepared = Runtime(core, threads=threads, precision=precision).prepare(candidate)
+        points[precision] = np.concatenate([prepared.locate(pixels[i:i + 64], boxes[i:i + 64])[0]
                                             for i in range(0, len(pixels), 64)])
     error = point_error(points["fp32"], points["int8"], size)
     check_result = {"mean_px": round(float(error.mean()), 4), "p95_px": round(float(np.percentile(error, 95)), 4),

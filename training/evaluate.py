@@ -33,6 +33,7 @@ from landmarks.detector import default_adapters_dir
 from landmarks.geometry import apply_affine, similarity_matrix, warp_images
 from landmarks.heatmaps import PAPER_BETA, heatmap_to_input, soft_argmax
 from landmarks.hourglass import LandmarkHourglass
+from landmarks.images import images_to_pixels
 from landmarks.projection import fold
 from training.datasets import Dataset, DatasetError, open_dataset
 from training.devices import resolve_device
@@ -94,21 +95,20 @@ def load_detector(path: Path, core_path: Path | None = None) -> tuple[LandmarkHo
 
 
 class ServedHeatmaps(torch.nn.Module):
-    """An adapter as the server runs it (`serving.backends`: ONNX Runtime, its crops rounded to 8-bit
-    pixels as a client's are), in the shape the protocol takes: forward(images) -> heatmaps, with the
-    folded network's `config`. `landmarks evaluate --precision int8` scores what the default server
-    answers for an adapter that carries an int8 calibration."""
+    """An adapter as the server runs it (the inference runtime, `landmarks.runtime`: ONNX Runtime, its
+    crops rounded to 8-bit pixels as a client's are), in the shape the protocol takes: forward(images) ->
+    heatmaps, with the folded network's `config`. `landmarks evaluate --precision int8` scores what the
+    default server answers for an adapter that carries an int8 calibration."""
 
     def __init__(self, core, adapter, precision: str) -> None:
         super().__init__()
-        from serving.backends import make_backend
+        from landmarks.runtime.sessions import Runtime
 
         self.config = adapter.config
-        self.backend = make_backend("onnxruntime", core, precision=precision)
-        self.prepared = self.backend.prepare(adapter)  # ValueError if it has no int8 calibration
+        self.prepared = Runtime(core, precision=precision).prepare(adapter)  # ValueError without a calibration
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backend.run(self.prepared, images.cpu())
+        return torch.from_numpy(self.prepared.heatmaps(images_to_pixels(images.cpu())))
 
 
 def load_served(path: Path, precision: str, core_path: Path | None = None) -> tuple[torch.nn.Module, dict]:

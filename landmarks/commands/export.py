@@ -41,13 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        import onnx  # noqa: F401  (the one package export needs beyond torch)
-    except ImportError:
-        print("error: landmarks export needs the onnx package: pip install onnx", file=sys.stderr)
-        return 2
     from landmarks.adapter_io import ArtifactError, load_adapter, load_core
-    from landmarks.onnx_export import OPSET, export_adapter
+    from landmarks.runtime.export import export_adapter
+    from landmarks.runtime.graph import OPSET
 
     core_path = args.core or args.adapter.parent / "core.safetensors"
     for what, path in (("adapter", args.adapter), ("core", core_path)):
@@ -58,10 +54,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         core = load_core(core_path)
         adapter = load_adapter(args.adapter, core)
-    except ArtifactError as exc:
+        model = export_adapter(core, adapter, args.opset or OPSET)
+    except (ArtifactError, ValueError) as exc:  # a broken file, or weights that fold to NaN/Inf
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model = export_adapter(core, adapter, args.opset or OPSET)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_bytes(model.SerializeToString())

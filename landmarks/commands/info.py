@@ -8,11 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from landmarks.adapter_io import ArtifactError, read_artifact
-from landmarks.hourglass import ARCHITECTURES, LandmarkHourglass
-from landmarks.projection import expected_adapter_shapes
+from landmarks.runtime.architecture import ARCHITECTURES, HEAD, adapter_shapes, convs, network_shapes
 
 __all__ = ["add_arguments", "architecture_counts", "main"]
 
@@ -24,20 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
 
 
+def _count(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(int(np.prod(s)) for k, s in shapes.items() if not k.endswith(("running_mean", "running_var")))
+
+
 def architecture_counts(config) -> dict[str, int]:
-    with torch.device("meta"):
-        core = LandmarkHourglass(config)
-    convs3 = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
-    convs = [m for m in core.modules() if isinstance(m, torch.nn.Conv2d) and m is not core.head]
-    adapter = expected_adapter_shapes(config, 10, "all")
+    layers = convs(config)  # from the config alone: no network is built
+    convs3 = [c for c in layers if c.kernel == 3]
+    core_convs = [c for c in layers if c.path != HEAD]
     return {
-        "core_parameters": sum(p.numel() for p in core.parameters()),
+        "core_parameters": _count(network_shapes(config)),
         "conv3x3_layers": len(convs3),
-        "sum_cout2_conv3x3": sum(m.out_channels**2 for m in convs3),
-        "sum_cout2_all_core_convs": sum(m.out_channels**2 for m in convs),
-        "adapter_parameters_k10": sum(
-            int(torch.Size(s).numel()) for k, s in adapter.items() if not k.endswith(("running_mean", "running_var"))
-        ),
+        "sum_cout2_conv3x3": sum(c.out_ch**2 for c in convs3),
+        "sum_cout2_all_core_convs": sum(c.out_ch**2 for c in core_convs),
+        "adapter_parameters_k10": _count(adapter_shapes(config, 10, "all")),
     }
 
 
@@ -93,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _summary(key: str, value: str) -> str:
     """A metadata value as a person reads it: the int8 calibration's ranges are for the server."""
-    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration, checked_int8
+    from landmarks.runtime.int8 import CALIBRATION_KEY, Int8Calibration, checked_int8
 
     if key != CALIBRATION_KEY:
         return value

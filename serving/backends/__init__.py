@@ -2,12 +2,12 @@
 
 `FoldedModels` (serving.models) is the only caller of `prepare`; the engine calls `locate`. Three
 backends, all on folded weights (the adapter's projections multiplied into the core's conv
-weights once, `landmarks.projection.fold`):
-- `onnxruntime` (`serving.backends.onnxruntime`, the default where `onnxruntime` is installed):
-  one ONNX Runtime session per adapter version, its folded weights constants of the graph
-  (`landmarks.onnx_export`); CPU, or CUDA with `--device cuda` and `onnxruntime-gpu`;
-- `torchscript` (`serving.backends.torchscript`): one traced graph that takes each adapter's
-  folded tensors as inputs;
+weights once):
+- `onnxruntime` (`serving.backends.onnxruntime`, the default): one ONNX Runtime session per adapter
+  version, made by the inference runtime (`landmarks.runtime`: numpy fold, the category's ONNX
+  graph, fp32 or int8); CPU, or CUDA with `--device cuda` and `onnxruntime-gpu`; needs no torch;
+- `torchscript` (`serving.backends.torchscript`, needs torch: the train extra): one traced graph that
+  takes each adapter's folded tensors as inputs;
 - `eager`: the folded network in plain PyTorch, the reference the others are tested against.
 Which is the default and why: docs/benchmark.md ("Backends"), measured with
 `python scripts/serving_speed.py backends`.
@@ -19,14 +19,15 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any, Protocol
 
+from landmarks.runtime.sessions import blank_crops  # numpy only
+
 if TYPE_CHECKING:  # importing this package loads no torch: serving.config reads the names
     import numpy as np
-    import torch
 
     from landmarks.adapter_io import Adapter, Core
 
-__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "PRECISIONS", "Backend", "available_backends", "backend_class", "blank_crops",
-           "make_backend"]
+__all__ = ["BACKEND_NAMES", "DEFAULT_BACKEND", "PRECISIONS", "Backend", "available_backends", "backend_class",
+           "blank_crops", "make_backend", "require_backend"]
 
 
 # number formats of the forward pass (`--precision`): bf16 on the torch backends (their dtypes live
@@ -42,8 +43,8 @@ class Backend(Protocol):
     def prepare(self, adapter: Adapter) -> Any:
         """A runnable model for this adapter on the backend's device, warmed up (may raise ValueError)."""
 
-    def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) float images in [0, 1] (CPU) -> (B, K, S/4, S/4) float32 heatmaps (CPU).
+    def run(self, prepared: Any, images: np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) float images in [0, 1] -> (B, K, S/4, S/4) float32 heatmaps, numpy on the CPU.
         The trial forward's check; requests go through `locate`."""
 
     def locate(self, prepared: Any, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,13 +69,30 @@ _BACKENDS = {
     "eager": ("serving.backends.torchscript", "EagerBackend"),
 }
 BACKEND_NAMES = tuple(_BACKENDS)
-# the fastest on the machines measured (docs/benchmark.md, "Backends"); torchscript without onnxruntime
-DEFAULT_BACKEND = "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torchscript"
+# the fastest on the machines measured (docs/benchmark.md, "Backends"), and the one the base install runs
+DEFAULT_BACKEND = "onnxruntime"
+# what each backend needs beyond the base install
+_NEEDS = {"onnxruntime": "onnxruntime", "torchscript": "torch", "eager": "torch"}
+TRAIN_EXTRA = "pip install 'landmark-adapters[train]'"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules (None) or by an import hook
+        return False
 
 
 def available_backends() -> tuple[str, ...]:
-    """The backends this installation can run (onnxruntime needs the `onnxruntime` package)."""
-    return tuple(n for n in BACKEND_NAMES if n != "onnxruntime" or importlib.util.find_spec("onnxruntime"))
+    """The backends this installation can run (the torch ones need torch: the train extra)."""
+    return tuple(n for n in BACKEND_NAMES if _installed(_NEEDS[n]))
+
+
+def require_backend(name: str) -> None:
+    """ValueError saying what to install when backend `name` cannot run here."""
+    if name in _NEEDS and not _installed(_NEEDS[name]):
+        hint = TRAIN_EXTRA if _NEEDS[name] == "torch" else "pip install onnxruntime (or onnxruntime-gpu)"
+        raise ValueError(f"--backend {name} needs {_NEEDS[name]}, which is not installed: {hint}")
 
 
 def backend_class(name: str) -> type:
@@ -82,15 +100,8 @@ def backend_class(name: str) -> type:
         module, cls = _BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}") from None
+    require_backend(name)
     return getattr(importlib.import_module(module), cls)
-
-
-def blank_crops(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`locate`'s inputs for n black size x size crops, each its own whole image: a backend's warm-up
-    and trial runs (and the TorchScript trace's example)."""
-    import numpy as np
-
-    return np.zeros((n, size, size, 3), np.uint8), np.array([[0.0, 0.0, size, size]] * n, np.float64)
 
 
 def make_backend(name: str, core: Core, device: str = "cpu", **options: Any) -> Backend:

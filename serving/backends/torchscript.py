@@ -66,14 +66,17 @@ class EagerBackend:
             model = fold(self._core_model, adapter.tensors, adapter.config)
         return model.eval().requires_grad_(False).to(dtype=self.dtype, memory_format=self.memory_format)
 
-    def run(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
+    def _forward(self, prepared: Any, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = prepared(images.to(self.device, self.dtype, non_blocking=True, memory_format=self.memory_format))
         return out.float().cpu()
 
+    def run(self, prepared: Any, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self._forward(prepared, torch.as_tensor(images)).numpy()
+
     def locate(self, prepared: Any, pixels: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            heatmaps = self.run(prepared, pixels_to_images(torch.from_numpy(pixels).to(self.device)))
+            heatmaps = self._forward(prepared, pixels_to_images(torch.from_numpy(pixels).to(self.device)))
             points, confidence = _locate_in_boxes(heatmaps, torch.from_numpy(boxes).to(self.device), pixels.shape[1])
         return points.float().cpu().numpy(), confidence.float().cpu().numpy()
 
@@ -190,7 +193,7 @@ class TorchScriptBackend(EagerBackend):
         if not warm:
             pixels, boxes = blank_crops(1, size)
             for _ in range(self.WARMUP_CALLS):
-                self.run(scripted, example)
+                self._forward(scripted, example)
                 self.locate(scripted, pixels, boxes)
             with self._lock:
                 self._warm.add(shape)

@@ -25,9 +25,11 @@ from landmarks.int8 import (
     int8_graph,
     int8_weights,
     kept_in_fp32,
+    measure,
 )
-from landmarks.onnx_export import folded_weights, template_for
 from landmarks.projection import adapter_state_dict, build_adapted, fold
+from landmarks.runtime import fold as runtime_fold
+from landmarks.runtime.graph import external_graph
 from serving.backends import make_backend
 from tests.factories import make_tiny_core, randomize_adapter
 
@@ -50,7 +52,7 @@ def category(tmp_path_factory):
 
 def calibrated(core, adapter, images, keep=DEFAULT_KEEP_FP32):
     model = fold(core.build(), adapter.tensors, adapter.config)
-    calibration = Int8Calibration.measure(model, images, keep)
+    calibration = measure(model, images, keep)
     return dataclasses.replace(adapter, metadata={**adapter.metadata, CALIBRATION_KEY: calibration.to_json()})
 
 
@@ -83,8 +85,8 @@ def test_int8_session_runs_fused_int8_convolutions_near_fp32(category, tmp_path)
     core, adapter, images = category
     adapter8 = calibrated(core, adapter, images)
     calibration = Int8Calibration.from_metadata(adapter8.metadata)
-    weights = folded_weights(core.build(), adapter)
-    graph, _ = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
+    weights = runtime_fold.fold(runtime_fold.float32(core.arrays), adapter.arrays)
+    graph, _ = external_graph(adapter.config)
     qgraph, qnames = int8_graph(graph, calibration.quantised)
     values = int8_weights(weights, calibration, qnames)
     options = ort.SessionOptions()
@@ -111,11 +113,11 @@ def test_int8_weights_are_ort_static_quantisation(category):
     core, adapter, images = category
     adapter8 = calibrated(core, adapter, images, keep=())
     calibration = Int8Calibration.from_metadata(adapter8.metadata)
-    weights = folded_weights(core.build(), adapter)
-    graph, _ = template_for(core.config, adapter.config.input_size).with_external_weights(weights)
+    weights = runtime_fold.fold(runtime_fold.float32(core.arrays), adapter.arrays)
+    graph, _ = external_graph(adapter.config)
     _, names = int8_graph(graph, calibration.quantised)
     values = int8_weights(weights, calibration, names)
-    w = weights["head.weight"].numpy()
+    w = weights["head.weight"]
     q, scale = values["head.weight::q"], values["head.weight::w_scale"]
     assert q.dtype == np.int8 and np.abs(q).max() == 127  # symmetric per output channel, full 8 bits
     np.testing.assert_allclose(q * scale[:, None, None, None], w, atol=scale.max() / 2 + 1e-7)
@@ -124,7 +126,7 @@ def test_int8_weights_are_ort_static_quantisation(category):
     assert x_zero.dtype == np.uint8 and x_scale == pytest.approx((max(hi, 0) - min(lo, 0)) / 255)
     bias = values["head.bias::q"]
     assert bias.dtype == np.int32
-    np.testing.assert_allclose(bias * x_scale * scale, weights["head.bias"].numpy(), atol=float((x_scale * scale).max()))
+    np.testing.assert_allclose(bias * x_scale * scale, weights["head.bias"], atol=float((x_scale * scale).max()))
     seven = int8_weights(weights, calibration, names, reduce_range=True)
     assert np.abs(seven["head.weight::q"]).max() == 63  # CPUs without 8-bit dot products
 

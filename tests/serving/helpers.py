@@ -48,9 +48,9 @@ PASSED_CHECK = {"mean_px": 0.1, "p95_px": 0.2, "max_px": 0.4, "images": 4}
 def calibrate_for_int8(path: Path, core_path: Path, check: dict | None = PASSED_CHECK) -> Path:
     """Give an adapter file the int8 calibration `landmarks calibrate` would, in place: ranges of noise
     images here, and `check` recorded as the accuracy check (by default one that passed the rule, as
-    `landmarks calibrate` records; None: none, as `Int8Calibration.measure` alone leaves it)."""
+    `landmarks calibrate` records; None: none, as `landmarks.int8.measure` alone leaves it)."""
     from landmarks.adapter_io import save_with_metadata
-    from landmarks.int8 import CALIBRATION_KEY, Int8Calibration
+    from landmarks.int8 import CALIBRATION_KEY, measure
     from landmarks.projection import fold
 
     core = load_core(core_path)
@@ -58,7 +58,7 @@ def calibrate_for_int8(path: Path, core_path: Path, check: dict | None = PASSED_
     model = fold(core.build(), adapter.tensors, adapter.config)
     size = adapter.config.input_size
     images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
-    calibration = Int8Calibration.measure(model, images)
+    calibration = measure(model, images)
     if check is not None:
         calibration = dataclasses.replace(calibration, check=dict(check))
     return save_with_metadata(path, adapter, **{CALIBRATION_KEY: calibration.to_json()})

@@ -1,4 +1,5 @@
-"""The in-process API (`landmarks.Detector`) gives the fp32 server's numbers: the same points within 1e-3 px,
+"""The in-process API (`landmarks.Detector`) gives the server's numbers, at the same precision (by default
+both `auto`: int8 for a calibrated adapter where the CPU runs int8 natively): the same points within 1e-3 px,
 the same confidences and names, for every kind of image a client sends (encoded, raw, PIL), with and
 without a box, large images included (the crop's reduction path, a JPEG decoded smaller); on tiny adapters and on the
 shipped ones."""
@@ -69,9 +70,10 @@ def test_detector_agrees_with_the_server(client, store, category):
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
 def test_detector_agrees_with_the_server_on_the_shipped_adapters(tmp_path, precision):
-    """In fp32 the server gives the Detector's points to 1e-3 px; by default (auto) it serves the shipped
-    faces adapter, which carries an int8 calibration, in int8 where the CPU runs it natively: its points
-    then stay within the calibration's rule (0.5 px at 128, here in the photo's pixels)."""
+    """The Detector and the server at the same precision agree to 1e-3 px: by default (auto) both run the
+    shipped faces adapter, which carries an int8 calibration, in int8 where the CPU runs it natively. An
+    fp32 Detector against the default server stays within the calibration's rule (0.5 px at 128, here
+    in the photo's pixels)."""
     shipped = ROOT / "adapters"
     if not (shipped / "faces.safetensors").is_file():
         pytest.skip("no shipped faces adapter in adapters/")
@@ -83,17 +85,19 @@ def test_detector_agrees_with_the_server_on_the_shipped_adapters(tmp_path, preci
     try:
         with LandmarkClient(f"127.0.0.1:{handle.port}", timeout=60) as client:
             path = ROOT / "examples" / "face.jpg"
-            local = Detector.load("faces", adapters=store).detect(path)
+            detector = Detector.load("faces", adapters=store, **({} if precision == "auto" else {"precision": precision}))
+            local = detector.detect(path)
             assert len(local) == 10 and local.names == [f"p{i}" for i in range(1, 11)]
             remote = client.detect(path, "faces")
             (faces,) = client.categories()
-            if faces.versions[0].precision != "int8":
-                assert_agree(local, remote)
-            else:  # 0.5 px at 128 is 0.5 * side / 128 in the photo (the crop is the whole image, squared)
+            assert detector.precision == faces.versions[0].precision
+            assert_agree(local, remote)
+            if faces.versions[0].precision == "int8":
+                # 0.5 px at 128 is 0.5 * side / 128 in the photo (the crop is the whole image, squared)
+                fp32 = Detector.load("faces", adapters=store, precision="fp32").detect(path)
                 side = max(Image.open(path).size)
-                served = np.array([(x, y) for x, y, _ in remote.points])
-                assert np.abs(local.points - served).max() <= 1.5 * side / 128  # worst of 3,000 in the check: 1.02
-                assert np.linalg.norm(local.points - served, axis=1).mean() <= 0.5 * side / 128
+                assert np.abs(fp32.points - local.points).max() <= 1.5 * side / 128  # worst of 3,000 in the check: 1.02
+                assert np.linalg.norm(fp32.points - local.points, axis=1).mean() <= 0.5 * side / 128
     finally:
         handle.shutdown(grace=0)
 

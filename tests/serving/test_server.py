@@ -503,7 +503,7 @@ def test_the_default_precision_serves_calibrated_adapters_in_int8_where_the_cpu_
     a CPU with 8-bit dot products, fp32 for the rest (a calibration without a check, or with a failed
     one; and everywhere on other CPUs, where int8 would need 7-bit weights the check did not measure);
     each version says which and why (VersionInfo.precision, precision_reason)."""
-    import serving.backends.onnxruntime as ort_backend
+    import landmarks.runtime.sessions as ort_backend  # where the backend reads the CPU's flags
 
     monkeypatch.setattr(ort_backend, "cpu_int8_flags", lambda: ["avx512_vnni"] if int8_cpu else [])
     calibrate_for_int8(store / "faces.safetensors", store / "core.safetensors")

@@ -187,7 +187,7 @@ def test_help_shows_what_each_preset_sets():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     text = parser.format_help()
-    assert "(cpu: 1500, paper: 200000, smoke: 3)" in " ".join(text.split()) and "default from preset" not in text
+    assert "(cpu: 3000, quick: 1500, paper: 200000, smoke: 3)" in " ".join(text.split()) and "default from preset" not in text
 
 
 def test_background_points_counts_points_on_white():

@@ -85,3 +85,38 @@ def test_evaluate_scores_the_adapter_as_served(adapter_file, core_file, face_dat
                  "--held-out", "6:", "--core", str(core_file), "--keep-fp32", keep, "--out", str(out)]) == 0
     int8 = evaluate(out, *data, core_path=core_file, consistency_images=4, precision="int8")
     assert int8["precision"].startswith("int8") and abs(int8["forward"] - served["forward"]) < 5
+
+
+def test_adapt_ends_by_calibrating_on_rows_it_held_out(core_file, face_data, tmp_path, capsys):
+    """`landmarks adapt` calibrates its result for int8 on the rows after --train-split, which it never
+    trained on; `--no-calibrate` skips that."""
+    common = ["adapt", f"mtfl:{face_data / 'train.txt'}", "--preset", "smoke", "--core", str(core_file),
+              "--num-landmarks", "3", "--category", "faces", "--train-split", ":6"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    verdict = next(line for line in printed.splitlines() if "int8 vs fp32 on 4 held-out images" in line)
+    core = load_core(core_file)
+    adapter = load_adapter(tmp_path / "a" / "adapter.safetensors", core)
+    calibration = Int8Calibration.from_metadata(adapter.metadata)
+    if verdict.startswith("calibrated for int8"):
+        assert calibration is not None and calibration.check["images"] == 4
+    else:
+        assert verdict.startswith("int8 calibration refused") and calibration is None
+    assert main([*common, "--out", str(tmp_path / "b"), "--no-calibrate"]) == 0
+    assert "int8" not in capsys.readouterr().out
+    assert CALIBRATION_KEY not in load_adapter(tmp_path / "b" / "adapter.safetensors", core).metadata
+
+
+def test_adapt_holds_out_the_last_rows_for_the_check(tmp_path):
+    from training.adapt import held_out_rows
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(50):
+        Image.new("RGB", (8, 8), (i, i, i)).save(folder / f"{i:02d}.png")
+    assert held_out_rows(f"folder:{folder}", "") == (":-5", "-5:")  # a tenth, at most 300
+    assert held_out_rows(f"folder:{folder}", ":40") == (":40", "40:")
+    assert held_out_rows(f"folder:{folder}", ":-8") == (":-8", "-8:")
+    assert held_out_rows(f"folder:{folder}", "10:20") is None  # nothing simple to check on: says so, no guess
