@@ -1,4 +1,4 @@
-"""The load generator behind `landmarks bench` and `scripts/server_ab.py`: closed-loop Detect load
+"""The load generator behind `landmarks bench` and `scripts/serving_speed.py ab`: closed-loop Detect load
 over real gRPC, timed calls after an idle gap, and the floor of an empty RPC."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ torch is not loaded these calls change nothing).
 PyTorch's OpenMP runtime (libgomp) gives every Python thread that runs a large enough torch op its
 own pool of worker threads, and once the workers of all pools outnumber the cores it stops
 spinning between parallel regions: every op of a forward pass then pays a futex wake-up
-(`python scripts/thread_pools.py` measures it; docs/benchmark.md, "Threads and OpenMP").
+(docs/benchmark.md, "Threads", has the measurement).
 In the server, gRPC handler threads (image to tensor) and the main thread (loading the core) would
 each create such a pool.
 

@@ -129,7 +129,7 @@ def cpu_config(num_landmarks: int = 14) -> HourglassConfig:
 
     Measured on a 2-core AMD EPYC (AVX2, no AVX-512): one fp32 training step of batch 16 runs
     at ~31 img/s (~34 with channels_last) against ~6.5 img/s for `paper_config`
-    (`python scripts/speed.py` measures both on the machine at hand).
+    (`python scripts/training_speed.py core` measures both on the machine at hand).
     """
     return HourglassConfig(num_landmarks=num_landmarks, stem_channels=32, mid_channels=64, features=128)
 

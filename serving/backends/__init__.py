@@ -10,7 +10,7 @@ weights once):
   takes each adapter's folded tensors as inputs;
 - `eager`: the folded network in plain PyTorch, the reference the others are tested against.
 Which is the default and why: docs/benchmark.md ("Backends"), measured with
-`python scripts/backend_speed.py`.
+`python scripts/serving_speed.py backends`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ projections multiplied into the core's conv weights once, so nothing is projecte
   once, run on each adapter's folded tensors; the whole forward runs in C++ *without holding
   Python's GIL* and without Python's per-op cost. The GIL matters in a server: an eager forward
   re-takes the GIL for every op, and while gRPC handler threads decode requests it waits for them
-  op after op; `scripts/backend_speed.py` measures both, idle and next to a Python thread.
+  op after op; `scripts/serving_speed.py backends` measures both, idle and next to a Python thread.
 - `EagerBackend` (`--backend eager`): the folded `LandmarkHourglass` run eagerly, the reference
   for the others (tests check that they agree).
 
@@ -45,7 +45,7 @@ class EagerBackend:
     """Folded weights, one plain network per adapter version, run eagerly.
 
     `channels_last` runs convolutions on NHWC activations (oneDNN's preferred layout on CPU);
-    `scripts/speed.py` measures both layouts on the machine at hand.
+    `scripts/training_speed.py core` measures both layouts on the machine at hand.
     """
 
     name = "eager"
@@ -173,7 +173,7 @@ class TorchScriptBackend(EagerBackend):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the deprecation notice, and the tracer's own warnings
             # a traced *module*, not a traced function: calling a ScriptFunction kept the GIL for the
-            # whole forward on torch 2.14 (scripts/backend_speed.py), a ScriptModule's method does not
+            # whole forward on torch 2.14 (scripts/serving_speed.py backends), a ScriptModule's method does not
             return torch.jit.trace(module, inputs, check_trace=False)
 
     def prepare(self, adapter: Adapter) -> ScriptedModel:

@@ -55,9 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="threads of the references here (torch's, and ONNX Runtime's for the bare forward of "
                              "an onnxruntime server; default: as the server's default)")
     parser.add_argument("--batch-workers", type=int, default=2,
-                        help="only for a server that does not report its forward threads (ServerInfo.forward_threads, "
-                             "older versions): its --batch-workers, so that the bare forward's onnxruntime session gets "
-                             "--torch-threads / N threads, as the server's do (default %(default)s)")
+                        help="the server's --batch-workers (ServerInfo does not report it): the bare baseline's threads, "
+                             "and for a server that does not report its forward threads, the share of --torch-threads "
+                             "each bare session gets (default %(default)s)")
+    parser.add_argument("--max-batch", type=int, default=16,
+                        help="the server's --max-batch (ServerInfo does not report it): the batch of the batched "
+                             "official baseline and the largest per-worker batch of the bare one (default %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
 
 

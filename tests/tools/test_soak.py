@@ -1,4 +1,4 @@
-"""scripts/soak.py end to end: a short soak of a real `landmarks serve` on a tiny synthetic store."""
+"""tools/soak.py end to end: a short soak of a real `landmarks serve` on a tiny synthetic store."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_short_soak(tmp_path):
     store = tiny_store(tmp_path / "store")
     out = tmp_path / "out"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--minutes", "0.25", "--sample-s", "2", "--clients", "2",
+        [sys.executable, str(ROOT / "tools" / "soak.py"), "--minutes", "0.25", "--sample-s", "2", "--clients", "2",
          "--adapters", str(store), "--out", str(out), "--churn-pause-s", "0.05", "--serve-args=--threads 1 --grace 5"],
         check=False, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]  # 1: a timing check may fail here

@@ -1,14 +1,20 @@
-"""Images per second of `landmarks adapt`'s `cpu` preset, measured side by side on this machine.
+"""Training speed on this machine, measured side by side (docs/training_speed.md has the results).
 
-Two measurements (docs/training_speed.md has the results and the machine):
-
-    # the adaptation step alone, variants alternated round by round in one process, random images
-    python scripts/adapt_speed.py step --core adapters/core.safetensors [--rounds 5 --steps 8]
+    # the core network: train steps and inference, both memory layouts (+ the training data loader)
+    python scripts/training_speed.py core                      # cpu and paper archs
+    python scripts/training_speed.py core --arch cpu --skip-train --sizes 64,128 --batches 1,8,16
+    python scripts/training_speed.py core --data lspet:../shared/data/lspet
+    # `landmarks adapt`'s cpu preset: the adaptation step alone, variants alternated round by round
+    python scripts/training_speed.py step --core adapters/core.safetensors [--rounds 5 --steps 8]
     # the whole command (data included), this tree against another (e.g. the previous main,
     # `git archive <commit> | tar -x -C /tmp/base`), alternated run by run
-    python scripts/adapt_speed.py command --before /tmp/base --images mtfl:../shared/data/mtfl/new_training.txt
+    python scripts/training_speed.py command --before /tmp/base --images mtfl:../shared/data/mtfl/new_training.txt
 
-Rates are medians over rounds; alternating makes both sides see the same load on a shared machine.
+core: one fp32 training step (forward, heatmap MSE, backward, Adam) on random images, batch 16,
+and inference in eval mode under `torch.inference_mode`, per-image milliseconds per batch size, in
+the default (NCHW) and channels_last (NHWC) memory formats; with --data, the training loader's
+rate (decode, augment, crop, heatmaps) in one process. Rates are medians over rounds; alternating
+makes both sides see the same load on a shared machine. Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 import torch
 
 from landmarks.adapter_io import load_core
+from landmarks.hourglass import ARCHITECTURES, LandmarkHourglass
 from training.adapt import PRESETS, AdaptConfig
 from training.adapt_step import AdaptationStep, LossWeights
 from training.detectors import build_detector
@@ -47,6 +54,87 @@ VARIANTS: dict[str, dict] = {
     "bf16 + perceptual to block 5": dict(bf16=True, perceptual_layers=(0, 2, 5)),
     "bf16 + generator 16 channels": dict(bf16=True, generator_channels=16),
 }
+
+
+def _time(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - start) / iters
+
+
+def train_step_rate(arch: str, channels_last: bool, batch: int, iters: int) -> float:
+    torch.manual_seed(0)
+    model = LandmarkHourglass(ARCHITECTURES[arch](14)).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    size = model.config.input_size
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
+    y = torch.rand(batch, 14, size // 4, size // 4)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+
+    def step():
+        loss = (model(x) - y).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return batch / _time(step, 2, iters)
+
+
+def inference_ms(arch: str, channels_last: bool, size: int, batch: int, iters: int) -> float:
+    torch.manual_seed(0)
+    model = LandmarkHourglass(ARCHITECTURES[arch](14).replace(input_size=size)).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
+
+    def forward():
+        with torch.inference_mode():
+            model(x)
+
+    return _time(forward, 3, iters) / batch * 1e3
+
+
+def loader_rate(spec: str, samples: int) -> float:
+    from training.augment import AugmentConfig
+    from training.core_data import PoseCrops
+    from training.datasets import open_dataset
+
+    crops = PoseCrops(open_dataset(spec), 128, AugmentConfig())
+    crops[0]
+    start = time.perf_counter()
+    for i in range(samples):
+        crops[i % len(crops)]
+    return samples / (time.perf_counter() - start)
+
+
+def core_rates(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    archs = args.arch.split(",")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.data:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what a DataLoader worker gets
+        print(f"\ntraining loader, one process: {loader_rate(args.data, 300):.0f} samples/s")
+        torch.set_num_threads(threads)
+    if not args.skip_train:
+        print("\ntraining step, batch 16 (img/s)")
+        print(f"{'arch':>6} {'NCHW':>8} {'NHWC':>8}")
+        for arch in archs:
+            rates = [train_step_rate(arch, cl, 16, args.iters) for cl in (False, True)]
+            print(f"{arch:>6} {rates[0]:8.1f} {rates[1]:8.1f}")
+    print("\ninference (ms per image)")
+    print(f"{'arch':>6} {'size':>5} {'batch':>6} {'NCHW':>8} {'NHWC':>8}")
+    for arch in archs:
+        for size in map(int, args.sizes.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                ms = [inference_ms(arch, cl, size, batch, args.iters) for cl in (False, True)]
+                print(f"{arch:>6} {size:5d} {batch:6d} {ms[0]:8.2f} {ms[1]:8.2f}")
+
 
 
 class _Images:
@@ -159,6 +247,14 @@ def command_rates(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
+    core = sub.add_parser("core", help="the core network's train steps and inference")
+    core.add_argument("--arch", default="cpu,paper", help="comma-separated architectures (default %(default)s)")
+    core.add_argument("--sizes", default="128", help="inference input sizes (default %(default)s)")
+    core.add_argument("--batches", default="1,4,16", help="inference batch sizes (default %(default)s)")
+    core.add_argument("--iters", type=int, default=10)
+    core.add_argument("--skip-train", action="store_true")
+    core.add_argument("--data", default="", help="also time the training loader on this dataset, e.g. lspet:PATH")
+    core.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     step = sub.add_parser("step", help="the adaptation step alone, variants alternated")
     step.add_argument("--variants", default="", help=f"comma-separated, from {list(VARIANTS)}")
     step.add_argument("--warmup", type=int, default=3)
@@ -174,7 +270,7 @@ def main() -> None:
         p.add_argument("--steps", type=int, default=8)
         p.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
-    step_rates(args) if args.what == "step" else command_rates(args)
+    {"core": core_rates, "step": step_rates, "command": command_rates}[args.what](args)
 
 
 if __name__ == "__main__":

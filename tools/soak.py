@@ -1,6 +1,6 @@
 """Soak test: run a real `landmarks serve` under mixed traffic for a while and check it stays healthy.
 
-    python scripts/soak.py --minutes 30 --clients 4 --out runs/soak
+    python tools/soak.py --minutes 30 --clients 4 --out runs/soak
 
 What it does
   1. Copies the adapter store (`--adapters`, default the repository's adapters/: core + one
@@ -75,7 +75,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as `python scripts/soak.py` from anywhere
+sys.path.insert(0, str(ROOT))  # run as `python tools/soak.py` from anywhere
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
