@@ -120,6 +120,10 @@ class DynamicBatcher:
         `context.add_callback`, False if it already has). A request's own failure (its input, its
         category, its deadline) raises an `ItemError` naming its index; a failure of the whole call (the
         queue is full, the server is shutting down) a plain ServingError."""
+        if deadline is not None and deadline <= time.monotonic():  # (a deadline spent before it got here)
+            raise ItemError(0, ServingError(Code.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
+                                            "the deadline passed before the request reached a batch worker; "
+                                            "not computed"))
         if threading.current_thread() is self._threads[0]:  # a lone RPC handed over by LeadFirstExecutor
             return self._run_inline([prepared(prepare, r, i) for i, r in enumerate(requests)])
         n = len(requests)

@@ -77,25 +77,42 @@ class _Aborted(Exception):
 
 
 class _Context:
-    """What the servicers use of a gRPC context, for a call that reached this replica through Ray
-    (Ray's proxy keeps the client's deadline and cancellation to itself)."""
+    """What the servicers use of a gRPC context, for a call that reached this replica through Ray: the
+    client's remaining time as the router sent it (`deadline_s`, measured here from arrival, so the
+    nodes' clocks need not agree), and cancellation when the router stops waiting (`cancel`)."""
 
-    def time_remaining(self) -> None:
-        return None
+    def __init__(self, deadline_s: float | None = None) -> None:
+        self._deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        self._callbacks: list = []
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def add_callback(self, callback) -> bool:
-        return True
+        with self._lock:
+            if not self._cancelled:
+                self._callbacks.append(callback)
+                return True
+        return False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled, callbacks = True, self._callbacks
+        for callback in callbacks:
+            callback()
 
     def abort_with_status(self, status: grpc.Status):
         details = dict(status.trailing_metadata or ()).get(DETAILS_KEY, b"")
         raise _Aborted(status.code, details)
 
 
-def _invoke(method, request) -> tuple[str, bytes]:
+def _invoke(method, request, context: _Context | None = None) -> tuple[str, bytes]:
     """A servicer method on `request` -> ("", response bytes) or (status code name, the serialized
     google.rpc.Status the servicer aborted with)."""
     try:
-        return "", method(request, _Context()).SerializeToString()
+        return "", method(request, context or _Context()).SerializeToString()
     except _Aborted as exc:
         return exc.code.name, exc.status
 
@@ -195,10 +212,12 @@ class Replica:
         self._held.add(mid)
         return _Held(self, mid, lease.entry.cache_key)
 
-    async def detect(self, method: str, request: bytes) -> tuple[str, bytes, bool, str]:
-        """Detect or DetectBatch (serialized) ->
+    async def detect(self, method: str, request: bytes, deadline_s: float | None = None
+                     ) -> tuple[str, bytes, bool, str]:
+        """Detect or DetectBatch (serialized), with the client's remaining seconds ->
         (code name or "", response bytes or the serialized google.rpc.Status, whether this replica
-        already held the model, this replica's name)."""
+        already held the model, this replica's name). Work whose deadline passes is dropped, as is
+        work the router cancels (Ray cancels this coroutine)."""
         mid = serve.get_multiplexed_model_id()
         held = mid in self._held
         if mid:
@@ -208,8 +227,13 @@ class Replica:
                 return exc.code.name, exc.status().SerializeToString(), held, self.name
         parse = pb.DetectRequest if method == "Detect" else pb.DetectBatchRequest
         call = getattr(self.servicer, method)
-        code, payload = await asyncio.wrap_future(
-            self._executor.submit(_invoke, call, parse.FromString(request)))
+        context = _Context(deadline_s)
+        try:
+            code, payload = await asyncio.wrap_future(
+                self._executor.submit(_invoke, call, parse.FromString(request), context))
+        except asyncio.CancelledError:
+            context.cancel()  # the batcher drops this call's items it has not computed
+            raise
         return code, payload, held, self.name
 
     def __del__(self) -> None:

@@ -47,7 +47,7 @@ from serving.work import LeadFirstExecutor
 if TYPE_CHECKING:
     from serving.http_api import HttpPlane
 
-__all__ = ["CoreLoadError", "ServerHandle", "build_server", "serve"]
+__all__ = ["CoreLoadError", "ServerHandle", "add_health_and_reflection", "build_server", "grpc_server", "listen", "serve"]
 
 log = logging.getLogger(__name__)
 INFERENCE, ADMIN, ADAPTATION = (pb.DESCRIPTOR.services_by_name[name].full_name
@@ -109,7 +109,7 @@ class ServerHandle:
         return bool(finished)
 
 
-def _grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_message_bytes: int,
+def grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_message_bytes: int,
                  max_rpcs: int) -> grpc.Server:
     # gRPC checks a message's length against the receive limit before it buffers it, so the limit
     # bounds the memory a client can make the server hold; it is per server, hence two servers
@@ -125,7 +125,7 @@ def _grpc_server(cfg: ServerConfig, pool: futures.ThreadPoolExecutor, max_messag
     return grpc.server(pool, options=options, interceptors=interceptors, maximum_concurrent_rpcs=max_rpcs)
 
 
-def _listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
+def listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
     address = join_host_port(cfg.host, port)
     try:
         bound = (server.add_secure_port(address, _server_credentials(cfg)) if cfg.tls
@@ -137,7 +137,7 @@ def _listen(server: grpc.Server, cfg: ServerConfig, port: int) -> int:
     return bound
 
 
-def _add_health_and_reflection(server: grpc.Server, health_servicer, services: list[str]) -> None:
+def add_health_and_reflection(server: grpc.Server, health_servicer, services: list[str]) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(services + [health.SERVICE_NAME], server)
 
@@ -164,7 +164,7 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     handlers = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="landmarks",
                                           initializer=handler_thread, initargs=(cfg.handler_nice,))
     # beyond handler threads + the batching queue, gRPC itself answers RESOURCE_EXHAUSTED
-    server = _grpc_server(cfg, handlers, cfg.max_message_bytes, cfg.max_workers + cfg.max_queue)
+    server = grpc_server(cfg, handlers, cfg.max_message_bytes, cfg.max_workers + cfg.max_queue)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     lifecycle = Lifecycle(health_servicer, (INFERENCE, ADMIN, ADAPTATION) if cfg.enable_admin else (INFERENCE,))
     metrics = Metrics(lambda: lifecycle.services)
@@ -182,30 +182,30 @@ def build_server(cfg: ServerConfig) -> ServerHandle:
     if cfg.enable_admin and cfg.admin_port is None:
         pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), server)
         pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations, adaptation_pool), server)
-        _add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN, ADAPTATION])
+        add_health_and_reflection(server, health_servicer, [INFERENCE, ADMIN, ADAPTATION])
     else:
-        _add_health_and_reflection(server, health_servicer, [INFERENCE])
+        add_health_and_reflection(server, health_servicer, [INFERENCE])
         if cfg.enable_admin:
             admin_pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="landmarks-admin",
                                                     initializer=handler_thread)
-            admin_server = _grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
+            admin_server = grpc_server(cfg, admin_pool, cfg.admin_message_bytes, 16)
             pb_grpc.add_AdminServiceServicer_to_server(AdminServicer(lifecycle, metrics, cfg.device), admin_server)
             pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations, adaptation_pool), admin_server)
-            _add_health_and_reflection(admin_server, health_servicer, [ADMIN, ADAPTATION])
+            add_health_and_reflection(admin_server, health_servicer, [ADMIN, ADAPTATION])
     if cfg.load_in_background:
         threading.Thread(target=_load, args=(cfg, lifecycle, metrics, False), name="landmarks-load",
                          daemon=True).start()
     try:
         if not cfg.load_in_background:
             _load(cfg, lifecycle, metrics, True)
-        handle = ServerHandle(cfg, server, _listen(server, cfg, cfg.port), lifecycle, metrics, admin_server,
+        handle = ServerHandle(cfg, server, listen(server, cfg, cfg.port), lifecycle, metrics, admin_server,
                               adaptations=adaptations)
     except BaseException:
         adaptations.close()
         raise
     try:
         if admin_server is not None:
-            handle.admin_port = _listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
+            handle.admin_port = listen(admin_server, cfg, cfg.admin_port)  # type: ignore[arg-type]
         if cfg.http_port is not None:
             try:  # FastAPI and uvicorn load only when asked for
                 from serving.http_api import HttpPlane

@@ -1,12 +1,13 @@
 """Soak test: run a real `landmarks serve` under mixed traffic for a while and check it stays healthy.
 
     python tools/soak.py --minutes 30 --clients 4 --out runs/soak
+    python tools/soak.py --command serve-ray --serve-args='--replicas 2 --num-cpus 2' --minutes 10 --out runs/soak-ray
 
 What it does
   1. Copies the adapter store (`--adapters`, default the repository's adapters/: core + one
      `<category>.safetensors` per category) into a temporary directory, so admin churn never
-     touches the original, and starts `landmarks serve` on it as a subprocess (any free port,
-     `--metrics-port 0`; its output goes to OUT/server.log).
+     touches the original, and starts `landmarks serve` (or `serve-ray`, `--command`) on it as a
+     subprocess (any free port, serve: `--metrics-port 0`; its output goes to OUT/server.log).
   2. For `--minutes`, `--clients` threads send a mix of requests (`--mix`, weights):
        good      Detect on each shipped category with the bundled photos (examples/) and variants:
                  resized, cropped, PNG, raw RGB / grey pixels, with and without a box. Must be OK.
@@ -388,10 +389,14 @@ class Traffic:
 
 
 # ------------------------------------------------------------------------------------ server
-def start_server(store: Path, core: str | None, log_path: Path, extra: list[str], timeout: float = 180.0):
-    """`landmarks serve` on `store` (any free port, metrics on): (process, port, metrics port)."""
-    script = "import sys; from landmarks.cli import main; sys.exit(main(['serve'] + sys.argv[1:]))"
-    cmd = [sys.executable, "-c", script, "--port", "0", "--metrics-port", "0", "--adapters", str(store)]
+def start_server(store: Path, core: str | None, log_path: Path, extra: list[str], timeout: float = 300.0,
+                 command: str = "serve"):
+    """`landmarks serve` (or `serve-ray`) on `store`, any free port (serve: metrics on):
+    (process, command line, port, metrics port or None)."""
+    script = f"import sys; from landmarks.cli import main; sys.exit(main([{command!r}] + sys.argv[1:]))"
+    cmd = [sys.executable, "-c", script, "--port", "0", "--adapters", str(store)]
+    if command == "serve":
+        cmd += ["--metrics-port", "0"]
     if core:
         cmd += ["--core", core]
     cmd += extra
@@ -401,12 +406,12 @@ def start_server(store: Path, core: str | None, log_path: Path, extra: list[str]
     log = open(log_path, "w")  # noqa: SIM115  a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     log.close()
-    pattern = re.compile(r"listening on \S+:(\d+) .*?metrics on \S+:(\d+)")
+    pattern = re.compile(r"listening on \S+:(\d+) (?:.*?metrics on \S+:(\d+))?")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         m = pattern.search(log_path.read_text())
         if m:
-            return proc, cmd, int(m.group(1)), int(m.group(2))
+            return proc, cmd, int(m.group(1)), int(m.group(2)) if m.group(2) else None
         if proc.poll() is not None:
             break
         time.sleep(0.2)
@@ -415,17 +420,36 @@ def start_server(store: Path, core: str | None, log_path: Path, extra: list[str]
     raise RuntimeError(f"server did not start (rc {proc.returncode}):\n{log_path.read_text()[-3000:]}")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (serve-ray's Ray processes are its children's children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
 def proc_status(pid: int) -> dict:
-    """RSS (MB) and threads from /proc/PID/status, open file descriptors from /proc/PID/fd."""
-    out = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key == "VmRSS":
-                out["rss_mb"] = int(value.split()[0]) / 1024
-            elif key == "Threads":
-                out["threads"] = int(value)
-        out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    """RSS (MB) and threads from /proc/PID/status, open file descriptors from /proc/PID/fd, summed over
+    the server's process tree; `processes` counts it."""
+    out = {"rss_mb": 0.0, "threads": 0, "fds": 0, "processes": 0}
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key == "VmRSS":
+                    out["rss_mb"] += int(value.split()[0]) / 1024
+                elif key == "Threads":
+                    out["threads"] += int(value)
+            out["fds"] += len(os.listdir(f"/proc/{p}/fd"))
+            out["processes"] += 1
     return out
 
 
@@ -604,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--core", default=None, help="core file for the server (default: the store's core)")
     parser.add_argument("--serve-args", default="",
                         help="more `landmarks serve` options, one string: --serve-args='--threads 2 --cache-mb 64'")
+    parser.add_argument("--command", choices=("serve", "serve-ray"), default="serve",
+                        help="the server to soak: `landmarks serve` or `landmarks serve-ray` (its whole process "
+                             "tree's RSS; add e.g. --serve-args='--replicas 2 --num-cpus 2') (default serve)")
     parser.add_argument("--churn-category", default="soak-churn", help="category the admin thread churns")
     parser.add_argument("--churn-pause-s", type=float, default=0.5,
                         help="pause after each admin step (default 0.5; negative: no admin churn)")
@@ -630,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     log_path = args.out / "server.log"
     print(f"store copied to {tmp}; starting the server (log: {log_path})", flush=True)
     try:
-        proc, cmd, port, metrics_port = start_server(tmp, args.core, log_path, shlex.split(args.serve_args))
+        proc, cmd, port, metrics_port = start_server(tmp, args.core, log_path, shlex.split(args.serve_args),
+                                                     command=args.command)
     except RuntimeError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         print(exc, file=sys.stderr)
@@ -680,8 +708,9 @@ def main(argv: list[str] | None = None) -> int:
                 s["cache_mb"] = round(si.cache.resident_bytes / 2**20, 2)
                 s["cache_entries"] = si.cache.entries
                 s["categories"] = len(admin.ListCategories(pb.ListCategoriesRequest(), timeout=10).categories)
-            with contextlib.suppress(OSError):
-                server_outcomes = scrape_outcomes(metrics_port)
+            if metrics_port is not None:  # (serve-ray: Ray's metrics; the clients' counts stand alone)
+                with contextlib.suppress(OSError):
+                    server_outcomes = scrape_outcomes(metrics_port)
             s["store_kb"] = round(dir_bytes(tmp) / 1024, 1)
             s["requests"] = n
             s["rps"] = round(n / max(s["window_s"], 1e-9), 2)

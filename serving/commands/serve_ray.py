@@ -22,22 +22,26 @@ from serving.config import DEFAULT_PORT
 
 # the ServerConfig flags that mean the same here as for `landmarks serve` (serving/config.py writes
 # them); the replicas' threads and batch workers follow --replica-cpus instead
-SERVER_FLAGS = ("adapters_dir", "core_path", "device", "backend", "precision", "cache_bytes", "max_adapter_bytes",
+SERVER_FLAGS = ("host", "adapters_dir", "core_path", "device", "backend", "precision", "cache_bytes", "max_adapter_bytes",
                 "max_image_pixels", "min_image_side", "max_batch_items", "max_batch_size", "max_queue_delay_ms",
-                "max_queue", "enable_admin", "allowed_register_dirs", "admin_token", "inference_token")
+                "max_queue", "max_message_bytes", "enable_admin", "allowed_register_dirs", "admin_token",
+                "inference_token", "tls_cert", "tls_key", "tls_client_ca")
 
 _EPILOG = """\
-how it works (docs/scale.md): Ray Serve's gRPC proxy answers on --port and hands each call to an
-ingress, which names the request's model "category@version" and sends it, through Ray Serve's model
-multiplexing, to a replica that already holds that category folded (else to the least busy, which
-folds it and keeps at most --max-categories-per-replica). Each replica loads the core once. Admin
+how it works (docs/scale.md): this process answers gRPC on --host:--port (127.0.0.1 unless told
+otherwise; TLS and tokens as `landmarks serve`), names each request's model "category@version" and
+sends it, with the client's deadline, through Ray Serve's model multiplexing to a replica that already
+holds that category folded (else to the least busy, which folds it and keeps at most
+--max-categories-per-replica). Each replica loads the core once. Admin
 calls (register, activate, unregister) go to one admin replica, which validates and writes the
 shared --adapters directory as `landmarks serve` does; replicas re-read it every --sync-s seconds,
 and at once when asked for a category or version they do not know.
 
 examples:
   landmarks serve-ray --replicas 2 --port 50051              local cluster on this machine
-  landmarks serve-ray --address auto --min-replicas 1 --max-replicas 8
+  landmarks serve-ray --address auto --min-replicas 1 --max-replicas 8 --host 0.0.0.0 \
+      --tls-cert server.pem --tls-key server.key --admin-token-file admin.token
+  landmarks serve-ray --address auto --attach --host 0.0.0.0 ...   one more front (another node)
   landmarks detect --server localhost:50051 --category cats examples/cat.jpg
 """
 
@@ -46,10 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help="gRPC port of Ray Serve's proxy (every interface, on every node with a proxy; "
-                             "default %(default)s)")
+                        help="gRPC port on --host (default %(default)s)")
     parser.add_argument("--address", default=None,
                         help="join this Ray cluster (e.g. auto, or ray://head:10001) instead of starting one here")
+    parser.add_argument("--attach", action="store_true",
+                        help="with --address: serve another front for the application already running on that "
+                             "cluster (one per node behind a load balancer, for more clients); deploys nothing, "
+                             "and stopping it leaves the application running")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs of the local cluster started here (default: the machine's)")
     scale = parser.add_argument_group("scale")
@@ -94,7 +101,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: serve-ray needs Ray Serve ({exc}); install it with: pip install 'landmark-adapters[ray]'",
               file=sys.stderr)
         return 2
-    from serving.ray_app import APP_NAME, SERVICER_FUNCTIONS, RayOptions, build_app
+    from serving.ray_app import APP_NAME, RayOptions, build_app, handles
+    from serving.ray_front import start_front
 
     try:
         cfg = config.from_args(args, SERVER_FLAGS)
@@ -112,38 +120,49 @@ def main(args: argparse.Namespace) -> int:
     if not cfg.resolved_core_path.is_file():
         print(f"error: no core file at {cfg.resolved_core_path}; pass --adapters DIR or --core FILE", file=sys.stderr)
         return 2
+    if args.attach and args.address is None:
+        print("error: --attach joins a running application: give its cluster with --address (e.g. auto)",
+              file=sys.stderr)
+        return 2
     started_here = args.address is None
     ray.init(address=args.address, num_cpus=args.num_cpus if started_here else None, include_dashboard=False,
              configure_logging=False)
     try:
-        # HTTP is not served; Ray's HTTP proxy still binds a port, so give it a free loopback one
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
-                    grpc_options={"port": args.port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
-        serve.run(build_app(cfg, opts), name=APP_NAME)  # (route "/": the proxies route only apps with a route)
-    except Exception as exc:  # noqa: BLE001  e.g. a replica that cannot load the core: say it, stop the cluster
+        # no gRPC proxy: this process is the front; Ray's HTTP proxy still binds a port, so a loopback one
+        if not args.attach:
+            serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+            serve.run(build_app(cfg, opts, ingress=False), name=APP_NAME, route_prefix=None)
+        front = start_front(cfg, args.port, *handles(), sync_s=opts.sync_s)
+    except Exception as exc:  # noqa: BLE001  e.g. a replica that cannot load the core, a port in use
         print(f"error: the Ray Serve application did not start: {exc}", file=sys.stderr)
-        _stop(serve, ray, started_here)
+        _stop(serve, ray, started_here, args.attach)
         return 2
+    if cfg.admin_token is None and cfg.enable_admin and cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger(__name__).warning(
+            "the admin service is open to the network (no --admin-token-file, not --no-admin)")
     scaling = (f"{opts.min_replicas}..{opts.max_replicas} replicas (autoscaling)" if opts.max_replicas is not None
                else f"{opts.replicas} replicas")
-    print(f"landmarks ray server listening on 0.0.0.0:{args.port} ({scaling}, up to "
-          f"{opts.max_categories_per_replica} categories each, store {cfg.adapters_dir}, "
-          f"cluster {ray.get_runtime_context().gcs_address})", flush=True)
+    print(f"landmarks ray server listening on {config.join_host_port(cfg.host, front.port)} "
+          f"({'TLS' if cfg.tls else 'plaintext'}, {scaling}, up to {opts.max_categories_per_replica} categories "
+          f"each, store {cfg.adapters_dir}, cluster {ray.get_runtime_context().gcs_address})", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     while not stop.wait(1.0):
         pass
-    _stop(serve, ray, started_here)
+    front.stop(cfg.grace_s)
+    _stop(serve, ray, started_here, args.attach)
     print("landmarks ray server stopped", flush=True)
     return 0
 
 
-def _stop(serve, ray, started_here: bool) -> None:
+def _stop(serve, ray, started_here: bool, attached: bool = False) -> None:
     from serving.ray_app import APP_NAME
 
     try:
-        if started_here:
+        if attached:
+            pass  # another front's application: leave it running
+        elif started_here:
             serve.shutdown()  # the whole Serve instance of the cluster this command started
         else:
             serve.delete(APP_NAME)  # a cluster others may use: only this application

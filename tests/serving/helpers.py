@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -72,6 +74,21 @@ def start_server(adapters_dir: Path, **overrides):
     handle = build_server(cfg)
     handle.start()
     return handle
+
+
+def self_signed_cert(directory: Path) -> Path:
+    """A certificate for localhost / 127.0.0.1 and its key (cert.pem, key.pem) in `directory`; skips the
+    test when openssl is missing."""
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True, timeout=60)
+    return directory
 
 
 def png_bytes(width: int = 48, height: int = 40, seed: int = 0, mode: str = "RGB") -> bytes:

@@ -13,6 +13,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -55,26 +56,41 @@ def ray_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_port(ray_store):
-    from serving.config import ServerConfig
-    from serving.ray_app import APP_NAME, SERVICER_FUNCTIONS, RayOptions, build_app
+def ray_app(ray_store):
+    """What `landmarks serve-ray` runs: the replicas and the admin replica on Ray Serve, no gRPC proxy;
+    -> (replicas, admin) deployment handles."""
+    from serving.ray_app import APP_NAME, RayOptions, build_app, handles
 
     store, _ = ray_store
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    port = _free_port()
     t0 = time.monotonic()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()},
-                    grpc_options={"port": port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
-        cfg = ServerConfig(adapters_dir=store, torch_threads=1, admin_token=TOKENS["admin_token"],
-                           inference_token=TOKENS["token"])
-        serve.run(build_app(cfg, RayOptions(replicas=2, max_categories_per_replica=2, sync_s=SYNC_S)), name=APP_NAME)
+        serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+        serve.run(build_app(_config(store), RayOptions(replicas=2, max_categories_per_replica=2, sync_s=SYNC_S),
+                            ingress=False), name=APP_NAME, route_prefix=None)
         print(f"\nRay cluster + Serve app up in {time.monotonic() - t0:.1f} s")
-        yield port
+        yield handles()
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _config(store, **overrides):
+    from serving.config import ServerConfig
+
+    return ServerConfig(adapters_dir=store, torch_threads=1, admin_token=TOKENS["admin_token"],
+                        inference_token=TOKENS["token"], **overrides)
+
+
+@pytest.fixture(scope="module")
+def ray_port(ray_store, ray_app):
+    """The front `serve-ray` runs, on its defaults (127.0.0.1, plaintext, the tokens)."""
+    from serving.ray_front import start_front
+
+    front = start_front(_config(ray_store[0]), 0, *ray_app, sync_s=SYNC_S)
+    yield front.port
+    front.stop(grace=0)
 
 
 @pytest.fixture
@@ -289,7 +305,7 @@ def test_the_kuberay_manifest_is_a_valid_serve_config_that_builds_the_app():
     app_builder(app["args"])
 
 
-def test_errors_carry_their_details_through_the_proxy(client):
+def test_errors_carry_their_details_through_the_front(client):
     """A bad DetectBatch item's index is the client's, though the ingress sent each category's items to a
     replica as a sub-batch of its own (the cats' item 1 is the client's item 2)."""
     from landmarks.client import error_details
@@ -304,3 +320,85 @@ def test_errors_carry_their_details_through_the_proxy(client):
     with pytest.raises(grpc.RpcError) as err:
         client.detect(png_bytes(48, 40), "nope")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and error_details(err.value).reason == "CATEGORY_NOT_FOUND"
+
+
+def test_the_front_listens_on_loopback_only_unless_told(ray_port):
+    """serve-ray's default --host is 127.0.0.1: the port is not reachable on the machine's other addresses."""
+    from serving.config import ServerConfig
+
+    assert ServerConfig().host == "127.0.0.1"
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, port = local.split(":")
+            if state == "0A" and int(port, 16) == ray_port:  # LISTEN
+                listening.add(address)
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, or ::ffff:127.0.0.1 on a v6 socket
+    assert listening and listening <= loopback, f"listening on {listening} (hex addresses), not 127.0.0.1 alone"
+
+
+def test_the_clients_deadline_bounds_the_replicas_work(client, ray_app):
+    """The front passes the client's remaining time on: an expired call is answered DEADLINE_EXCEEDED and
+    the replica drops work whose deadline has passed instead of computing it."""
+    from landmarks.v1 import landmarks_pb2 as pb
+
+    replicas, _ = ray_app
+    request = client.request(png_bytes(48, 40), "cats")
+    code, payload, _, _ = replicas.options(multiplexed_model_id="cats@").detect.remote(
+        "Detect", request.SerializeToString(), 0.0).result(timeout_s=60)
+    assert code == "DEADLINE_EXCEEDED", code
+    assert len(client.detect(png_bytes(48, 40), "cats").points) == 4  # (folded: the next one is quick)
+    with pytest.raises(grpc.RpcError) as err:
+        client.inference.Detect(request, timeout=0.001, metadata=client._inference_md)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    code, payload, _, _ = replicas.options(multiplexed_model_id="cats@").detect.remote(
+        "Detect", request.SerializeToString(), 30.0).result(timeout_s=60)
+    assert code == "" and len(pb.DetectResponse.FromString(payload).landmarks) == 4
+
+
+def test_tls_and_tokens_on_the_front(ray_store, ray_app, tmp_path):
+    """--tls-cert/--tls-key on serve-ray: the front speaks TLS with the same tokens; plaintext is refused."""
+    from serving.ray_front import start_front
+    from tests.serving.helpers import self_signed_cert
+
+    certs = self_signed_cert(tmp_path)
+    front = start_front(_config(ray_store[0], tls_cert=certs / "cert.pem", tls_key=certs / "key.pem"), 0,
+                        *ray_app, sync_s=SYNC_S)
+    target = f"127.0.0.1:{front.port}"
+    try:
+        with LandmarkClient(target, timeout=60, tls_ca=certs / "cert.pem", **TOKENS) as c:
+            assert c.health_status() == "SERVING"
+            assert len(c.detect(png_bytes(48, 40), "faces").points) == 6
+        with LandmarkClient(target, timeout=60, tls_ca=certs / "cert.pem") as c:
+            with pytest.raises(grpc.RpcError) as err:
+                c.detect(png_bytes(48, 40), "faces")
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with LandmarkClient(target, timeout=5, **TOKENS) as plain:
+            with pytest.raises(grpc.RpcError) as err:
+                plain.detect(png_bytes(48, 40), "faces")
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        front.stop(grace=0)
+
+
+def test_reflection_v1_and_health_watch_on_the_front(ray_port):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    from serving.reflection import V1
+
+    with grpc.insecure_channel(f"127.0.0.1:{ray_port}") as channel:
+        info = channel.stream_stream(f"/{V1}/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        (reply,) = list(info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {"landmarks.v1.LandmarkService", "landmarks.v1.AdminService", "grpc.health.v1.Health", V1} <= names
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import grpc
 import pytest
 
 from landmarks.client import LandmarkClient
-from tests.serving.helpers import png_bytes, start_server
+from tests.serving.helpers import png_bytes, self_signed_cert, start_server
 
 Code = grpc.StatusCode
 ADMIN, INFER = "admin-secret-1", "inference-secret-2"
@@ -79,15 +76,7 @@ def test_config_refuses_same_tokens_and_half_tls(tmp_path):
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=60)
-    return d
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_with_tokens(store, certs):

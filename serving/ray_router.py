@@ -1,0 +1,196 @@
+"""Where a call goes on `landmarks serve-ray`: the routing both gRPC entries share (the front in
+`serving.ray_front`, which `serve-ray` runs, and the Ingress deployment behind Ray's own gRPC proxy,
+`serving.ray_app`, for Serve config files such as the KubeRay manifest).
+
+A Detect names its model "category@version" (the active version when the request names none) and
+goes, through Ray Serve's model multiplexing, to a replica that already holds that category folded.
+A DetectBatch is split into one sub-batch per model, sent side by side; a failed item's index is
+renumbered from its sub-batch into the client's batch. Admin calls go to the one Admin replica.
+
+Every answer is an `Answer`: a status code name ("" for OK), the response bytes or the serialized
+google.rpc.Status, and the trailing metadata `landmarks-replica` / `landmarks-held` per replica that
+answered. The client's remaining time travels with each call: a replica drops work whose deadline has
+passed, and a call the router stops waiting for is cancelled on its replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from ray.exceptions import RayError, RayTaskError
+
+from landmarks.v1 import landmarks_pb2 as pb
+from serving.errors import Reason, ServingError, renumber
+from serving.ray_replicas import model_id
+
+__all__ = ["ADMIN_RESPONSES", "Answer", "Router"]
+
+log = logging.getLogger(__name__)
+Code = grpc.StatusCode
+
+ADMIN_RESPONSES = {"RegisterAdapter": pb.RegisterAdapterResponse, "SetActiveVersion": pb.CategoryInfo,
+                   "UnregisterAdapter": pb.UnregisterAdapterResponse, "ListCategories": pb.ListCategoriesResponse,
+                   "ServerInfo": pb.ServerInfoResponse}
+
+
+@dataclass
+class Answer:
+    code: str                 # "" or a grpc.StatusCode name
+    payload: bytes            # the response, or the serialized google.rpc.Status of the error
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def error(cls, error: ServingError, metadata=()) -> Answer:
+        return cls(error.code.name, error.status().SerializeToString(), list(metadata))
+
+    def status(self) -> status_pb2.Status:
+        return status_pb2.Status.FromString(self.payload)
+
+
+def _item_index(status: status_pb2.Status) -> int | None:
+    """The sub-batch item a replica's DetectBatch error is about (ErrorInfo metadata "index")."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.metadata.get("index", "").isdigit():
+                return int(info.metadata["index"])
+    return None
+
+
+def _expired() -> ServingError:
+    return ServingError(Code.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
+                        "the deadline passed before a replica answered; retry with a longer deadline")
+
+
+class Router:
+    """Routes calls to the replicas and the admin replica through their deployment handles. Thread-safe:
+    each call blocks its caller's thread only (the front's handler threads, the Ingress's executor)."""
+
+    def __init__(self, replicas, admin, sync_s: float, max_batch_items: int) -> None:
+        self.replicas, self.admin = replicas, admin
+        self.sync_s, self.max_batch_items = sync_s, max_batch_items
+        self._active: dict[str, str] = {}
+        self._stop = threading.Event()
+        try:
+            from ray.serve.metrics import Counter
+
+            self._counter = Counter("landmarks_multiplex_requests", "Detect items by whether the replica "
+                                    "that served them already held the category", tag_keys=("held",))
+        except Exception:  # noqa: BLE001  metrics are optional
+            self._counter = None
+        # the active versions, re-read every sync_s in the background: requests route by the last known
+        threading.Thread(target=self._watch_active, name="landmarks-active-versions", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _watch_active(self) -> None:
+        while True:
+            try:
+                self._active = self.admin.active_versions.remote().result(timeout_s=max(5.0, 5 * self.sync_s))
+            except Exception:  # the admin replica restarting, a timeout: keep the last known
+                log.warning("could not read the active versions; routing by the last known", exc_info=True)
+            if self._stop.wait(self.sync_s):
+                return
+
+    # ------------------------------------------------------------------------------ inference
+    def _mid(self, req: pb.DetectRequest) -> str:
+        return model_id(req.category, req.version or self._active.get(req.category, ""))
+
+    def _send(self, method: str, request, mid: str, deadline: float | None):
+        return self.replicas.options(multiplexed_model_id=mid).detect.remote(
+            method, request.SerializeToString(), None if deadline is None else deadline - time.monotonic())
+
+    def _receive(self, response, mid: str, deadline: float | None) -> tuple[str, bytes, bool, str]:
+        """-> (code name or "", response bytes or a serialized google.rpc.Status, held, replica)."""
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return response.result(timeout_s=timeout)
+        except TimeoutError:
+            response.cancel()  # the replica drops what it has not computed yet
+            error = _expired()
+        except RayTaskError:
+            log.exception("replica failed")
+            error = ServingError(Code.INTERNAL, Reason.INTERNAL, "internal error in a replica; see the Ray logs")
+        except RayError as exc:  # the replica died or is unreachable: another one will take a retry
+            error = ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                                 f"the replica serving {mid or 'this request'} went away ({type(exc).__name__}); retry")
+        return error.code.name, error.status().SerializeToString(), False, ""
+
+    def _count(self, held: bool, n: int = 1) -> None:
+        if self._counter is not None:
+            self._counter.inc(n, tags={"held": "1" if held else "0"})
+
+    def detect(self, request: pb.DetectRequest, timeout: float | None = None) -> Answer:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        mid = self._mid(request)
+        code, payload, held, replica = self._receive(self._send("Detect", request, mid, deadline), mid, deadline)
+        if not code:
+            self._count(held)
+        return Answer(code, payload, [("landmarks-replica", replica), ("landmarks-held", str(int(held)))])
+
+    def detect_batch(self, request: pb.DetectBatchRequest, timeout: float | None = None) -> Answer:
+        n = len(request.requests)
+        if n > self.max_batch_items:
+            return Answer.error(ServingError(Code.INVALID_ARGUMENT, Reason.BATCH_TOO_LARGE,
+                                             f"{n} items, over this server's limit of {self.max_batch_items}; "
+                                             "split the batch", field="requests"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(request.requests):
+            groups.setdefault(self._mid(item), []).append(i)
+        # one sub-batch per model, all sent before any is awaited, each to a replica holding its category
+        sent = [(mid, idx, self._send("DetectBatch", pb.DetectBatchRequest(
+            requests=[request.requests[i] for i in idx]), mid, deadline)) for mid, idx in groups.items()]
+        out: list[pb.DetectResponse | None] = [None] * n
+        errors: list[tuple[int, status_pb2.Status]] = []
+        metadata = []
+        for mid, idx, response in sent:
+            code, payload, held, replica = self._receive(response, mid, deadline)
+            metadata += [("landmarks-replica", replica), ("landmarks-held", str(int(held)))]
+            if code:
+                # the item's index in its sub-batch -> in the client's batch; an error about the whole
+                # group (its category, from folding) is about its first item, as the single server says
+                status = status_pb2.Status.FromString(payload)
+                old = _item_index(status)
+                old = old if old is not None and old < len(idx) else None
+                first = idx[old] if old is not None else idx[0]
+                errors.append((first, renumber(status, first, old)))
+                continue
+            self._count(held, len(idx))
+            for i, r in zip(idx, pb.DetectBatchResponse.FromString(payload).responses):
+                out[i] = r
+        if errors:
+            status = min(errors, key=lambda e: e[0])[1]
+            return Answer(_code_name(status.code), status.SerializeToString(), metadata)
+        return Answer("", pb.DetectBatchResponse(responses=out).SerializeToString(), metadata)
+
+    # ---------------------------------------------------------------------------------- admin
+    def admin_call(self, method: str, request, timeout: float | None = None) -> Answer:
+        try:
+            code, payload, active = self.admin.call.remote(method, request.SerializeToString()).result(
+                timeout_s=timeout)
+        except TimeoutError:
+            return Answer.error(_expired())
+        except RayError as exc:
+            return Answer.error(ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
+                                             f"the admin replica is unavailable ({type(exc).__name__}); retry"))
+        self._active = active
+        if not code and method == "ServerInfo":
+            import ray
+
+            info = pb.ServerInfoResponse.FromString(payload)
+            info.versions["ray"] = ray.__version__
+            payload = info.SerializeToString()
+        return Answer(code, payload)
+
+
+def _code_name(value: int) -> str:
+    """A google.rpc.Code number -> grpc.StatusCode name (the two enumerate the same codes)."""
+    return next(c.name for c in grpc.StatusCode if c.value[0] == value)
