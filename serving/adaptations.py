@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import grpc
 
@@ -45,7 +45,8 @@ from serving.job_store import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING,
 from serving.names import validate_category
 from serving.uploads import Upload, UploadLimits, take_images
 
-__all__ = ["MIN_SPREAD_PX", "PRESET_BATCH", "AdaptationLimits", "Adaptations", "torch_installed"]
+__all__ = ["MIN_SPREAD_PX", "PRESET_BATCH", "AdaptationLimits", "Adaptations", "ChildProcesses", "Trainer", "Training",
+           "kill_job_process", "start_job_process", "torch_installed"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
@@ -116,7 +117,7 @@ class Adaptations:
     """The server's adaptation jobs; `close()` stops the workers (running jobs resume at the next start)."""
 
     def __init__(self, adapters_dir: Path, core_path: Path, limits: AdaptationLimits,
-                 registry: Callable[[], object]) -> None:
+                 registry: Callable[[], object], trainer: Trainer | None = None) -> None:
         self.dir = Path(adapters_dir) / JOBS_DIR
         self.core_path, self.limits, self._registry = Path(core_path), limits, registry
         self.enabled = limits.workers > 0
@@ -124,7 +125,8 @@ class Adaptations:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._changed = threading.Condition()
         self._revision = 0
-        self._children: dict[str, subprocess.Popen] = {}
+        self._trainer = trainer or ChildProcesses()
+        self._children: dict[str, Training] = {}
         self._submit_lock = threading.Lock()  # starting: the torch probe, the store, the workers
         self._upload_lock = threading.Lock()
         self._finish_lock = threading.Lock()  # a job is cancelled, or registered, not both
@@ -318,7 +320,7 @@ class Adaptations:
             store.update(job_id, state=CANCELLED, phase="")
         child = self._children.get(job_id)
         if child is not None:
-            _kill(child)
+            child.kill()
         self._delete_files(job_id)
         log.info("adaptation job %s cancelled", job_id)
         self._notify()
@@ -356,7 +358,7 @@ class Adaptations:
         """Stop: the children are killed, their jobs stay running in the store (the next start resumes them)."""
         self._closing = True
         for child in list(self._children.values()):
-            _kill(child)
+            child.kill()
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
@@ -396,21 +398,13 @@ class Adaptations:
             if self._store.get(job.id).state != QUEUED:  # type: ignore[union-attr]
                 return
             self._update(job.id, state=RUNNING, phase="starting")
-        root = Path(__file__).resolve().parents[1]  # where `training` lives beside `serving`
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.limits.threads), MKL_NUM_THREADS=str(self.limits.threads),
-                   PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p))
-        with open(folder / "worker.log", "ab") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "training.job", str(folder), "--core", str(self.core_path),
-                 "--nice", str(self.limits.nice)],
-                stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL, env=env, cwd=root,
-                start_new_session=True, text=True)
+        child = self._trainer.start(folder, self.core_path, self.limits)
         self._children[job.id] = child
         if self._store.get(job.id).state == CANCELLED:  # type: ignore[union-attr]  cancelled while it started
-            _kill(child)
+            child.kill()
         report: dict = {}
         try:
-            for line in child.stdout:  # type: ignore[union-attr]
+            for line in child.lines():
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -421,11 +415,10 @@ class Adaptations:
                     self._update(job.id, phase=str(event["phase"]))
                 elif event.get("event") in ("done", "error"):
                     report = event
-            child.wait()
+            returncode = child.wait()
         finally:
             self._children.pop(job.id, None)
-            with contextlib.suppress(OSError):
-                child.stdout.close()  # type: ignore[union-attr]
+            child.close()
         current = self._store.get(job.id)  # type: ignore[union-attr]
         if current is None or current.state == CANCELLED:
             self._delete_files(job.id)  # again: what the child wrote before it was killed
@@ -433,7 +426,7 @@ class Adaptations:
         if self._closing:
             return  # the server is stopping: the job resumes at the next start
         if report.get("event") != "done":
-            why = report.get("message") or f"the training process ended with status {child.returncode}"
+            why = report.get("message") or f"the training process ended with status {returncode}"
             tail = _tail(folder / "worker.log")
             log.warning("adaptation job %s failed: %s\n%s", job.id, why, tail)
             self._update(job.id, state=FAILED, phase="", error=why)
@@ -475,7 +468,61 @@ class Adaptations:
         shutil.rmtree(self.dir / job_id, ignore_errors=True)
 
 
-def _kill(child: subprocess.Popen) -> None:
+class Training(Protocol):
+    """One job's training, wherever it runs: its output lines (JSON events, as `training.job` prints
+    them), its end, and a kill that leaves nothing of it running."""
+
+    def lines(self) -> Iterator[str]: ...
+    def wait(self) -> int: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Trainer(Protocol):
+    def start(self, folder: Path, core: Path, limits: AdaptationLimits) -> Training: ...
+
+
+class ChildProcess:
+    """`python -m training.job` in a child process of the server, in a session of its own."""
+
+    def __init__(self, folder: Path, core: Path, limits: AdaptationLimits) -> None:
+        self.process = start_job_process(folder, core, limits.threads, limits.nice, stdout=subprocess.PIPE)
+
+    def lines(self) -> Iterator[str]:
+        yield from self.process.stdout  # type: ignore[misc]
+
+    def wait(self) -> int:
+        return self.process.wait()
+
+    def kill(self) -> None:
+        kill_job_process(self.process)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()  # type: ignore[union-attr]
+
+
+class ChildProcesses:
+    """`landmarks serve`'s trainer: each job in a child process of the server."""
+
+    def start(self, folder: Path, core: Path, limits: AdaptationLimits) -> Training:
+        return ChildProcess(folder, core, limits)
+
+
+def start_job_process(folder: Path, core: Path, threads: int, nice: int, stdout) -> subprocess.Popen:
+    """`python -m training.job FOLDER` with `threads` torch threads, `nice`, its log in FOLDER/worker.log
+    and its events to `stdout`; a session of its own, so that a kill takes all it started."""
+    root = Path(__file__).resolve().parents[1]  # where `training` lives beside `serving`
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p))
+    with open(folder / "worker.log", "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "training.job", str(folder), "--core", str(core), "--nice", str(nice)],
+            stdout=stdout, stderr=log_file, stdin=subprocess.DEVNULL, env=env, cwd=root,
+            start_new_session=True, text=True)
+
+
+def kill_job_process(child: subprocess.Popen) -> None:
     with contextlib.suppress(OSError):
         os.killpg(child.pid, signal.SIGKILL)  # its own session: nothing it started survives it
     with contextlib.suppress(subprocess.TimeoutExpired):

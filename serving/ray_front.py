@@ -4,6 +4,7 @@ v1alpha, message limits), bound to --host (127.0.0.1 unless told otherwise). Eac
 the `Router` straight to the replicas' deployment handles, carrying the client's deadline.
 
     client --TLS, tokens--> front (this process, --host:--port) --Ray handles--> replicas / admin
+                              AdaptationService: jobs as Ray tasks (serving.ray_jobs)
 
 Why a front of our own rather than Ray Serve's gRPC proxy: the proxy binds every interface, has no
 TLS and drops the client's deadline. Ray's proxy is not started by `serve-ray`; Serve config files
@@ -28,7 +29,8 @@ from serving.server import add_health_and_reflection, grpc_server, listen
 __all__ = ["RayFront", "start_front"]
 
 log = logging.getLogger(__name__)
-INFERENCE, ADMIN = (pb.DESCRIPTOR.services_by_name[n].full_name for n in ("LandmarkService", "AdminService"))
+INFERENCE, ADMIN, ADAPTATION = (pb.DESCRIPTOR.services_by_name[n].full_name
+                                for n in ("LandmarkService", "AdminService", "AdaptationService"))
 
 
 def _reply(answer: Answer, response_type, context: grpc.ServicerContext):
@@ -84,18 +86,27 @@ class _Admin(pb_grpc.AdminServiceServicer):
 class RayFront:
     """The front's gRPC server, started; `stop` reports NOT_SERVING, then gives calls `grace` seconds."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer, router: Router) -> None:
+    def __init__(self, server: grpc.Server, port: int, health_servicer, router: Router, adaptations) -> None:
         self.server, self.port, self.health, self.router = server, port, health_servicer, router
+        self.adaptations = adaptations
 
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.adaptations is not None:
+            self.adaptations.close()  # running jobs' tasks are cancelled; the next start resumes them
         self.router.close()
 
 
-def start_front(cfg: ServerConfig, port: int, replicas, admin, sync_s: float, workers: int = 64) -> RayFront:
+def start_front(cfg: ServerConfig, port: int, replicas, admin, sync_s: float, workers: int = 64,
+                adaptation_gpus: float = 0.0) -> RayFront:
     """Serve landmarks.v1 on cfg.host:`port` (TLS and tokens as `cfg` says) over the deployment handles
-    `replicas` and `admin`. Raises OSError when the address cannot be bound."""
+    `replicas` and `admin`, with adaptation jobs as Ray tasks (`cfg.adaptation_workers` at once, 0: off).
+    Raises OSError when the address cannot be bound."""
+    from serving.adaptation_servicer import AdaptationServicer
+    from serving.adaptations import Adaptations
+    from serving.ray_jobs import AdminRegistry, RayTasks
+
     router = Router(replicas, admin, sync_s, cfg.max_batch_items)
     # each handler thread waits on a replica; `workers` bounds the calls in flight, then gRPC refuses
     pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="landmarks-front")
@@ -103,16 +114,25 @@ def start_front(cfg: ServerConfig, port: int, replicas, admin, sync_s: float, wo
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     services = [INFERENCE]
     pb_grpc.add_LandmarkServiceServicer_to_server(_Inference(router), server)
+    adaptations = None
     if cfg.enable_admin:  # else AdminService is not served: UNIMPLEMENTED, as from `landmarks serve --no-admin`
         pb_grpc.add_AdminServiceServicer_to_server(_Admin(router), server)
-        services.append(ADMIN)
+        registry = AdminRegistry(router)
+        adaptations = Adaptations(cfg.adapters_dir, cfg.resolved_core_path, cfg.adaptation, lambda: registry,
+                                  trainer=RayTasks(adaptation_gpus))
+        # uploads and watch streams last minutes: threads of their own, not Detect's handler threads
+        pool_jobs = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="landmarks-adaptation")
+        pb_grpc.add_AdaptationServiceServicer_to_server(AdaptationServicer(adaptations, pool_jobs), server)
+        services += [ADMIN, ADAPTATION]
     add_health_and_reflection(server, health_servicer, services)
     try:
         bound = listen(server, cfg, port)
     except OSError:
+        if adaptations is not None:
+            adaptations.close()
         router.close()
         raise
     server.start()
     for name in ("", *services):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RayFront(server, bound, health_servicer, router)
+    return RayFront(server, bound, health_servicer, router, adaptations)

@@ -25,7 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from ray.exceptions import RayError, RayTaskError
 
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.errors import Reason, ServingError, renumber
+from serving.errors import ItemError, Reason, ServingError, renumber
 from serving.ray_replicas import model_id
 
 __all__ = ["ADMIN_RESPONSES", "Answer", "Router"]
@@ -76,6 +76,8 @@ class Router:
         self.replicas, self.admin = replicas, admin
         self.sync_s, self.max_batch_items = sync_s, max_batch_items
         self._active: dict[str, str] = {}
+        self._gone: dict[str, float] = {}  # category -> when this router saw it unregistered
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         try:
             from ray.serve.metrics import Counter
@@ -93,15 +95,43 @@ class Router:
     def _watch_active(self) -> None:
         while True:
             try:
-                self._active = self.admin.active_versions.remote().result(timeout_s=max(5.0, 5 * self.sync_s))
+                self._set_active(self.admin.active_versions.remote().result(timeout_s=max(5.0, 5 * self.sync_s)))
             except Exception:  # the admin replica restarting, a timeout: keep the last known
                 log.warning("could not read the active versions; routing by the last known", exc_info=True)
             if self._stop.wait(self.sync_s):
                 return
 
     # ------------------------------------------------------------------------------ inference
-    def _mid(self, req: pb.DetectRequest) -> str:
-        return model_id(req.category, req.version or self._active.get(req.category, ""))
+    def _set_active(self, active: dict[str, str]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for category in set(self._active) - set(active):
+                self._gone[category] = now
+            for category in list(self._gone):
+                if category in active or now - self._gone[category] > max(10.0, 10 * self.sync_s):
+                    del self._gone[category]  # registered again, or every replica has long seen it go
+            self._active = active
+
+    def _pin(self, req: pb.DetectRequest) -> tuple[str, pb.DetectRequest]:
+        """(model id, the request with the version it is routed to): a request that names no version goes
+        to the active one as this router knows it, and says so, so the replica computes that version even
+        if its own view of the store is a moment older (read-your-writes for this front's admin calls)."""
+        version = req.version or self._active.get(req.category, "")
+        if version and not req.version:
+            pinned = pb.DetectRequest()
+            pinned.CopyFrom(req)
+            pinned.version = version
+            req = pinned
+        return model_id(req.category, version), req
+
+    def _gone_error(self, req: pb.DetectRequest) -> ServingError | None:
+        """A category this router saw unregistered is NOT_FOUND at once, as on the single server (the
+        replicas stop serving it within sync_s)."""
+        if not req.version and req.category in self._gone and req.category not in self._active:
+            return ServingError(Code.NOT_FOUND, Reason.CATEGORY_NOT_FOUND,
+                                f"no adapter registered for {req.category!r}", field="category",
+                                metadata={"category": req.category})
+        return None
 
     def _send(self, method: str, request, mid: str, deadline: float | None):
         return self.replicas.options(multiplexed_model_id=mid).detect.remote(
@@ -129,7 +159,9 @@ class Router:
 
     def detect(self, request: pb.DetectRequest, timeout: float | None = None) -> Answer:
         deadline = None if timeout is None else time.monotonic() + timeout
-        mid = self._mid(request)
+        if (gone := self._gone_error(request)) is not None:
+            return Answer.error(gone)
+        mid, request = self._pin(request)
         code, payload, held, replica = self._receive(self._send("Detect", request, mid, deadline), mid, deadline)
         if not code:
             self._count(held)
@@ -142,12 +174,18 @@ class Router:
                                              f"{n} items, over this server's limit of {self.max_batch_items}; "
                                              "split the batch", field="requests"))
         deadline = None if timeout is None else time.monotonic() + timeout
-        groups: dict[str, list[int]] = {}
         for i, item in enumerate(request.requests):
-            groups.setdefault(self._mid(item), []).append(i)
+            if (gone := self._gone_error(item)) is not None:
+                return Answer.error(ItemError(i, gone).for_batch())
+        groups: dict[str, list[int]] = {}
+        items = []
+        for i, item in enumerate(request.requests):
+            mid, item = self._pin(item)
+            items.append(item)
+            groups.setdefault(mid, []).append(i)
         # one sub-batch per model, all sent before any is awaited, each to a replica holding its category
         sent = [(mid, idx, self._send("DetectBatch", pb.DetectBatchRequest(
-            requests=[request.requests[i] for i in idx]), mid, deadline)) for mid, idx in groups.items()]
+            requests=[items[i] for i in idx]), mid, deadline)) for mid, idx in groups.items()]
         out: list[pb.DetectResponse | None] = [None] * n
         errors: list[tuple[int, status_pb2.Status]] = []
         metadata = []
@@ -181,7 +219,7 @@ class Router:
         except RayError as exc:
             return Answer.error(ServingError(Code.UNAVAILABLE, Reason.SERVER_UNAVAILABLE,
                                              f"the admin replica is unavailable ({type(exc).__name__}); retry"))
-        self._active = active
+        self._set_active(active)
         if not code and method == "ServerInfo":
             import ray
 

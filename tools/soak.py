@@ -35,7 +35,9 @@ What it checks (the verdict in soak.json; the exit status is 1 if any check fail
   no_internal_unknown  no INTERNAL or UNKNOWN seen by any client, nor counted by the server's metrics
   expected_codes       every bad / cancelled / deadline / churn call got one of its expected codes
   rss_stable           after warm-up (`--warmup-minutes`, default the first 20% of the run) RSS stays
-                       within `--rss-tolerance` (10%) of the first post-warm-up sample
+                       within `--rss-tolerance` (10%) of the first post-warm-up sample (also reported,
+                       not checked: the median RSS of each third, which a leak moves and a transient
+                       working set does not)
   p99_stable           p99 of good Detects in each third of the post-warm-up run; the largest over the
                        smallest must be at most `--p99-ratio` (1.5)
   clean_exit           the server exited 0 on SIGTERM (within its grace period + 30 s)
@@ -510,10 +512,15 @@ def verdict(samples, latencies, totals, unexpected_count, server_outcomes, exit_
     if len(post) >= 2:
         first = post[0]["rss_mb"]
         rel = [s["rss_mb"] / first - 1 for s in post]
+        # also the median per third: a leak moves it, a working set that comes and goes does not
+        thirds = [[s["rss_mb"] for s in post[len(post) * i // 3:len(post) * (i + 1) // 3]] for i in range(3)]
+        medians = [float(np.median(t)) for t in thirds if t]
         checks["rss_stable"] = {"pass": max(rel) <= args.rss_tolerance and min(rel) >= -args.rss_tolerance,
                                 "first_mb": round(first, 1), "max_rel": round(max(rel), 4),
                                 "min_rel": round(min(rel), 4), "last_rel": round(rel[-1], 4),
-                                "tolerance": args.rss_tolerance}
+                                "tolerance": args.rss_tolerance,
+                                "median_mb_by_third": [round(m, 1) for m in medians],
+                                "median_ratio_max_min": round(max(medians) / min(medians), 4)}
     else:
         checks["rss_stable"] = {"pass": False, "why": "fewer than 2 samples after warm-up"}
     post_lat = [(t, ms) for t, ms in latencies if t >= warmup_s]

@@ -4,8 +4,8 @@ The adapter is folded into its core and run in fp32 over the category's own imag
 convolution's input and output ranges are recorded (`landmarks.int8`). The int8 graph the server
 would build from them (its sessions, `landmarks.runtime.sessions`) is then run beside fp32 on held-out images
 of the same set, and the calibration is written into the adapter's metadata only if the points
-stay within 0.5 px (mean and 95th percentile, in pixels of a 128 px crop) of fp32's: issue 16's
-acceptance rule. The adapter's tensors, and so its fingerprint and served version, are unchanged.
+stay within 0.5 px (mean and 95th percentile, in pixels of a 128 px crop) of fp32's: the serving
+precision's acceptance rule (docs/benchmark.md, "Precision"). The adapter's tensors, and so its fingerprint and served version, are unchanged.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ PRECISIONS = ("auto", "fp32", "int8")
 
 # graph passes skipped at session creation: fusions for transformer and matmul networks that never
 # match this one, and general passes that find nothing in it; skipping them cuts ~20% of a session's
-# creation (a registration's largest part), the forward unchanged (docs/benchmark.md, "Issue 16,
-# session 13"). ORT ignores names it does not know.
+# creation (a registration's largest part), the forward unchanged (docs/benchmark.md, "Where a lone
+# request's time goes"). ORT ignores names it does not know.
 SKIPPED_OPTIMIZERS = (
     "CommonSubexpressionElimination", "ConstantSharing", "TransposeOptimizer", "ReshapeFusion",
     "GatherSliceToSplitFusion", "GatherToSplitFusion", "GatherToSliceFusion", "GeluFusion", "FastGeluFusion",

@@ -25,17 +25,22 @@ from serving.config import DEFAULT_PORT
 SERVER_FLAGS = ("host", "adapters_dir", "core_path", "device", "backend", "precision", "cache_bytes", "max_adapter_bytes",
                 "max_image_pixels", "min_image_side", "max_batch_items", "max_batch_size", "max_queue_delay_ms",
                 "max_queue", "max_message_bytes", "enable_admin", "allowed_register_dirs", "admin_token",
-                "inference_token", "tls_cert", "tls_key", "tls_client_ca")
+                "inference_token", "tls_cert", "tls_key", "tls_client_ca", "adaptation_workers", "adaptation_threads",
+                "adaptation_nice", "adaptation_device", "max_adaptation_images", "min_adaptation_images",
+                "max_adaptation_image_bytes", "max_adaptation_image_pixels", "max_adaptation_upload_bytes",
+                "adaptation_quota_bytes")
 
 _EPILOG = """\
 how it works (docs/scale.md): this process answers gRPC on --host:--port (127.0.0.1 unless told
 otherwise; TLS and tokens as `landmarks serve`), names each request's model "category@version" and
 sends it, with the client's deadline, through Ray Serve's model multiplexing to a replica that already
 holds that category folded (else to the least busy, which folds it and keeps at most
---max-categories-per-replica). Each replica loads the core once. Admin
-calls (register, activate, unregister) go to one admin replica, which validates and writes the
-shared --adapters directory as `landmarks serve` does; replicas re-read it every --sync-s seconds,
-and at once when asked for a category or version they do not know.
+--max-categories-per-replica). Each replica loads the core once. Admin calls (register, activate,
+unregister) go to one admin replica, which validates and writes the shared --adapters directory as
+`landmarks serve` does; replicas re-read it every --sync-s seconds, and at once when asked for a
+category or version they do not know. Adaptation jobs (AdaptationService) train as Ray tasks on any
+node with the resources (--adaptation-threads CPUs, --adaptation-gpus GPUs) and register through the
+admin replica.
 
 examples:
   landmarks serve-ray --replicas 2 --port 50051              local cluster on this machine
@@ -80,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--sync-s", type=float, default=1.0,
                        help="seconds between a replica's reads of the store: an admin change is served by every "
                             "replica within this (default %(default)s)")
+    parser.add_argument("--adaptation-gpus", type=float, default=0.0,
+                        help="GPUs each adaptation job's Ray task asks for, so a cluster with GPU workers trains "
+                             "there (a fraction shares one; default %(default)s)")
     # as `landmarks serve`: --adapters (here the shared store every node reads and the admin replica
     # writes), --core, the model, request, batching and security flags
     config.add_arguments(parser, SERVER_FLAGS)
@@ -108,6 +116,8 @@ def main(args: argparse.Namespace) -> int:
         cfg = config.from_args(args, SERVER_FLAGS)
         cfg = dataclasses.replace(cfg, adapters_dir=cfg.adapters_dir.resolve(),  # replicas may run elsewhere
                                   core_path=cfg.core_path.resolve() if cfg.core_path else None)
+        if args.attach:  # the first front runs the jobs: two would both resume the same interrupted ones
+            cfg = dataclasses.replace(cfg, adaptation_workers=0)
         opts = RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                           target_ongoing_requests=args.target_ongoing,
                           max_categories_per_replica=args.max_categories_per_replica, replica_cpus=args.replica_cpus,
@@ -132,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
         if not args.attach:
             serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
             serve.run(build_app(cfg, opts, ingress=False), name=APP_NAME, route_prefix=None)
-        front = start_front(cfg, args.port, *handles(), sync_s=opts.sync_s)
+        front = start_front(cfg, args.port, *handles(), sync_s=opts.sync_s, adaptation_gpus=args.adaptation_gpus)
     except Exception as exc:  # noqa: BLE001  e.g. a replica that cannot load the core, a port in use
         print(f"error: the Ray Serve application did not start: {exc}", file=sys.stderr)
         _stop(serve, ray, started_here, args.attach)

@@ -64,7 +64,8 @@ def ray_app(ray_store):
     store, _ = ray_store
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     t0 = time.monotonic()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # 2 replicas x 1 CPU, and 1 (logical) CPU for an adaptation job's task
+    ray.init(num_cpus=3, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
         serve.run(build_app(_config(store), RayOptions(replicas=2, max_categories_per_replica=2, sync_s=SYNC_S),
@@ -170,7 +171,16 @@ def test_registered_at_run_time_is_served_then_activate_and_unregister_reach_eve
     int8 = DEFAULT_BACKEND == "onnxruntime" and bool(cpu_int8_flags())
     birds = next(c for c in client.categories() if c.name == "birds")
     assert {v.version: v.precision for v in birds.versions} == {"v1": "fp32", "v2": "int8" if int8 else "fp32"}
+    # read-your-writes through the front that made the change, though a replica's view of the store may
+    # lag by --sync-s: it routes by the version it knows is active and says so in the request
+    client.activate("birds", "v1")
+    assert {detect(client, image, "birds")[0].version for _ in range(6)} == {"v1"}
+    client.activate("birds", "v2")
+    assert {detect(client, image, "birds")[0].version for _ in range(6)} == {"v2"}
     client.unregister("birds")
+    with pytest.raises(grpc.RpcError) as err:  # at once, from the front that unregistered it
+        client.detect(image, "birds")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     time.sleep(2 * SYNC_S)  # every replica has re-read the store by now
     for _ in range(6):
         with pytest.raises(grpc.RpcError) as err:
@@ -402,3 +412,23 @@ def test_reflection_v1_and_health_watch_on_the_front(ray_port):
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         watch.cancel()
+
+
+def test_an_adaptation_job_trains_as_a_ray_task_and_the_replicas_serve_it(client, ray_store):
+    """AdaptationService on the front: the smoke preset on ten small photos, trained by a Ray task,
+    registered through the admin replica, then detected by the replicas like any registration."""
+    from tests.serving.test_adaptations import PHOTOS, photo
+
+    store, _ = ray_store
+    job = client.start_adaptation("mugs", PHOTOS, preset="smoke", num_landmarks=3, activate=True)
+    assert job.state == "queued" and job.images == 10
+    seen = list(client.watch_adaptation(job.id, timeout=300))
+    done = seen[-1]
+    try:
+        assert done.state == "succeeded", done.error
+        assert any(s.state == "running" for s in seen) and done.version == f"job-{job.id}" and done.activated
+        assert (store / ".jobs" / job.id / "samples.png").is_file()  # the rest of its files deleted
+        result = client.detect(photo(7), "mugs")
+        assert result.version == done.version and len(result.points) == 3
+    finally:
+        client.unregister("mugs")
