@@ -5,6 +5,7 @@
 #
 #   scripts/bench_runs.sh onnxruntime 3 int8-128px
 #   SERVE_ARGS="--precision fp32" scripts/bench_runs.sh onnxruntime 3 fp32-128px   # other `landmarks serve` flags
+#   SERVE="serve-ray --replicas 2 --num-cpus 2" scripts/bench_runs.sh onnxruntime 1 ray2-int8-128px
 #
 # The server runs --precision int8 unless SERVE_ARGS says otherwise: the bench's adapters carry int8
 # calibrations from noise images with no accuracy check, which the default (auto) serves in fp32.
@@ -22,7 +23,8 @@ STORE=$(mktemp -d /tmp/bench-store-XXXX)
 mkdir -p runs/bench docs/bench
 export GOMP_SPINCOUNT=20000
 landmarks=${LANDMARKS:-.venv/bin/landmarks}
-"$landmarks" serve --adapters "$STORE" --core adapters/core.safetensors --port "$PORT" \
+# shellcheck disable=SC2086  # SERVE is a command and its flags
+"$landmarks" ${SERVE:-serve} --adapters "$STORE" --core adapters/core.safetensors --port "$PORT" \
   --backend "$BACKEND" ${SERVE_ARGS---precision int8} > "runs/bench/serve-$TAG.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$STORE"' EXIT

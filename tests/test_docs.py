@@ -53,10 +53,11 @@ def test_site_builds_strict(tmp_path: Path) -> None:
 # say the new one (scripts/reproduce_results.sh runs this test last). Pages are read with `**` removed
 # and whitespace collapsed, so bold and line breaks do not matter.
 
-PAGES = ("README.md", "RESULTS.md", "docs/benchmark.md")
+PAGES = ("README.md", "RESULTS.md", "docs/benchmark.md", "docs/scale.md")
 BENCH_RUNS = {  # the bench runs the performance page reads, and how many of each
     "2026-12-05-int8-128px": 6, "2026-12-05-fp32-128px": 6, "2026-12-05-default-session-threads-2-128px": 2,
     "2026-12-07-int8-128px": 1, "2026-12-07-int8-maxbatch1-128px": 1,
+    "2026-12-07-ray2-int8-128px": 1, "2026-12-07-single-int8-128px": 1,
 }
 
 
@@ -246,6 +247,22 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
     official = sorted(r["official_throughput"] for r in h1["rounds"])
     out.append(("docs/benchmark.md", (f"(the official forward at {official[0]:.1f} and {official[1]:.1f} crops/s against "
                                      f"{_span(official[2:], 0)} in the others)")))
+    # docs/scale.md: serve-ray with 2 replicas beside one process
+    (ray,), (single,) = runs("2026-12-07-ray2-int8-128px"), runs("2026-12-07-single-int8-128px")
+    for n in (1, 16):
+        out.append(("docs/scale.md", (
+            f"| req/s, {n} categor{'y' if n == 1 else 'ies'}, concurrency 1 / 16 | "
+            f"{row(ray, 1, n)['throughput']:.1f} / {row(ray, 16, n)['throughput']:.1f} | "
+            f"{row(single, 1, n)['throughput']:.1f} / {row(single, 16, n)['throughput']:.1f} |")))
+    out += [
+        ("docs/scale.md", (f"| p50 ms, 1 category, concurrency 1 | {row(ray, 1, 1)['p50_ms']:.2f} | "
+                           f"{row(single, 1, 1)['p50_ms']:.2f} |")),
+        ("docs/scale.md", f"bare forward p50, after idle) | {ray['added_ms']:.2f} | {single['added_ms']:.2f} |"),
+        ("docs/scale.md", f"by the front itself) | {ray['rpc_floor_ms']:.2f} | {single['rpc_floor_ms']:.2f} |"),
+        ("docs/scale.md", (f"| register_to_served_ms (p50 of 16) | {ray['register_to_served_ms']:.1f} | "
+                           f"{single['register_to_served_ms']:.1f} |")),
+        ("docs/scale.md", f"(the empty RPC: {ray['rpc_floor_ms']:.2f} against {single['rpc_floor_ms']:.2f} ms)"),
+    ]
     return out
 
 
