@@ -184,7 +184,10 @@ def build_app(cfg: ServerConfig, opts: RayOptions, ingress: bool = True):
     if opts.max_replicas is not None:
         scaling = {"autoscaling_config": {"min_replicas": opts.min_replicas, "max_replicas": opts.max_replicas,
                                           "target_ongoing_requests": opts.target_ongoing_requests}}
-    env = {"runtime_env": {"env_vars": {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "20000")}}}
+    # the replicas are new processes: glibc reads the arena cap from their environment (serving.memory)
+    env = {"runtime_env": {"env_vars": {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "20000"),
+                                        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX",
+                                                                           str(max(1, int(opts.replica_cpus))))}}}
     # admin and ingress take no CPU slot: replicas get the cluster's cores
     admin = serve.deployment(Admin, name=ADMIN_DEPLOYMENT).options(
         num_replicas=1, graceful_shutdown_timeout_s=5, ray_actor_options={"num_cpus": 0, **env}).bind(cfg, opts)

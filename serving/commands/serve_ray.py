@@ -134,6 +134,9 @@ def main(args: argparse.Namespace) -> int:
         print("error: --attach joins a running application: give its cluster with --address (e.g. auto)",
               file=sys.stderr)
         return 2
+    from serving.memory import cap_malloc_arenas
+
+    cap_malloc_arenas()  # the front's process (serving.memory)
     started_here = args.address is None
     ray.init(address=args.address, num_cpus=args.num_cpus if started_here else None, include_dashboard=False,
              configure_logging=False)
