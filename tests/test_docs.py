@@ -247,6 +247,11 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
     official = sorted(r["official_throughput"] for r in h1["rounds"])
     out.append(("docs/benchmark.md", (f"(the official forward at {official[0]:.1f} and {official[1]:.1f} crops/s against "
                                      f"{_span(official[2:], 0)} in the others)")))
+    # RESULTS.md: the serving cost of each core width
+    for arch in ("cpu", "w192", "paper"):
+        d = files[f"docs/bench/frontier-{arch}.json"]
+        out.append(("RESULTS.md", (f"| {row(d, 1, 1)['p50_ms']:.1f} ms | {row(d, 16, 1)['throughput']:.0f} / "
+                                   f"{row(d, 16, 16)['throughput']:.0f} | {d['register_to_served_ms']:.0f} ms |")))
     # docs/scale.md: serve-ray with 2 replicas beside one process
     (ray,), (single,) = runs("2026-12-07-ray2-int8-128px"), runs("2026-12-07-single-int8-128px")
     for n in (1, 16):
