@@ -168,6 +168,16 @@ class ItemError(ServingError):
                             metadata={**cause.metadata, "index": str(self.index)})
 
 
+def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo detail of a google.rpc.Status (its reason, and metadata such as a batch "index")."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
 def renumber(status: status_pb2.Status, index: int, old: int | None) -> status_pb2.Status:
     """A DetectBatch item's error from a sub-batch (serve-ray splits a batch by category) as item `index`
     of the client's batch: `old` is its index in the sub-batch, None for an error about the whole

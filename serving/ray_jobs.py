@@ -23,11 +23,10 @@ from pathlib import Path
 
 import grpc
 import ray
-from google.rpc import error_details_pb2
 
 from landmarks.v1 import landmarks_pb2 as pb
 from serving.adaptations import AdaptationLimits, kill_job_process, start_job_process
-from serving.errors import Reason, ServingError
+from serving.errors import Reason, ServingError, error_info
 from serving.ray_router import Router
 
 __all__ = ["AdminRegistry", "RayTasks"]
@@ -120,13 +119,11 @@ class AdminRegistry:
     @staticmethod
     def _raise(answer) -> None:
         status = answer.status()
+        info = error_info(status)
         reason = Reason.INTERNAL
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                with contextlib.suppress(ValueError):
-                    reason = Reason(info.reason)
+        if info is not None:
+            with contextlib.suppress(ValueError):
+                reason = Reason(info.reason)
         raise ServingError(grpc.StatusCode[answer.code], reason, status.message)
 
     def status(self, category: str) -> _Status:

@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2  # (google.rpc.Code names gRPC's codes)
 from ray.exceptions import RayError, RayTaskError
 
 from landmarks.v1 import landmarks_pb2 as pb
-from serving.errors import ItemError, Reason, ServingError, renumber
+from serving.errors import ItemError, Reason, ServingError, error_info, renumber
 from serving.ray_replicas import model_id
 
 __all__ = ["ADMIN_RESPONSES", "Answer", "Router"]
@@ -54,13 +54,9 @@ class Answer:
 
 def _item_index(status: status_pb2.Status) -> int | None:
     """The sub-batch item a replica's DetectBatch error is about (ErrorInfo metadata "index")."""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.metadata.get("index", "").isdigit():
-                return int(info.metadata["index"])
-    return None
+    info = error_info(status)
+    index = info.metadata.get("index", "") if info is not None else ""
+    return int(index) if index.isdigit() else None
 
 
 def _expired() -> ServingError:
@@ -206,7 +202,7 @@ class Router:
                 out[i] = r
         if errors:
             status = min(errors, key=lambda e: e[0])[1]
-            return Answer(_code_name(status.code), status.SerializeToString(), metadata)
+            return Answer(code_pb2.Code.Name(status.code), status.SerializeToString(), metadata)
         return Answer("", pb.DetectBatchResponse(responses=out).SerializeToString(), metadata)
 
     # ---------------------------------------------------------------------------------- admin
@@ -228,7 +224,3 @@ class Router:
             payload = info.SerializeToString()
         return Answer(code, payload)
 
-
-def _code_name(value: int) -> str:
-    """A google.rpc.Code number -> grpc.StatusCode name (the two enumerate the same codes)."""
-    return next(c.name for c in grpc.StatusCode if c.value[0] == value)
