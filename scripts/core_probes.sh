@@ -12,15 +12,18 @@
 #   scripts/core_probes.sh cost    serving cost: for each width a core of that architecture (random
 #                                  weights: the cost does not depend on them) served by `landmarks
 #                                  serve` on a free port and measured by `landmarks bench` (lone-request
-#                                  p50, crops/s, register -> served; int8 and fp32 per its report);
-#                                  JSON in docs/bench/frontier-<arch>.json.
+#                                  p50, crops/s, register -> served); JSON in
+#                                  docs/bench/frontier-<arch>.json. The bench's adapters carry noise
+#                                  calibrations with no check, so the default (auto) serves them in
+#                                  fp32; PRECISION=int8 serves them with --precision int8 and writes
+#                                  docs/bench/frontier-<arch>-int8.json.
 #
 # Train in the background in its own process group and record it for scripts/paused.sh:
 #   setsid nohup scripts/core_probes.sh train > runs/core_probes.out 2>&1 & echo $! > runs/training.pid
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${LANDMARKS_BIN:-.venv/bin}
-candidates="paper:4600 w192:7000 cpu:13700"  # steps from 20.5 / ~31 (estimated) / 60.9 img/s measured here
+candidates="paper:4600 w192:9000 cpu:13700"  # steps from 20.5 / 40 / 60.9 img/s measured here
 
 train() {
   for candidate in $candidates; do
@@ -49,10 +52,11 @@ save_core(sys.argv[2], model, command=f"scripts/core_probes.sh cost ({sys.argv[1
 PY
     local port
     port=$("$bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
-    "$bin/landmarks" serve --port "$port" --adapters "$store" > "$store/serve.log" 2>&1 &
+    "$bin/landmarks" serve --port "$port" --adapters "$store" ${PRECISION:+--precision "$PRECISION"} \
+      > "$store/serve.log" 2>&1 &
     local server=$!
     "$bin/landmarks" bench --server "127.0.0.1:$port" --core "$store/core.safetensors" --adapter-size 128 \
-      --json "docs/bench/frontier-$arch.json" "${BENCH_ARGS[@]}" || echo "bench failed for $arch" >&2
+      --json "docs/bench/frontier-$arch${PRECISION:+-$PRECISION}.json" "${BENCH_ARGS[@]}" || echo "bench failed for $arch" >&2
     kill "$server"; wait "$server" 2>/dev/null
     rm -rf "$store"
   done
@@ -62,5 +66,5 @@ BENCH_ARGS=("${@:2}")
 case "${1:-}" in
   train) train ;;
   cost) cost ;;
-  *) sed -n '2,19p' "$0"; exit 2 ;;
+  *) sed -n '2,21p' "$0"; exit 2 ;;
 esac
