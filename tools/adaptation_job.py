@@ -39,9 +39,9 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import ROOT, machine, percentiles, start_server  # noqa: E402  the soak's server start-up and machine info
+from soak import ROOT, machine, percentiles, start_server
 
-from landmarks.client import LandmarkClient  # noqa: E402
+from landmarks.client import LandmarkClient
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
