@@ -17,8 +17,9 @@ What it does
      version runs in (int8 when its calibration passed the check).
 
 Output in --out: job.json (machine, commands, the job's final record, wall time per phase, Detect
-p50/p95/p99 per phase), job.png (latency over time with the job's phases and steps), samples.png (the
-job's samples picture) and server.log. The exit status is 1 if the job did not succeed.
+p50/p95/p99 per phase), samples.json (every probe Detect: seconds since the probe started at
+job.json's probe_started_utc, ms, code, the job's phase), job.png (latency over time with the job's
+phases and steps), samples.png (the job's samples picture) and server.log. The exit status is 1 if the job did not succeed.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Probe(threading.Thread):
         self.samples: list[tuple[float, float, str, str]] = []
         self.stop = threading.Event()
         self.t0 = time.monotonic()
+        self.started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the wall clock at t = 0
 
     def run(self) -> None:
         next_at = time.monotonic()
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "server": " ".join(cmd),
         "curl": " ".join(curl), "photos": {"folder": str(args.images), "count": len(names),
                                          "first": names[0], "last": names[-1]},
-        "job": job, "wall_s": wall_s, "phase_started_s": phase_started, "served": served,
+        "job": job, "wall_s": wall_s, "probe_started_utc": probe.started_utc, "phase_started_s": phase_started, "served": served,
         "detect_ms_by_phase": by_phase, "probe": {"category": args.probe_category,
                                                    "image": args.probe_image.name, "rate_per_s": args.rate},
     }
