@@ -7,11 +7,18 @@
         --out docs/images/faces_128_curve.png --title "faces at 128 px"
     python scripts/figures.py validation-curve runs/probes/cats-128 runs/probes/cats-128-more \
         runs/probes/cats-128-final --steps-before 1750 --out docs/images/cats_128_curve.png
+    # the core widths' probes: validation PCK against crops seen, beside the shipped core
+    python scripts/figures.py core-probes runs/probe-paper runs/probe-w192 runs/probe-cpu \
+        --rows docs/core_probes --out docs/images/core_probes.png
     # the README's picture: the quick start's `landmarks detect --draw` on the three bundled photos
     python scripts/figures.py quickstart                     # docs/images/quickstart_detect.png
 
 core-curve reads each run's `history.jsonl`, shifts its steps to follow the previous stage, and
 draws the loss and the validation PCK of all stages on one axis, a dashed line where a stage starts.
+
+core-probes writes each probe's validation rows (step, crops seen, PCK@0.2, learning rate) to
+ROWS/<arch>.jsonl from its `history.jsonl` and draws them all on one axis against crops seen, the
+shipped core's validation PCK (docs/core_eval_val.json) as a dashed line.
 
 validation-curve draws each `landmarks adapt --out` folder's validation records (the steps where
 `--val` scored the detector) one after the other, each run's steps counted on from the end of the
@@ -56,6 +63,36 @@ def core_curve(args) -> None:
     plot_curves(combined, args.out, f"core (cpu arch, LSPET): stages of {stages} steps", metric_key="val_pck",
                 metric_label="val PCK@0.2 (%)", stage_starts=starts[1:])
     print(f"wrote {args.out}: {offset:,} steps in {len(args.runs)} stages")
+
+
+def core_probes(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    args.rows.mkdir(parents=True, exist_ok=True)
+    for run in args.runs:
+        config = json.loads((run / "config.json").read_text())
+        arch, batch = config["arch"], config["batch_size"]
+        rows = sorted({r["step"]: r for r in history(run) if "val_pck" in r}.values(), key=lambda r: r["step"])
+        rows = [{"step": r["step"], "crops": r["step"] * batch, "val_pck": round(r["val_pck"], 2), "lr": r["lr"]}
+                for r in rows]
+        (args.rows / f"{arch}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        done = "" if (run / "done").exists() else ", running"
+        ax.plot([r["crops"] / 1e3 for r in rows], [r["val_pck"] for r in rows], marker="o", ms=3,
+                label=f"{arch}: {config['steps']:,} steps of {batch}{done}")
+    shipped = json.loads((ROOT / "docs/core_eval_val.json").read_text())["mean_pck@0.2"]
+    ax.axhline(shipped, color="k", ls="--", lw=1, label=f"shipped core (cpu width, ~370k crops): {shipped:.1f}%")
+    ax.set_xlabel("crops seen (thousands)")
+    ax.set_ylabel("validation PCK@0.2 (%), LSPET rows 8,500-8,999")
+    ax.set_title("core widths at ~60 minutes of a 2-core AVX-512 BF16 machine each")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out} and {len(args.runs)} row files in {args.rows}")
 
 
 def validation_curve(args) -> None:
@@ -131,6 +168,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("runs", type=Path, nargs="+", help="train-core output folders, first stage first")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.set_defaults(draw=core_curve)
+    p = sub.add_parser("core-probes", help="the core widths' probes against crops seen")
+    p.add_argument("runs", type=Path, nargs="+", help="train-core output folders, one per width")
+    p.add_argument("--rows", type=Path, default=ROOT / "docs/core_probes", help="folder for <arch>.jsonl")
+    p.add_argument("--out", type=Path, default=ROOT / "docs/images/core_probes.png", help="PNG to write")
+    p.set_defaults(draw=core_probes)
     p = sub.add_parser("validation-curve", help="one validation curve for a lineage of adapt runs")
     p.add_argument("runs", nargs="+", type=Path, help="run folders, in the order they continued each other")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
