@@ -16,6 +16,8 @@ What it does
   5. Checks what a user would: the new category answers Detect with K points, and which precision its
      version runs in (int8 when its calibration passed the check).
 
+    python tools/adaptation_job.py --report runs/job-cats300 --mark 2026-12-07T17:35:00Z=alone
+
 Output in --out: job.json (machine, commands, the job's final record, wall time per phase, Detect
 p50/p95/p99 per phase), samples.json (every probe Detect: seconds since the probe started at
 job.json's probe_started_utc, ms, code, the job's phase), job.png (latency over time with the job's
@@ -25,7 +27,9 @@ phases and steps), samples.png (the job's samples picture) and server.log. The e
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -86,6 +90,42 @@ class Probe(threading.Thread):
         self.client.close()
 
 
+def latency_by_phase(samples: list, marks: list[tuple[float, str]] = ()) -> dict:
+    """p50/p95/p99 of the OK probe Detects and the codes of all, per job phase; a phase that spans a
+    mark (seconds since the probe started, label) is split there into 'phase, label' parts."""
+    def label(t: float, phase: str) -> str:
+        before = [name for at, name in marks if t >= at]
+        return f"{phase}, {before[-1]}" if before and phase not in ("before", "after") else phase
+
+    rows: dict[str, list] = {}
+    for t, ms, code, phase in samples:
+        rows.setdefault(label(t, phase), []).append((ms, code))
+    return {name: {**percentiles([ms for ms, code in got if code == "OK"]), "codes": dict(Counter(c for _, c in got))}
+            for name, got in rows.items()}
+
+
+def report(out: Path, marks: list[str]) -> int:
+    """Per-phase latency of a finished run, split at wall-clock marks ('2026-12-07T17:35:00Z=label')."""
+    result = json.loads((out / "job.json").read_text())
+    samples = json.loads((out / "samples.json").read_text())
+    if "probe_started_utc" in result:
+        start = calendar.timegm(time.strptime(result["probe_started_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+    else:  # a run from before the field: the server logged the job's arrival; the probe's first job sample follows it
+        logged = re.search(rf"^(\S+ \S+),\d+ INFO serving.adaptations: adaptation job {result['job']['id']}:",
+                           (out / "server.log").read_text(), re.MULTILINE)
+        first = next(t for t, _, _, phase in samples if phase != "before")
+        start = calendar.timegm(time.strptime(logged.group(1), "%Y-%m-%d %H:%M:%S")) - first
+    parsed = []
+    for mark in marks:
+        when, _, name = mark.partition("=")
+        parsed.append((calendar.timegm(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ")) - start, name or when))
+    by_phase = latency_by_phase(samples, sorted(parsed))
+    print(f"{'phase':40s} {'n':>6s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s}  codes")
+    for name, row in by_phase.items():
+        print(f"{name:40s} {row['n']:6d} {row['p50'] or 0:7.2f} {row['p95'] or 0:7.2f} {row['p99'] or 0:7.2f}  {row['codes']}")
+    return 0
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=30) as reply:
         return json.loads(reply.read())
@@ -118,7 +158,12 @@ def plot(path: Path, probe_samples: list, progress: list) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, required=True, help="a folder of photos of the new category")
+    parser.add_argument("--report", type=Path, metavar="OUT",
+                        help="no job: print the per-phase latency of a finished run's OUT folder again")
+    parser.add_argument("--mark", action="append", default=[], metavar="UTC=LABEL",
+                        help="with --report: split the job's phases at this time (e.g. when other work on the "
+                             "machine stopped: 2026-12-07T17:35:00Z=alone); repeatable")
+    parser.add_argument("--images", type=Path, help="a folder of photos of the new category")
     parser.add_argument("--count", type=int, default=300, help="how many (the first, sorted by name)")
     parser.add_argument("--category", default="cats-job", help="the new category's name")
     parser.add_argument("--preset", default="", help="the job's preset (default: the server's default, cpu)")
@@ -129,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="probe Detects per second")
     parser.add_argument("--baseline-s", type=float, default=60.0, help="seconds measured before and after the job")
     parser.add_argument("--serve-args", default="", help="more `landmarks serve` flags, one string")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="a folder for the results")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(args.report, args.mark)
+    if args.images is None or args.out is None:
+        parser.error("--images and --out are needed to run a job (or --report OUT to read one)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="adaptation-job-"))
@@ -200,11 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=120)
         shutil.rmtree(work, ignore_errors=True)
 
-    by_phase = {}
-    for phase in dict.fromkeys(s[3] for s in probe.samples):
-        rows = [s for s in probe.samples if s[3] == phase]
-        by_phase[phase] = {**percentiles([s[1] for s in rows if s[2] == "OK"]),
-                           "codes": dict(Counter(s[2] for s in rows))}
+    by_phase = latency_by_phase(probe.samples)
     result = {
         "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "server": " ".join(cmd),

@@ -47,3 +47,11 @@ def test_a_smoke_job_is_timed_and_served(tmp_path):
     assert result["curl"].startswith("curl ") and "category=boxes" in result["curl"]
     for picture in ("job.png", "samples.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
+    # --report reads the run again; a mark at the probe's start splits every job phase, not before/after
+    again = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "adaptation_job.py"), "--report", str(out),
+         "--mark", f"{result['probe_started_utc']}=marked"],
+        check=True, cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    names = [line[:40].strip() for line in again.splitlines()[1:]]
+    assert names[0] == "before" and names[-1] == "after", again
+    assert all(name.endswith(", marked") for name in names[1:-1]) and len(names) == len(phases), again
