@@ -16,12 +16,16 @@ What it does
   5. Checks what a user would: the new category answers Detect with K points, and which precision its
      version runs in (int8 when its calibration passed the check).
 
-    python tools/adaptation_job.py --report runs/job-cats300 --mark 2026-12-07T17:35:00Z=alone
-
 Output in --out: job.json (machine, commands, the job's final record, wall time per phase, Detect
 p50/p95/p99 per phase), samples.json (every probe Detect: seconds since the probe started at
 job.json's probe_started_utc, ms, code, the job's phase), job.png (latency over time with the job's
-phases and steps), samples.png (the job's samples picture) and server.log. The exit status is 1 if the job did not succeed.
+phases and steps), samples.png (the job's samples picture) and server.log. The exit status is 1 if
+the job did not succeed.
+
+--report OUT prints a finished run's per-phase latency again (and writes OUT/report.json); each
+--mark UTC=LABEL splits the job's phases at that time, e.g. where other work on the machine stopped:
+
+    python tools/adaptation_job.py --report runs/job-cats300 --mark 2026-12-07T17:35:00Z=alone
 """
 
 from __future__ import annotations
@@ -105,7 +109,8 @@ def latency_by_phase(samples: list, marks: list[tuple[float, str]] = ()) -> dict
 
 
 def report(out: Path, marks: list[str]) -> int:
-    """Per-phase latency of a finished run, split at wall-clock marks ('2026-12-07T17:35:00Z=label')."""
+    """Per-phase latency of a finished run, split at wall-clock marks ('2026-12-07T17:35:00Z=label'); also
+    written to OUT/report.json."""
     result = json.loads((out / "job.json").read_text())
     samples = json.loads((out / "samples.json").read_text())
     if "probe_started_utc" in result:
@@ -120,6 +125,7 @@ def report(out: Path, marks: list[str]) -> int:
         when, _, name = mark.partition("=")
         parsed.append((calendar.timegm(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ")) - start, name or when))
     by_phase = latency_by_phase(samples, sorted(parsed))
+    (out / "report.json").write_text(json.dumps({"marks": marks, "detect_ms_by_phase": by_phase}, indent=1))
     print(f"{'phase':40s} {'n':>6s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s}  codes")
     for name, row in by_phase.items():
         print(f"{name:40s} {row['n']:6d} {row['p50'] or 0:7.2f} {row['p95'] or 0:7.2f} {row['p99'] or 0:7.2f}  {row['codes']}")
