@@ -19,7 +19,8 @@ What it does
 Output in --out: job.json (machine, commands, the job's final record, wall time per phase, Detect
 p50/p95/p99 per phase), samples.json (every probe Detect: seconds since the probe started at
 job.json's probe_started_utc, ms, code, the job's phase), job.png (latency over time with the job's
-phases and steps), samples.png (the job's samples picture) and server.log. The exit status is 1 if
+phases and steps), samples.png (the job's samples picture), adapter/ (the category's folder in the
+store: the registered version) and server.log. The exit status is 1 if
 the job did not succeed.
 
 --report OUT prints a finished run's per-phase latency again (and writes OUT/report.json); each
@@ -253,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=120)
+        if (store / args.category).is_dir():  # the registered version, to evaluate or register elsewhere
+            shutil.copytree(store / args.category, args.out / "adapter", dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
     by_phase = latency_by_phase(probe.samples)

@@ -45,6 +45,7 @@ def test_a_smoke_job_is_timed_and_served(tmp_path):
     for phase in phases.values():
         assert phase["codes"] == {"OK": phase["n"]} and phase["n"] > 0 and phase["p50"] > 0
     assert result["curl"].startswith("curl ") and "category=boxes" in result["curl"]
+    assert (out / "adapter" / f"{result['job']['version']}.safetensors").is_file()  # kept after the store is gone
     for picture in ("job.png", "samples.png"):
         assert (out / picture).read_bytes()[:4] == b"\x89PNG"
     # --report reads the run again; a mark at the probe's start splits every job phase, not before/after
