@@ -6,7 +6,7 @@
 # LANDMARKS_TRAINING_PID names another pid file (e.g. a training started from another checkout).
 root="$(cd "$(dirname "$0")/.." && pwd)"  # the command runs where it was called from
 pgid=$(cat "${LANDMARKS_TRAINING_PID:-$root/runs/training.pid}" 2>/dev/null || true)
-holders="$root/runs/paused.d"
+holders="$root/runs/paused.d/$pgid"  # per training: a holder of an earlier training never keeps this one stopped
 if [[ -n $pgid ]] && kill -0 -- "-$pgid" 2>/dev/null; then
   mkdir -p "$holders" && touch "$holders/$$"
   kill -STOP -- "-$pgid"
