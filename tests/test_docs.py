@@ -53,7 +53,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
 # say the new one (scripts/reproduce_results.sh runs this test last). Pages are read with `**` removed
 # and whitespace collapsed, so bold and line breaks do not matter.
 
-PAGES = ("README.md", "RESULTS.md", "docs/benchmark.md", "docs/scale.md")
+PAGES = ("README.md", "RESULTS.md", "docs/benchmark.md", "docs/scale.md", "docs/serving/adaptations.md")
 BENCH_RUNS = {  # the bench runs the performance page reads, and how many of each
     "2026-12-05-int8-128px": 6, "2026-12-05-fp32-128px": 6, "2026-12-05-default-session-threads-2-128px": 2,
     "2026-12-07-int8-128px": 1, "2026-12-07-int8-maxbatch1-128px": 1,
@@ -70,7 +70,8 @@ def _metadata(path: Path) -> dict:
 def _sources() -> dict[str, object]:
     """Every file the pages quote numbers from: docs/*_eval*.json, docs/compare/*.json, docs/bench/*.json, and
     the numbers in the shipped files' metadata (the core's validation, the int8 calibrations' checks)."""
-    paths = [*ROOT.glob("docs/*_eval*.json"), *ROOT.glob("docs/compare/*.json"), *ROOT.glob("docs/bench/*.json")]
+    paths = [*ROOT.glob("docs/*_eval*.json"), *ROOT.glob("docs/compare/*.json"), *ROOT.glob("docs/bench/*.json"),
+             *ROOT.glob("docs/core_probes/*.json"), *ROOT.glob("docs/jobs/*.json")]
     files: dict[str, object] = {str(p.relative_to(ROOT)): json.loads(p.read_text()) for p in sorted(paths)}
     files["adapters/core.safetensors"] = json.loads(_metadata(ROOT / "adapters/core.safetensors")["metrics"])
     for c in ("faces", "cats", "shoes"):
@@ -258,6 +259,17 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
         out.append(("RESULTS.md", (
             f"| `{arch}` | {i['speedup_vs_official']:.2f} | {i['added_ms']:.2f} | {i['register_to_served_ms']:.0f} ms "
             f"| {i['mixed_vs_single']:.2f} |")))
+    # RESULTS.md: each width's probe, its last weights on the 500 validation rows
+    for arch, crops in (("paper", 73_600), ("w192", 144_000)):
+        out.append(("RESULTS.md", f"| {crops:,} | {files[f'docs/core_probes/{arch}_eval_val.json']['mean_pck@0.2']:.2f}% |"))
+    # docs/serving/adaptations.md: the real job on 300 cat photos
+    job = files["docs/jobs/2026-12-07-cats300.json"]
+    validation, calibration = job["job"]["validation"], job["job"]["calibration"]
+    out += [("docs/serving/adaptations.md", f"consistency {validation['consistency']} px, spread {validation['spread']} px"),
+            ("docs/serving/adaptations.md", f"mean {calibration['mean_px']} px, p95 {calibration['p95_px']} px")]
+    for name, r in job["detect_ms_by_phase"].items():
+        out.append(("docs/serving/adaptations.md",
+                    f"| {name} | {r['n']:,} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} |"))
     # docs/scale.md: serve-ray with 2 replicas beside one process
     (ray,), (single,) = runs("2026-12-07-ray2-int8-128px"), runs("2026-12-07-single-int8-128px")
     for n in (1, 16):
@@ -361,7 +373,9 @@ def test_reproduce_results_regenerates_every_evaluation_file() -> None:
     for argv in ran:
         args, unknown = build_parser(argv[0]).parse_known_args(argv)
         assert not unknown and not getattr(args, "_unavailable", None), argv
-    evaluations = {name for name in _sources() if name.startswith("docs/") and not name.startswith("docs/bench/")}
+    # (docs/bench, docs/core_probes and docs/jobs come from their own commands: the bench, the probes, a job run)
+    evaluations = {name for name in _sources() if name.startswith("docs/")
+                   and not name.startswith(("docs/bench/", "docs/core_probes/", "docs/jobs/"))}
     kept = {"docs/compare/faces-128-teach-500-val.json", "docs/compare/faces-128-teach-500-test.json"}
     assert evaluations - kept <= written, f"not regenerated: {evaluations - kept - written}"
     # by default only the shipped files' evaluations (hours, not the comparison's training)
