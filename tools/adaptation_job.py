@@ -23,7 +23,8 @@ phases and steps), samples.png (the job's samples picture), adapter/ (the catego
 store: the registered version) and server.log. The exit status is 1 if
 the job did not succeed.
 
---report OUT prints a finished run's per-phase latency again (and writes OUT/report.json); each
+--report OUT prints a finished run's per-phase latency again and writes OUT/report.json (job.json with
+that latency and the marks: the record docs/jobs/ keeps); each
 --mark UTC=LABEL splits the job's phases at that time, e.g. where other work on the machine stopped:
 
     python tools/adaptation_job.py --report runs/job-cats300 --mark 2026-12-07T17:35:00Z=alone
@@ -53,6 +54,7 @@ from soak import ROOT, machine, percentiles, start_server
 
 from landmarks.client import LandmarkClient
 
+UTC = "%Y-%m-%dT%H:%M:%SZ"  # the wall-clock format of probe_started_utc and --mark
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -77,7 +79,7 @@ class Probe(threading.Thread):
         self.samples: list[tuple[float, float, str, str]] = []
         self.stop = threading.Event()
         self.t0 = time.monotonic()
-        self.started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # the wall clock at t = 0
+        self.started_utc = time.strftime(UTC, time.gmtime())  # the wall clock at t = 0
 
     def run(self) -> None:
         next_at = time.monotonic()
@@ -115,7 +117,7 @@ def report(out: Path, marks: list[str]) -> int:
     result = json.loads((out / "job.json").read_text())
     samples = json.loads((out / "samples.json").read_text())
     if "probe_started_utc" in result:
-        start = calendar.timegm(time.strptime(result["probe_started_utc"], "%Y-%m-%dT%H:%M:%SZ"))
+        start = calendar.timegm(time.strptime(result["probe_started_utc"], UTC))
     else:  # a run from before the field: the server logged the job's arrival; the probe's first job sample follows it
         logged = re.search(rf"^(\S+ \S+),\d+ INFO serving.adaptations: adaptation job {result['job']['id']}:",
                            (out / "server.log").read_text(), re.MULTILINE)
@@ -124,9 +126,12 @@ def report(out: Path, marks: list[str]) -> int:
     parsed = []
     for mark in marks:
         when, _, name = mark.partition("=")
-        parsed.append((calendar.timegm(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ")) - start, name or when))
+        parsed.append((calendar.timegm(time.strptime(when, UTC)) - start, name or when))
     by_phase = latency_by_phase(samples, sorted(parsed))
-    (out / "report.json").write_text(json.dumps({"marks": marks, "detect_ms_by_phase": by_phase}, indent=1))
+    # the run's record with the split latency: what the docs keep (docs/jobs/)
+    record = {**{k: v for k, v in result.items() if k != "detect_ms_by_phase"}, "detect_ms_by_phase": by_phase,
+              "marks": marks}
+    (out / "report.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"{'phase':40s} {'n':>6s} {'p50 ms':>7s} {'p95 ms':>7s} {'p99 ms':>7s}  codes")
     for name, row in by_phase.items():
         print(f"{name:40s} {row['n']:6d} {row['p50'] or 0:7.2f} {row['p95'] or 0:7.2f} {row['p99'] or 0:7.2f}  {row['codes']}")

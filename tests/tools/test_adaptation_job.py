@@ -56,3 +56,6 @@ def test_a_smoke_job_is_timed_and_served(tmp_path):
     names = [line[:40].strip() for line in again.splitlines()[1:]]
     assert names[0] == "before" and names[-1] == "after", again
     assert all(name.endswith(", marked") for name in names[1:-1]) and len(names) == len(phases), again
+    record = json.loads((out / "report.json").read_text())  # the run's record with the split latency
+    assert record["job"] == result["job"] and record["marks"] == [f"{result['probe_started_utc']}=marked"]
+    assert list(record["detect_ms_by_phase"]) == names
