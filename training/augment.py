@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["AugmentConfig", "crop_matrix", "points_box", "random_similarity", "transform_points", "warp_pil"]
+__all__ = ["AugmentConfig", "crop_matrix", "points_box", "random_colour", "random_similarity", "transform_points",
+           "warp_pil"]
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,13 @@ class AugmentConfig:
     scale_range: tuple[float, float] = (0.8, 1.2)
     shift_sd: float = 0.05  # fraction of the input size
     flip: bool = True
+    # Per-channel gain drawn from [1 - colour, 1 + colour] (0 = off): lighting and white balance
+    # differ between photos, and the joints do not depend on them.
+    colour: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.rotation_sd < 0 or self.shift_sd < 0 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+        if (self.rotation_sd < 0 or self.shift_sd < 0 or not 0 <= self.colour < 1
+                or not 0 < self.scale_range[0] <= self.scale_range[1]):
             raise ValueError(f"invalid augmentation {self}")
 
 
@@ -53,6 +58,14 @@ def random_similarity(rng: np.random.Generator, size: int, cfg: AugmentConfig) -
     if flip:
         m = np.array([[-1, 0, size - 1], [0, 1, 0], [0, 0, 1]]) @ m
     return m, flip
+
+
+def random_colour(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | None:
+    """Per-channel RGB gains for one crop, or None when colour jitter is off (no draw from `rng`,
+    so runs without it see the same crops as before the option existed)."""
+    if not cfg.colour:
+        return None
+    return rng.uniform(1 - cfg.colour, 1 + cfg.colour, size=3)
 
 
 def _pil_coefficients(matrix: np.ndarray) -> tuple[float, ...]:

@@ -13,6 +13,7 @@ from training.augment import (
     AugmentConfig,
     crop_matrix,
     points_box,
+    random_colour,
     random_similarity,
     transform_points,
     warp_pil,
@@ -67,15 +68,20 @@ class PoseCrops(torch.utils.data.Dataset):
             raise RuntimeError("no readable image in the dataset")
         matrix = crop_matrix(sample_box(sample), self.size)
         points, visible = sample.points.astype(np.float64), sample.visible.copy()
+        gains = None
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, epoch, index))
             sim, flipped = random_similarity(rng, self.size, self.augment)
             matrix = sim @ matrix
             if flipped:
                 points, visible = points[self.flip_index], visible[self.flip_index]
+            gains = random_colour(rng, self.augment)
         crop = warp_pil(image, matrix, self.size)
         pts = transform_points(points, matrix)
         inside = (pts >= -0.5).all(1) & (pts <= self.size - 0.5).all(1)
         weights = (visible & inside).astype(np.float32)
-        tensor = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        pixels = np.asarray(crop, dtype=np.float32) / 255.0
+        if gains is not None:
+            pixels = np.clip(pixels * gains.astype(np.float32), 0.0, 1.0)
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
         return tensor, torch.from_numpy(weights), torch.from_numpy(pts.astype(np.float32))

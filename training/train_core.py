@@ -53,6 +53,7 @@ class CoreTrainConfig:
     # leaves the "all zeros" solution (whose loss is ~97% of the initial plateau here) sooner.
     foreground_weight: float = 0.0
     rotation_sd: float = 15.0
+    colour_jitter: float = 0.0  # per-channel gain in [1 - c, 1 + c]; 0 keeps the shipped core's recipe
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each process's own GPU)
     bf16: str = "auto"  # auto: where the device runs it natively (GPU, AVX-512-BF16/AMX CPU) | true | false
     workers: int = 2  # loader processes: decode, crop and augment (the heatmaps are drawn on the device)
@@ -193,8 +194,8 @@ def _train_core(cfg: CoreTrainConfig, resume: bool, command: str, processes: Pro
         return path
 
     size = model_cfg.input_size
-    task = CoreStep(cfg, model, optimisers, PoseCrops(train_set, size, AugmentConfig(rotation_sd=cfg.rotation_sd),
-                                                      cfg.seed),
+    augment = AugmentConfig(rotation_sd=cfg.rotation_sd, colour=cfg.colour_jitter)
+    task = CoreStep(cfg, model, optimisers, PoseCrops(train_set, size, augment, cfg.seed),
                     PoseCrops(val_set, size), device, precision, processes, out, export)
     resumed = run.restore(task, resume)
     if cfg.init_from and not resumed:
@@ -223,6 +224,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "bf16": "auto: bf16 autocast where the device runs it natively (GPUs; CPUs with "
                                        "avx512_bf16 or amx_bf16; the log says which), fp16 + loss scaling on GPUs "
                                        "without bf16; true / false force it",
+                               "colour_jitter": "colour augmentation: each crop's R, G and B are scaled by gains "
+                                                "drawn from [1-C, 1+C], e.g. 0.2 (0: off)",
                                "license": "terms of use of the images, written into the core file "
                                           "(default: the dataset reader's)"}, presets=PRESETS)
 

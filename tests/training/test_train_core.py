@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from landmarks.adapter_io import load_core
@@ -59,3 +60,23 @@ def test_flip_test_is_mirror_equivariant():
     mirrored = pred[:, swap].copy()
     mirrored[..., 0] = size - 1 - mirrored[..., 0]
     assert abs(pred_m - mirrored).max() < 1e-3
+
+
+def test_colour_jitter_scales_channels_and_keeps_geometry(tmp_path):
+    from training.augment import AugmentConfig
+    from training.core_data import PoseCrops
+    from training.datasets import open_dataset
+
+    data = open_dataset(f"lspet:{write_lspet(tmp_path / 'lspet')}")
+    plain = PoseCrops(data, 64, AugmentConfig(), seed=3)
+    jittered = PoseCrops(data, 64, AugmentConfig(colour=0.3), seed=3)
+    for key in (0, 1, 9):  # 9: the same image in its second epoch
+        (a, wa, pa), (b, wb, pb) = plain[key], jittered[key]
+        # The colour draw comes after the geometric one: the same crop, points and weights.
+        assert torch.equal(pa, pb) and torch.equal(wa, wb)
+        gains = (b.sum((1, 2)) / a.sum((1, 2))).numpy()
+        assert ((gains > 0.69) & (gains < 1.31)).all() and gains.std() > 1e-3, gains
+        assert b.min() >= 0 and b.max() <= 1
+    assert torch.equal(jittered[1][0], jittered[1][0])  # deterministic per (seed, epoch, index)
+    with pytest.raises(ValueError):
+        AugmentConfig(colour=1.0)
