@@ -18,10 +18,13 @@
 #   calibrate  (only when named) the shipped adapters' int8 calibrations, checked against fp32 on each
 #              category's validation rows; rewrites adapters/*.safetensors' metadata in place (same
 #              tensors and fingerprints); the checks in runs/calibrate/CATEGORY.txt
-#   compare    (only when named) proposed / finetune / scratch: trains each missing
-#              runs/probes/{proposed,finetune,scratch} (1,500 steps of the cpu recipe, hours on 2
-#              cores), then docs/compare/NAME-{val,test}.json (MTFL rows 6655: with the regressor on
-#              :6655, and AFLW_M)
+#   compare    (only when named) proposed / finetune / scratch on one core: trains each missing
+#              runs/probes/[NAME/]{proposed,finetune,scratch} (1,500 steps, hours on 2 cores), then
+#              docs/compare/[NAME/]MODE-{val,test}.json (MTFL rows 6655: with the regressor on :6655, and
+#              AFLW_M). CORE (default adapters/core.safetensors) and PRESET (default quick: the 64 px
+#              recipe of RESULTS.md's table on the shipped core) choose the runs; NAME (default none: that
+#              table's files) keeps another comparison apart, e.g.
+#              CORE=runs/core-w192/core.safetensors PRESET=cpu NAME=w192-128px scripts/reproduce_results.sh compare
 # The numbers in the shipped files' own metadata (the core's validation PCK, the int8 calibrations'
 # checks) are written by training and by `calibrate`. Not regenerated:
 # docs/compare/faces-128-teach-500-*.json, a run described at commit 55ef728 (RESULTS.md, "Tried,
@@ -132,23 +135,27 @@ if has served; then
 fi
 
 if has compare; then
+  core=${CORE:-adapters/core.safetensors}
+  name=${NAME:+$NAME/}
+  [[ $dry == 1 ]] || mkdir -p "docs/compare/$name"
   for mode in proposed finetune scratch; do
-    out=runs/probes/$mode
+    out=runs/probes/$name$mode
     if [[ ! -f $out/adapter.safetensors && ! -f $out/network.safetensors ]]; then
-      run "$landmarks" adapt "mtfl:$M/new_training.txt" --preset cpu --category faces --train-split :6655 \
-        --val "mtfl:$M/new_training.txt" --val-split 6655: --val-fit-split :6655 --checkpoint-every 500 \
-        --mode "$mode" --steps 1500 --picture-every 250 --seed 0 --out "$out"
+      run "$landmarks" adapt "mtfl:$M/new_training.txt" --preset "${PRESET:-quick}" --core "$core" --category faces \
+        --train-split :6655 --val "mtfl:$M/new_training.txt" --val-split 6655: --val-fit-split :6655 \
+        --checkpoint-every 500 --mode "$mode" --steps 1500 --picture-every 250 --seed 0 --no-calibrate --out "$out"
     fi
-    # a finetuned or scratch run exports a whole network, the proposed one an adapter
+    # a finetuned or scratch run exports a whole network, the proposed one an adapter (folded with its core)
     if [[ -f $out/network.safetensors || $mode != proposed ]]; then what=(--network "$out/network.safetensors")
-    else what=(--adapter "$out/adapter.safetensors"); fi
+    else what=(--adapter "$out/adapter.safetensors" --core "$core"); fi
     run "$landmarks" evaluate "${what[@]}" --train "mtfl:$M/new_training.txt" --train-split :6655 \
       --test "mtfl:$M/new_training.txt" --test-split 6655: --out "$out/eval-val"
-    keep "$out/eval-val/evaluation.json" "docs/compare/$mode-val.json"
+    keep "$out/eval-val/evaluation.json" "docs/compare/$name$mode-val.json"
+    # shellcheck disable=SC2046
     run "$landmarks" evaluate "${what[@]}" $(test_data faces) --out "$out/eval-test"
-    keep "$out/eval-test/evaluation.json" "docs/compare/$mode-test.json"
-    summary "docs/compare/$mode-val.json"
-    summary "docs/compare/$mode-test.json"
+    keep "$out/eval-test/evaluation.json" "docs/compare/$name$mode-test.json"
+    summary "docs/compare/$name$mode-val.json"
+    summary "docs/compare/$name$mode-test.json"
   done
 fi
 
