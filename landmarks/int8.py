@@ -14,14 +14,15 @@ from landmarks.runtime.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     MAX_POINT_ERROR_PX,
+    REFUSED_KEY,
     Int8Calibration,
     checked_int8,
     int8_graph,
     int8_weights,
 )
 
-__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Calibration", "checked_int8", "conv_names",
-           "conv_ranges", "int8_graph", "int8_weights", "kept_in_fp32", "measure"]
+__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "REFUSED_KEY", "Int8Calibration", "checked_int8",
+           "conv_names", "conv_ranges", "int8_graph", "int8_weights", "kept_in_fp32", "measure"]
 
 
 def measure(model: torch.nn.Module, images: torch.Tensor, keep: Iterable[str] = DEFAULT_KEEP_FP32) -> Int8Calibration:

@@ -342,7 +342,7 @@ def _calibrate(path: Path, images: str, core: str, rows: tuple[str, str] | None)
               f"landmarks calibrate {path} --images {images} --split ROWS --held-out ROWS")
         return
     try:
-        result = calibrate(path, images, rows[0], rows[1], None, core_path=Path(core))
+        result = calibrate(path, images, rows[0], rows[1], None, core_path=Path(core), record_refusal=True)
     except (ArtifactError, DatasetError, ValueError) as exc:  # the adapter stands; it runs in fp32
         print(f"warning: not calibrated for int8 ({exc}); the server runs it in fp32", file=sys.stderr)
         return
@@ -351,7 +351,7 @@ def _calibrate(path: Path, images: str, core: str, rows: tuple[str, str] | None)
     if result["accepted"]:
         print(f"calibrated for int8 ({measured}); the default server runs it in int8")
     else:
-        print(f"int8 calibration refused ({measured}; the rule is 0.5): the server runs it in fp32")
+        print(f"int8 calibration refused ({measured}; the rule is 0.5): the server runs it in fp32 and says why")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from landmarks.int8 import (
     CALIBRATION_KEY,
     DEFAULT_KEEP_FP32,
     MAX_POINT_ERROR_PX,
+    REFUSED_KEY,
     conv_names,
     kept_in_fp32,
     measure,
@@ -68,8 +70,12 @@ def point_error(fp32: np.ndarray, int8: np.ndarray, size: int) -> np.ndarray:
 
 def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str | None, out: Path | None,
               core_path: Path | None = None, keep: tuple[str, ...] = DEFAULT_KEEP_FP32,
-              calibration_images: int = 200, check_images: int = 300, threads: int | None = None) -> dict:
-    """Calibrate, check, and (if accepted) write; returns what was measured ('accepted' says which)."""
+              calibration_images: int = 200, check_images: int = 300, threads: int | None = None,
+              record_refusal: bool = False) -> dict:
+    """Calibrate, check, and (if accepted) write; returns what was measured ('accepted' says which).
+
+    `record_refusal` (the end of a training run): a refused check is written into an adapter that has
+    no calibration (`REFUSED_KEY`), so the server can say why it runs in fp32."""
     if (split is None) != (held_out is None):
         raise ValueError("give both --split and --held-out (disjoint rows), or neither")
     if split is None:  # the last rows (at most a quarter of the set) held out
@@ -111,11 +117,15 @@ def calibrate(adapter_path: Path, images: str, split: str | None, held_out: str 
               "calibration_images": len(calib), "kept_fp32": list(calibration.keep_fp32), "quantised": len(calibration.quantised),
               "convolutions": len(conv_names(model)), **check_result, "accepted": accepted,
               "seconds": round(time.perf_counter() - started, 1)}
+    target = out or adapter_path
+    kept = dataclasses.replace(adapter, metadata={k: v for k, v in adapter.metadata.items() if k != REFUSED_KEY})
     if accepted:
         calibration = dataclasses.replace(calibration, check={**check_result, "calibration_images": len(calib)})
-        target = out or adapter_path
-        save_with_metadata(target, adapter, **{CALIBRATION_KEY: calibration.to_json()})
+        save_with_metadata(target, kept, **{CALIBRATION_KEY: calibration.to_json()})
         result["out"] = str(target)
+    elif record_refusal and CALIBRATION_KEY not in adapter.metadata:
+        save_with_metadata(target, kept, **{REFUSED_KEY: json.dumps(check_result)})
+        result["refusal_recorded"] = str(target)
     return result
 
 

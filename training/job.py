@@ -82,7 +82,8 @@ def run_job(job_dir: Path, core: Path) -> dict:
     validation["held_out_images"] = held
     _emit({"event": "phase", "phase": "calibrating"})
     try:
-        result = calibrate(adapter, images, f":-{held}", f"-{held}:", None, core, threads=threads)
+        result = calibrate(adapter, images, f":-{held}", f"-{held}:", None, core, threads=threads,
+                           record_refusal=True)
         calibration = {k: result[k] for k in ("accepted", "mean_px", "p95_px", "max_px", "images", "calibration_images")}
     except Exception as exc:  # noqa: BLE001  the adapter still serves in fp32
         calibration = {"accepted": False, "error": str(exc)}

@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "Int8Calibration", "checked_int8",
-           "int8_graph", "int8_weights", "kept_in_fp32"]
+__all__ = ["CALIBRATION_KEY", "DEFAULT_KEEP_FP32", "MAX_POINT_ERROR_PX", "REFUSED_KEY", "Int8Calibration",
+           "checked_int8", "int8_graph", "int8_weights", "kept_in_fp32"]
 
 CALIBRATION_KEY = "int8_calibration"  # the adapter metadata key
+# The check a calibration failed, recorded (JSON: mean_px, p95_px, ...) where training ended with one,
+# so that the server can say why the adapter runs in fp32; nothing else of a refused calibration is kept.
+REFUSED_KEY = "int8_refused"
 _FORMAT = 1
 # the convolutions left in fp32 by default: the first (it sees raw pixels) and the last two (the
 # heatmaps' logits), which moved the faces' points most in int8 (docs/benchmark.md, "Precision")
@@ -105,6 +108,10 @@ def checked_int8(metadata: Mapping[str, str]) -> tuple[bool, str]:
     except ValueError as exc:
         return False, f"its int8 calibration is malformed ({exc})"
     if calibration is None:
+        refused = _refused_check(metadata)
+        if refused:
+            return False, (f"its int8 calibration was refused by its check ({refused}; the rule is <= "
+                           f"{MAX_POINT_ERROR_PX}); landmarks calibrate --keep-fp32 with more modules may pass")
         return False, "no int8 calibration (landmarks calibrate adds one)"
     check = calibration.check
     if not {"mean_px", "p95_px"} <= set(check):
@@ -113,6 +120,16 @@ def checked_int8(metadata: Mapping[str, str]) -> tuple[bool, str]:
     if not (check["mean_px"] <= MAX_POINT_ERROR_PX and check["p95_px"] <= MAX_POINT_ERROR_PX):
         return False, f"its int8 calibration failed its check ({measured}; the rule is <= {MAX_POINT_ERROR_PX})"
     return True, f"its int8 calibration passed its check ({measured})"
+
+def _refused_check(metadata: Mapping[str, str]) -> str:
+    """The recorded refused check in words ('' if there is none or it is unreadable: it only explains)."""
+    try:
+        check = json.loads(metadata.get(REFUSED_KEY, "") or "null")
+        mean, p95 = float(check["mean_px"]), float(check["p95_px"])
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+        return ""
+    return f"mean {mean:.3f} px, p95 {p95:.3f} px at 128" if math.isfinite(mean) and math.isfinite(p95) else ""
+
 
 def kept_in_fp32(convs: Iterable[str], modules: Iterable[str]) -> tuple[str, ...]:
     """The weight names among `convs` (`architecture.conv_names`) of the convolutions inside any of

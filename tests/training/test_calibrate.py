@@ -57,6 +57,39 @@ def test_calibrate_refuses_and_writes_nothing_when_int8_moves_the_points(adapter
     assert adapter_file.read_bytes() == before
 
 
+def test_a_refusal_at_the_end_of_training_is_recorded_for_the_server(adapter_file, core_file, face_data,
+                                                                      monkeypatch):
+    """Where training ends with a calibration (`landmarks adapt`, server jobs), a refused check is kept in
+    the adapter's metadata so the server's precision_reason can name it; a later accepted calibration
+    drops it."""
+    import training.calibrate
+    from landmarks.int8 import REFUSED_KEY, checked_int8
+    from training.calibrate import calibrate
+
+    images, core = f"mtfl:{face_data / 'train.txt'}", load_core(core_file)
+    monkeypatch.setattr(training.calibrate, "MAX_POINT_ERROR_PX", -1.0)  # nothing can pass
+    result = calibrate(adapter_file, images, ":6", "6:", None, core_file, record_refusal=True)
+    assert not result["accepted"] and result["refusal_recorded"] == str(adapter_file)
+    adapter = load_adapter(adapter_file, core)
+    assert CALIBRATION_KEY not in adapter.metadata
+    passed, why = checked_int8(adapter.metadata)
+    assert not passed and why.startswith("its int8 calibration was refused by its check (mean ")
+    assert f"p95 {result['p95_px']:.3f} px" in why and "--keep-fp32" in why
+    monkeypatch.undo()
+    keep = ("stem", "block2", "block3", "hourglass", "top", "top_conv", "head")  # passes whatever the weights
+    assert calibrate(adapter_file, images, ":6", "6:", None, core_file, keep, record_refusal=True)["accepted"]
+    adapter = load_adapter(adapter_file, core)
+    assert REFUSED_KEY not in adapter.metadata and checked_int8(adapter.metadata)[0]
+
+
+@pytest.mark.parametrize("recorded", ["", "not json", "[1, 2]", '{"mean_px": "NaN", "p95_px": 1}', '{"p95_px": 1}',
+                                      "[" * 100_000])
+def test_an_unreadable_recorded_refusal_only_loses_its_explanation(recorded):
+    from landmarks.int8 import REFUSED_KEY, checked_int8
+
+    assert checked_int8({REFUSED_KEY: recorded}) == (False, "no int8 calibration (landmarks calibrate adds one)")
+
+
 def test_calibrate_explains_bad_arguments(adapter_file, core_file, face_data, capsys):
     images = ["--images", f"mtfl:{face_data / 'train.txt'}", "--core", str(core_file)]
     assert main(["calibrate", str(adapter_file), *images, "--split", ":6"]) == 2
