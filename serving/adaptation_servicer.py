@@ -18,7 +18,7 @@ import grpc
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.adaptations import Adaptations
-from serving.errors import Reason, ServingError
+from serving.errors import Reason, ServingError, grpc_handler
 from serving.job_store import Job
 
 __all__ = ["AdaptationServicer", "job_to_proto"]
@@ -52,20 +52,6 @@ def _options(message: pb.AdaptationOptions) -> dict[str, str]:
     return given
 
 
-def _handler(method):
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ServingError as exc:
-            exc.abort(context)
-        except Exception:  # a bug: never for bad input
-            log.exception("%s failed", method.__name__)
-            ServingError(Code.INTERNAL, Reason.INTERNAL,
-                         f"internal error in {method.__name__}; see the server log").abort(context)
-    return wrapper
-
-
 class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
     """`pool`: the threads that run StartAdaptation (an upload may take minutes) and WatchAdaptation
     (as long as the job), so that they never hold the handler threads Detect needs."""
@@ -79,7 +65,7 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                 call.experimental_thread_pool = pool
                 setattr(self, name, call)
 
-    @_handler
+    @grpc_handler
     def StartAdaptation(self, request_iterator, context):
         service = self.adaptations
         service.require()
@@ -118,11 +104,11 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
                     file.close()
         return job_to_proto(job)
 
-    @_handler
+    @grpc_handler
     def GetAdaptation(self, request, context):
         return job_to_proto(self.adaptations.get(request.id))
 
-    @_handler
+    @grpc_handler
     def ListAdaptations(self, request, context):
         return pb.ListAdaptationsResponse(jobs=[job_to_proto(j) for j in self.adaptations.list()])
 
@@ -140,6 +126,6 @@ class AdaptationServicer(pb_grpc.AdaptationServiceServicer):
             ServingError(Code.INTERNAL, Reason.INTERNAL, "internal error in WatchAdaptation; see the server log"
                          ).abort(context)
 
-    @_handler
+    @grpc_handler
     def CancelAdaptation(self, request, context):
         return job_to_proto(self.adaptations.cancel(request.id))

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
+import logging
 
 import grpc
 from google.protobuf import json_format
@@ -39,7 +41,7 @@ from landmarks.adapter_io import (
 )
 
 __all__ = ["DETAILS_KEY", "DOMAIN", "ItemError", "Reason", "ServingError", "clip", "from_artifact_error", "from_os_error",
-           "renumber", "status_json"]
+           "grpc_handler", "renumber", "status_json"]
 
 Code = grpc.StatusCode
 DOMAIN = "landmarks.v1"  # ErrorInfo.domain: the API's package
@@ -256,3 +258,21 @@ def from_os_error(exc: OSError, what: str) -> ServingError:
     return ServingError(Code.UNAVAILABLE, Reason.STORE_UNAVAILABLE,
                         f"{what}: the adapter store could not be written ({reason}); nothing was stored. "
                         "Retry; if it persists the operator must check the store directory")
+
+
+def grpc_handler(method):
+    """A servicer method's boundary: its ServingError goes to the client as its status; anything else
+    is a bug, logged with its traceback and answered INTERNAL (never for bad input)."""
+    log = logging.getLogger(method.__module__)
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServingError as exc:
+            exc.abort(context)
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            ServingError(Code.INTERNAL, Reason.INTERNAL,
+                         f"internal error in {method.__name__}; see the server log").abort(context)
+    return wrapper

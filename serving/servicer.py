@@ -7,7 +7,6 @@ with INTERNAL.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import platform
@@ -22,7 +21,7 @@ from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.backends import Backend
 from serving.calls import DetectCalls, outcome
 from serving.engine import Detection
-from serving.errors import Reason, ServingError
+from serving.errors import grpc_handler
 from serving.inputs import RequestLimits
 from serving.metrics import Metrics
 from serving.precision import precision_of
@@ -34,20 +33,6 @@ __all__ = ["AdminServicer", "LandmarkServicer", "category_to_proto"]
 
 log = logging.getLogger(__name__)
 Code = grpc.StatusCode
-
-
-def _handler(method):
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ServingError as exc:
-            exc.abort(context)
-        except Exception:  # a bug: never for bad input
-            log.exception("%s failed", method.__name__)
-            ServingError(Code.INTERNAL, Reason.INTERNAL,
-                         f"internal error in {method.__name__}; see the server log").abort(context)
-    return wrapper
 
 
 def _deadline(context) -> float | None:
@@ -77,13 +62,13 @@ class LandmarkServicer(pb_grpc.LandmarkServiceServicer):
         timings.total_ms = total_ms
         return response
 
-    @_handler
+    @grpc_handler
     def Detect(self, request, context):
         (det,), t0 = self.calls.detect("Detect", [DetectQuery.from_proto(request)], _deadline(context),
                                        context.add_callback)
         return self._response(det, (time.perf_counter() - t0) * 1e3)
 
-    @_handler
+    @grpc_handler
     def DetectBatch(self, request, context):
         queries = [DetectQuery.from_proto(r) for r in request.requests]
         detections, t0 = self.calls.detect("DetectBatch", queries, _deadline(context), context.add_callback,
@@ -140,7 +125,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self.metrics = metrics
         self.device = device
 
-    @_handler
+    @grpc_handler
     def RegisterAdapter(self, request, context):
         services = self.lifecycle.require()
         registry = services.registry
@@ -156,24 +141,24 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         return pb.RegisterAdapterResponse(category=category_to_proto(status, services.backend),
                                           created=created)
 
-    @_handler
+    @grpc_handler
     def SetActiveVersion(self, request, context):
         services = self.lifecycle.require()
         return category_to_proto(services.registry.set_active(request.category, request.version),
                                  services.backend)
 
-    @_handler
+    @grpc_handler
     def UnregisterAdapter(self, request, context):
         removed = self.lifecycle.require().registry.unregister(request.category, request.version or None)
         return pb.UnregisterAdapterResponse(removed_versions=removed)
 
-    @_handler
+    @grpc_handler
     def ListCategories(self, request, context):
         services = self.lifecycle.require()
         return pb.ListCategoriesResponse(categories=[category_to_proto(s, services.backend)
                                                      for s in services.registry.list()])
 
-    @_handler
+    @grpc_handler
     def ServerInfo(self, request, context):
         import google.protobuf
 

@@ -219,6 +219,40 @@ def test_reasons_are_defined_once_and_stable():
     assert len(transient.status().details) == 1 and transient.message == "category: loading"
 
 
+def test_the_servicer_boundary_turns_only_bugs_into_internal(caplog):
+    """`grpc_handler`: a ServingError reaches the client as itself; any other exception is a bug, logged
+    with its traceback under the servicer's module and answered INTERNAL naming the method."""
+    from serving.errors import grpc_handler
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        def abort_with_status(self, status):
+            self.status = status
+            raise Aborted
+
+    class Servicer:
+        @grpc_handler
+        def Detect(self, request, context):
+            if request == "bad":
+                raise ServingError(Code.NOT_FOUND, Reason.CATEGORY_NOT_FOUND, "no such category", field="category")
+            if request == "bug":
+                raise KeyError("oops")
+            return "answer"
+
+    context = Context()
+    assert Servicer().Detect("good", context) == "answer"
+    with pytest.raises(Aborted):
+        Servicer().Detect("bad", context)
+    assert context.status.code == Code.NOT_FOUND and "no such category" in context.status.details
+    with caplog.at_level("ERROR"), pytest.raises(Aborted):
+        Servicer().Detect("bug", context)
+    assert context.status.code == Code.INTERNAL and "internal error in Detect" in context.status.details
+    record = next(r for r in caplog.records if r.message == "Detect failed")
+    assert record.name == __name__ and record.exc_info[0] is KeyError
+
+
 def test_renumber_moves_a_sub_batch_error_to_the_clients_index():
     """serve-ray sends each category's items as a sub-batch: its item 0 may be the client's item 3."""
     from serving.errors import ItemError
