@@ -43,6 +43,7 @@ import grpc
 from serving.errors import Reason, ServingError, clip
 from serving.job_store import ACTIVE_STATES, CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobStore
 from serving.names import validate_category
+from serving.server_paths import AllowedPaths
 from serving.uploads import Upload, UploadLimits, take_images
 
 __all__ = ["MIN_SPREAD_PX", "PRESET_BATCH", "AdaptationLimits", "Adaptations", "ChildProcesses", "Trainer", "Training",
@@ -259,30 +260,16 @@ class Adaptations:
     def _server_files(self, path: str) -> Iterator[tuple[str, BinaryIO]]:
         """The files of a server folder (or one .zip) inside --allow-path, each open while it is read;
         files whose real path leaves the allowed directories (symbolic links) are not read."""
-        roots = [Path(os.path.realpath(p)) for p in self.limits.allowed_dirs]
-        if not roots:
-            raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_REGISTRATION_DISABLED,
-                               "reading images from server paths is disabled; upload them, or start the server "
-                               "with --allow-path DIR", field="path")
-
-        def allowed(real: Path) -> bool:
-            return any(real == root or root in real.parents for root in roots)
-
-        if "\x00" in path or len(path) > 4096:
-            raise ServingError(Code.INVALID_ARGUMENT, Reason.PATH_INVALID, f"{clip(path)} is not a usable path",
-                               field="path")
-        real = Path(os.path.realpath(path))
-        if not allowed(real):
-            raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_NOT_ALLOWED,
-                               f"{clip(path)} is outside the directories this server allows "
-                               f"({', '.join(map(str, roots))})", field="path")
+        allowed = AllowedPaths(self.limits.allowed_dirs)
+        real = allowed.resolve(path, "reading images from server paths is disabled; upload them, or start the "
+                                     "server with --allow-path DIR")
         if not real.exists():
             raise ServingError(Code.NOT_FOUND, Reason.PATH_NOT_FOUND, f"{clip(path)}: no such folder or file",
                                field="path")
         found = [real] if real.is_file() else sorted(
             p for p in real.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(real).parts))
         for file in found:
-            if not allowed(Path(os.path.realpath(file))):
+            if not allowed.contains(Path(os.path.realpath(file))):  # a link out of the allowed directories
                 continue
             with open(file, "rb") as handle:
                 yield file.name, handle

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from landmarks.adapter_io import Adapter, ArtifactError, Core, load_adapter
 from serving.errors import Reason, ServingError, clip, from_artifact_error, from_os_error
 from serving.models import FoldedModels
 from serving.names import SHIPPED, validate_category, validate_version
+from serving.server_paths import AllowedPaths
 from serving.store import AdapterStore
 from serving.versions import (
     FAILED,
@@ -68,7 +68,7 @@ class AdapterRegistry:
         self.models = models
         self.store = store
         self.max_adapter_bytes = max_adapter_bytes
-        self.allowed_register_dirs = tuple(Path(os.path.realpath(p)) for p in allowed_register_dirs)
+        self.allowed_paths = AllowedPaths(allowed_register_dirs)
         self._categories: dict[str, CategoryRecord] = {}
         self._retired: list[VersionEntry] = []
         self._state_lock = threading.Lock()
@@ -97,20 +97,9 @@ class AdapterRegistry:
 
     def _read_source(self, data: bytes | None, path: str | None) -> tuple[bytes, str]:
         if path:
-            if not self.allowed_register_dirs:
-                raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_REGISTRATION_DISABLED,
-                                   "registration from server-side paths is disabled; send the file bytes "
-                                   "(data) or start the server with --allow-path DIR", field="path")
-            if "\x00" in path or len(path) > 4096:
-                raise ServingError(Code.INVALID_ARGUMENT, Reason.PATH_INVALID,
-                                   f"{clip(path)} is not a usable file path (NUL byte, or over 4096 characters)",
-                                   field="path")
+            real = self.allowed_paths.resolve(path, "registration from server-side paths is disabled; send the "
+                                                    "file bytes (data) or start the server with --allow-path DIR")
             try:
-                real = Path(os.path.realpath(path))  # resolves symlinks and '..'
-                if not any(real == root or root in real.parents for root in self.allowed_register_dirs):
-                    raise ServingError(Code.PERMISSION_DENIED, Reason.PATH_NOT_ALLOWED,
-                                       f"{clip(path)} is outside the directories this server allows "
-                                       f"({', '.join(map(str, self.allowed_register_dirs))})", field="path")
                 if not real.is_file():
                     raise ServingError(Code.NOT_FOUND, Reason.PATH_NOT_FOUND, f"{clip(path)} is not a file",
                                        field="path")
