@@ -4,7 +4,7 @@
     python scripts/training_speed.py core                      # cpu and paper archs
     python scripts/training_speed.py core --arch cpu --skip-train --sizes 64,128 --batches 1,8,16
     python scripts/training_speed.py core --data lspet:../shared/data/lspet
-    # `landmarks adapt`'s cpu preset: the adaptation step alone, variants alternated round by round
+    # a `landmarks adapt` preset (--preset, default cpu): the adaptation step alone, variants alternated
     python scripts/training_speed.py step --core adapters/core.safetensors [--rounds 5 --steps 8]
     # the whole command (data included), this tree against another (e.g. the previous main,
     # `git archive <commit> | tar -x -C /tmp/base`), alternated run by run
@@ -43,7 +43,7 @@ from training.perceptual import MOBILENET_LAYERS, MobileNetV2Features, Perceptua
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> changes to the cpu preset's step (everything else as `landmarks adapt --preset cpu`)
+# name -> changes to the preset's step (everything else as `landmarks adapt --preset PRESET`)
 VARIANTS: dict[str, dict] = {
     "fp32": dict(bf16=False),
     "bf16 + perceptual in bf16": dict(bf16=True, perceptual_bf16=True),
@@ -154,8 +154,8 @@ def _under_autocast(loss_fn):
     return run
 
 
-def build_step(core, variant: dict, batch: int) -> tuple[AdaptationStep, torch.Tensor]:
-    cfg = AdaptConfig(**{**PRESETS["cpu"], "images": "x"})
+def build_step(core, variant: dict, batch: int, preset: str = "cpu") -> tuple[AdaptationStep, torch.Tensor]:
+    cfg = AdaptConfig(**{**PRESETS[preset], "images": "x"})
     torch.manual_seed(0)
     det = build_detector("proposed", core.build(), cfg.num_landmarks, "all", 0, cfg.image_size, "core").train()
     gen = ConditionalGenerator(GeneratorConfig(cfg.num_landmarks, variant.get("generator_channels", 32),
@@ -192,7 +192,7 @@ def step_rates(args) -> None:
     names = args.variants.split(",") if args.variants else list(VARIANTS)
     tasks = {}
     for name in names:
-        task, _ = build_step(core, VARIANTS[name], args.batch_size)
+        task, _ = build_step(core, VARIANTS[name], args.batch_size, args.preset)
         batches = task.batches(0)
         for _ in range(args.warmup):  # compile and oneDNN kernel selection happen here
             task.train_step(next(batches), 0)
@@ -217,10 +217,10 @@ def _summary(rates: dict[str, list[float]]) -> None:
                       for n, v in rates.items()}))
 
 
-def _command_rate(tree: Path, images: str, core: str, steps: int, skip: int, extra: list[str]) -> float:
+def _command_rate(tree: Path, images: str, core: str, steps: int, skip: int, preset: str, extra: list[str]) -> float:
     with tempfile.TemporaryDirectory() as out:
         # (-c, not -m landmarks.cli: older trees' cli.py does not run as __main__)
-        cmd = [sys.executable, "-c", "import sys; from landmarks.cli import main; sys.exit(main())", "adapt", images, "--preset", "cpu", "--core", core,
+        cmd = [sys.executable, "-c", "import sys; from landmarks.cli import main; sys.exit(main())", "adapt", images, "--preset", preset, "--core", core,
                "--steps", str(steps), "--out", out, "--picture-every", "100000", "--checkpoint-every", "100000",
                *extra]
         env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -234,12 +234,12 @@ def _command_rate(tree: Path, images: str, core: str, steps: int, skip: int, ext
 
 def command_rates(args) -> None:
     core = str(Path(args.core).resolve())
-    sides = {"before": (Path(args.before).resolve(), args.before_args.split()),
-             "after": (ROOT, args.after_args.split())}
+    sides = {"before": (Path(args.before).resolve(), args.before_preset or args.preset, args.before_args.split()),
+             "after": (ROOT, args.preset, args.after_args.split())}
     rates: dict[str, list[float]] = {k: [] for k in sides}
     for r in range(args.rounds):
-        for name, (tree, extra) in sides.items():
-            rates[name].append(_command_rate(tree, args.images, core, args.steps, args.skip, extra))
+        for name, (tree, preset, extra) in sides.items():
+            rates[name].append(_command_rate(tree, args.images, core, args.steps, args.skip, preset, extra))
         print(f"round {r + 1}: " + "  ".join(f"{n} {rates[n][-1]:.1f}" for n in rates), flush=True)
     _summary(rates)
 
@@ -258,13 +258,18 @@ def main() -> None:
     step = sub.add_parser("step", help="the adaptation step alone, variants alternated")
     step.add_argument("--variants", default="", help=f"comma-separated, from {list(VARIANTS)}")
     step.add_argument("--warmup", type=int, default=3)
-    command = sub.add_parser("command", help="`landmarks adapt --preset cpu` of two trees, alternated")
+    command = sub.add_parser("command", help="`landmarks adapt --preset PRESET` of two trees, alternated")
     command.add_argument("--before", required=True, help="the other tree (e.g. the previous main)")
     command.add_argument("--images", required=True, help="FORMAT:PATH of real images")
     command.add_argument("--skip", type=int, default=10, help="steps left out of the rate (warm-up)")
     command.add_argument("--before-args", default="", help="extra flags for the before side")
+    command.add_argument("--before-preset", default="",
+                         help="the before side's name for the same recipe, where it differs (default: --preset; "
+                              "trees before the 128 px default call the 64 px recipe cpu, later ones quick)")
     command.add_argument("--after-args", default="", help="extra flags for the after side")
     for p in (step, command):
+        p.add_argument("--preset", default="cpu", help="the `landmarks adapt` preset whose step is timed "
+                                                       "(default %(default)s; quick: the 64 px recipe)")
         p.add_argument("--core", default="adapters/core.safetensors")
         p.add_argument("--rounds", type=int, default=3)
         p.add_argument("--steps", type=int, default=8)

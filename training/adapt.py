@@ -276,8 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(annotations are never used for training); a bare folder means folder:PATH")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="cpu (default): the shipped adapters' recipe, 128 px, separation + equivariance "
-                             "terms, lr 2e-3 cosine, 3,000 steps; quick: the same at 64 px, 1,500 steps; "
-                             "paper: the paper's objective and 200k-step schedule (GPUs); smoke: seconds")
+                             "terms, lr 2e-3 cosine, 3,000 steps; quick: the same terms at 64 px, lr 1e-3 constant, "
+                             "1,500 steps; paper: the paper's objective and 200k-step schedule (GPUs); smoke: seconds")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="skip the int8 calibration that ends a run (the server then runs the adapter in fp32); "
                              "by default the last rows of the images (up to 300, a tenth at most) are held out of "
