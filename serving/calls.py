@@ -11,6 +11,7 @@ request's error as it is.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -25,7 +26,11 @@ from serving.metrics import Metrics
 from serving.query import DetectQuery
 from serving.services import Lifecycle
 
-__all__ = ["DetectCalls", "outcome"]
+__all__ = ["DetectCalls", "outcome", "remaining_time"]
+
+# gRPC reports a call without a deadline as ~9.2e18 s remaining (its infinite future), a timeout no
+# wait accepts (OverflowError): anything beyond a year is no deadline.
+NO_DEADLINE_BEYOND_S = 365 * 24 * 3600.0
 
 Code = grpc.StatusCode
 
@@ -44,6 +49,15 @@ def outcome(record: Callable[[str, float], None]) -> Iterator[None]:
         raise
     finally:
         record(result, time.perf_counter() - t0)
+
+
+def remaining_time(context) -> float | None:
+    """The client's remaining time in seconds from a gRPC context (or anything with `time_remaining`);
+    None for a call without a deadline."""
+    remaining = context.time_remaining()
+    if remaining is None or not math.isfinite(remaining) or remaining > NO_DEADLINE_BEYOND_S:
+        return None
+    return max(0.0, remaining)
 
 
 class DetectCalls:

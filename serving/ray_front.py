@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2
 
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
+from serving.calls import remaining_time
 from serving.config import ServerConfig
 from serving.errors import DETAILS_KEY
 from serving.ray_router import ADMIN_RESPONSES, Answer, Router
@@ -53,10 +54,10 @@ class _Inference(pb_grpc.LandmarkServiceServicer):
         self.router = router
 
     def Detect(self, request, context):
-        return _reply(self.router.detect(request, context.time_remaining()), pb.DetectResponse, context)
+        return _reply(self.router.detect(request, remaining_time(context)), pb.DetectResponse, context)
 
     def DetectBatch(self, request, context):
-        return _reply(self.router.detect_batch(request, context.time_remaining()), pb.DetectBatchResponse, context)
+        return _reply(self.router.detect_batch(request, remaining_time(context)), pb.DetectBatchResponse, context)
 
 
 class _Admin(pb_grpc.AdminServiceServicer):
@@ -64,7 +65,7 @@ class _Admin(pb_grpc.AdminServiceServicer):
         self.router = router
 
     def _call(self, method: str, request, context):
-        return _reply(self.router.admin_call(method, request, context.time_remaining()),
+        return _reply(self.router.admin_call(method, request, remaining_time(context)),
                       ADMIN_RESPONSES[method], context)
 
     def RegisterAdapter(self, request, context):

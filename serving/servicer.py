@@ -8,7 +8,6 @@ with INTERNAL.
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import sys
 import time
@@ -19,7 +18,7 @@ import grpc
 from landmarks.v1 import landmarks_pb2 as pb
 from landmarks.v1 import landmarks_pb2_grpc as pb_grpc
 from serving.backends import Backend
-from serving.calls import DetectCalls, outcome
+from serving.calls import DetectCalls, outcome, remaining_time
 from serving.engine import Detection
 from serving.errors import grpc_handler
 from serving.inputs import RequestLimits
@@ -37,8 +36,8 @@ Code = grpc.StatusCode
 
 def _deadline(context) -> float | None:
     """The RPC's deadline as a time.monotonic() value (None: none)."""
-    remaining = context.time_remaining()
-    return time.monotonic() + remaining if remaining is not None and math.isfinite(remaining) else None
+    remaining = remaining_time(context)
+    return None if remaining is None else time.monotonic() + remaining
 
 
 class LandmarkServicer(pb_grpc.LandmarkServiceServicer):

@@ -52,6 +52,8 @@ class Pending:
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> Detection:
+        if timeout is not None:  # no wait takes more (OverflowError); a deadline that far is none
+            timeout = min(timeout, threading.TIMEOUT_MAX)
         if not self._done.wait(timeout):
             raise ServingError(Code.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
                                "deadline exceeded while waiting for the model")

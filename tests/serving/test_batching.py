@@ -256,6 +256,31 @@ def test_label_cardinality_is_bounded(store):
     assert labels == {"c0", "c1", "c2", "_other", "_unknown"}
 
 
+def test_requests_without_a_deadline_wait_as_long_as_it_takes(batching_server):
+    """gRPC reports a call without a deadline as ~9.2e18 s remaining, which no wait accepts: such a call
+    that has to wait in the queue must still be answered (it was INTERNAL), here and through serve-ray's
+    front (`remaining_time`)."""
+    gate = Gate(batching_server)
+    batcher = batching_server.services.batcher
+    with LandmarkClient(f"127.0.0.1:{batching_server.port}", timeout=60) as client, ThreadPoolExecutor(4) as pool:
+        plug = gate.plug(client, pool)
+        stub = client.inference
+        waiting = [stub.Detect.future(client.request(png_bytes(seed=s), "faces")) for s in (1, 2, 3)]  # no timeout
+        wait_for(lambda: batcher.queued() == 3, "requests without a deadline queued")
+        gate.open()
+        plug.result(60)
+        assert all(len(call.result(60).landmarks) == 6 for call in waiting)
+
+    from serving.calls import remaining_time
+
+    def context(remaining):
+        return SimpleNamespace(time_remaining=lambda: remaining)
+
+    assert remaining_time(context(9.2233720350581e18)) is None  # what grpcio says without a deadline
+    assert remaining_time(context(None)) is None and remaining_time(context(float("inf"))) is None
+    assert remaining_time(context(2.5)) == 2.5 and remaining_time(context(-1.0)) == 0.0
+
+
 def test_pending_wait_errors():
     from serving.inputs import DetectInput
     from serving.work import Pending
