@@ -10,7 +10,8 @@ What it does
      subprocess (any free port, serve: `--metrics-port 0`; its output goes to OUT/server.log).
   2. For `--minutes`, `--clients` threads send a mix of requests (`--mix`, weights):
        good      Detect on each shipped category with the bundled photos (examples/) and variants:
-                 resized, cropped, PNG, raw RGB / grey pixels, with and without a box. Must be OK.
+                 resized, cropped, PNG, raw RGB / grey pixels, with and without a box; half of them
+                 with no deadline. Must be OK.
        batch     DetectBatch of 2-6 good items over several categories. Must be OK.
        bad       garbage bytes, truncated JPEG, 1x1 image, raw pixels with a wrong byte count or
                  channel count, unknown category / version, invalid or 10,000-character category
@@ -263,9 +264,23 @@ class Traffic:
 
     def _good(self, stub, rng) -> None:
         cat, variant, req = rng.choice(self.good)
+        # half the calls carry no deadline at all, as a grpcurl user's or a plain stub's do (the client
+        # still stops waiting after --rpc-timeout-s, and counts that as a failure)
+        deadline = rng.random() < 0.5
+        if not deadline:
+            variant += " (no deadline)"
         t = time.perf_counter()
         try:
-            resp = stub.Detect(req, timeout=self.timeout)
+            if deadline:
+                resp = stub.Detect(req, timeout=self.timeout)
+            else:
+                call = stub.Detect.future(req)
+                try:
+                    resp = call.result(timeout=self.timeout)
+                except grpc.FutureTimeoutError:
+                    call.cancel()
+                    self.stats.record("good", "CLIENT_TIMEOUT", False, detail=f"{cat}/{variant}: no answer")
+                    return
         except grpc.RpcError as exc:
             self.stats.record("good", _code_of(exc), False, detail=f"{cat}/{variant}: {exc.details()}")
             return
