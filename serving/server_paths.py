@@ -24,9 +24,6 @@ class AllowedPaths:
     def __init__(self, dirs: Iterable[Path | str]) -> None:
         self.roots = tuple(Path(os.path.realpath(p)) for p in dirs)
 
-    def __bool__(self) -> bool:
-        return bool(self.roots)
-
     def contains(self, real: Path) -> bool:
         """Whether an already resolved path lies in (or is) an allowed directory."""
         return any(real == root or root in real.parents for root in self.roots)

@@ -121,6 +121,7 @@ def checked_int8(metadata: Mapping[str, str]) -> tuple[bool, str]:
         return False, f"its int8 calibration failed its check ({measured}; the rule is <= {MAX_POINT_ERROR_PX})"
     return True, f"its int8 calibration passed its check ({measured})"
 
+
 def _refused_check(metadata: Mapping[str, str]) -> str:
     """The recorded refused check in words ('' if there is none or it is unreadable: it only explains)."""
     try:
