@@ -9,7 +9,7 @@
 # Steps (in this order when several are named):
 #   core       docs/core_eval.json, docs/core_eval_flip.json: the core's PCK@0.2 on LSPET images 9000:
 #              (held out), without and with the flip test; docs/core_eval_val.json on its validation
-#              rows 8500:9000
+#              rows 8500:9000; docs/core_eval_train.json on rows 8000:8500, which it trained on
 #   faces      docs/faces_eval.json: the faces adapter in PyTorch fp32, AFLW_M forward / backward
 #              (regressor on all usable MTFL training rows), consistency, errors by regressor size
 #   served     docs/compare/served-{faces,cats,shoes}-{fp32,int8}.json: the shipped adapters as the
@@ -113,6 +113,10 @@ if has core; then
     --out runs/reproduce/core-val
   keep runs/reproduce/core-val/core_eval.json docs/core_eval_val.json
   summary docs/core_eval_val.json
+  run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split 8000:8500 \
+    --out runs/reproduce/core-train
+  keep runs/reproduce/core-train/core_eval.json docs/core_eval_train.json
+  summary docs/core_eval_train.json
 fi
 
 if has faces; then

@@ -259,9 +259,14 @@ def _quoted(files: dict) -> list[tuple[str, str]]:
         out.append(("RESULTS.md", (
             f"| `{arch}` | {i['speedup_vs_official']:.2f} | {i['added_ms']:.2f} | {i['register_to_served_ms']:.0f} ms "
             f"| {i['mixed_vs_single']:.2f} |")))
-    # RESULTS.md: each width's probe, its last weights on the 500 validation rows
-    for arch, crops in (("paper", 73_600), ("w192", 144_000)):
-        out.append(("RESULTS.md", f"| {crops:,} | {files[f'docs/core_probes/{arch}_eval_val.json']['mean_pck@0.2']:.2f}% |"))
+    # RESULTS.md: each width's probe, its last weights on the 500 validation rows and on 500 training rows
+    def pck(name: str) -> str:
+        return f"{files[name]['mean_pck@0.2']:.2f}%"
+
+    for arch, crops in (("paper", 73_600), ("w192", 144_000), ("cpu", 219_200)):
+        out.append(("RESULTS.md", (f"| {crops:,} | {pck(f'docs/core_probes/{arch}_eval_val.json')} | "
+                                   f"{pck(f'docs/core_probes/{arch}_eval_train.json')} |")))
+    out.append(("RESULTS.md", f"| ~370,000 | {pck('docs/core_eval_val.json')} | {pck('docs/core_eval_train.json')} |"))
     # docs/serving/adaptations.md: the real job on 300 cat photos
     job = files["docs/jobs/2026-12-07-cats300.json"]
     validation, calibration = job["job"]["validation"], job["job"]["calibration"]
