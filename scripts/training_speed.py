@@ -2,6 +2,7 @@
 
     # the core network: train steps and inference, both memory layouts (+ the training data loader)
     python scripts/training_speed.py core                      # cpu and paper archs
+    python scripts/training_speed.py core --arch w192 --sizes 128 --batches 16 --iters 5 --compile
     python scripts/training_speed.py core --arch cpu --skip-train --sizes 64,128 --batches 1,8,16
     python scripts/training_speed.py core --data lspet:../shared/data/lspet
     # a `landmarks adapt` preset (--preset, default cpu): the adaptation step alone, variants alternated
@@ -10,9 +11,10 @@
     # `git archive <commit> | tar -x -C /tmp/base`), alternated run by run
     python scripts/training_speed.py command --before /tmp/base --images mtfl:../shared/data/mtfl/new_training.txt
 
-core: one fp32 training step (forward, heatmap MSE, backward, Adam) on random images, batch 16,
-and inference in eval mode under `torch.inference_mode`, per-image milliseconds per batch size, in
-the default (NCHW) and channels_last (NHWC) memory formats; with --data, the training loader's
+core: one training step (forward, heatmap MSE, backward, Adam) on random images, batch 16, in fp32
+NCHW and NHWC, in bf16 NHWC (what `train-core` runs where the CPU has bf16) and, with --compile, that
+under torch.compile; and inference in eval mode under `torch.inference_mode`, per-image milliseconds
+per batch size, in the default (NCHW) and channels_last (NHWC) memory formats; with --data, the training loader's
 rate (decode, augment, crop, heatmaps) in one process. Rates are medians over rounds; alternating
 makes both sides see the same load on a shared machine. Run it on an idle machine.
 """
@@ -65,7 +67,8 @@ def _time(fn, warmup: int, iters: int) -> float:
     return (time.perf_counter() - start) / iters
 
 
-def train_step_rate(arch: str, channels_last: bool, batch: int, iters: int) -> float:
+def train_step_rate(arch: str, channels_last: bool, batch: int, iters: int, bf16: bool = False,
+                    compile_: bool = False) -> float:
     torch.manual_seed(0)
     model = LandmarkHourglass(ARCHITECTURES[arch](14)).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -74,9 +77,12 @@ def train_step_rate(arch: str, channels_last: bool, batch: int, iters: int) -> f
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
     y = torch.rand(batch, 14, size // 4, size // 4)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
+    run = torch.compile(model) if compile_ else model  # compiled in the warm-up steps
 
     def step():
-        loss = (model(x) - y).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = run(x)
+        loss = (out.float() - y).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -122,11 +128,18 @@ def core_rates(args) -> None:
         print(f"\ntraining loader, one process: {loader_rate(args.data, 300):.0f} samples/s")
         torch.set_num_threads(threads)
     if not args.skip_train:
+        # the last two: what `train-core` runs where the CPU has bf16 (NHWC under autocast), and that compiled
+        columns = {"NCHW": {}, "NHWC": dict(channels_last=True),
+                   "NHWC bf16": dict(channels_last=True, bf16=True),
+                   "+ compile": dict(channels_last=True, bf16=True, compile_=True)}
+        if not args.compile:
+            del columns["+ compile"]
         print("\ntraining step, batch 16 (img/s)")
-        print(f"{'arch':>6} {'NCHW':>8} {'NHWC':>8}")
+        print(f"{'arch':>6}" + "".join(f"{c:>11}" for c in columns))
         for arch in archs:
-            rates = [train_step_rate(arch, cl, 16, args.iters) for cl in (False, True)]
-            print(f"{arch:>6} {rates[0]:8.1f} {rates[1]:8.1f}")
+            rates = [train_step_rate(arch, batch=16, iters=args.iters, **{"channels_last": False, **kw})
+                     for kw in columns.values()]
+            print(f"{arch:>6}" + "".join(f"{r:11.1f}" for r in rates), flush=True)
     print("\ninference (ms per image)")
     print(f"{'arch':>6} {'size':>5} {'batch':>6} {'NCHW':>8} {'NHWC':>8}")
     for arch in archs:
@@ -254,6 +267,8 @@ def main() -> None:
     core.add_argument("--batches", default="1,4,16", help="inference batch sizes (default %(default)s)")
     core.add_argument("--iters", type=int, default=10)
     core.add_argument("--skip-train", action="store_true")
+    core.add_argument("--compile", action="store_true", help="also the bf16 NHWC step under torch.compile "
+                                                            "(minutes of compiling per architecture)")
     core.add_argument("--data", default="", help="also time the training loader on this dataset, e.g. lspet:PATH")
     core.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     step = sub.add_parser("step", help="the adaptation step alone, variants alternated")
