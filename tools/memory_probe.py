@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1)
             after, rss_after = tracemalloc.take_snapshot(), rss_mb()
         finally:
+            # tracing every allocation slows all Python code that follows by several times: never leave it on
+            tracemalloc.stop()
             handle.shutdown(grace=0)
     diffs = after.compare_to(before, "traceback")
     heap = sum(d.size_diff for d in diffs)
