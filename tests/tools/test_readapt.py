@@ -4,19 +4,14 @@ the shipped file's lineage, which the script exists to repeat on another core.""
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shlex
 import subprocess
 import sys
 
+from landmarks.adapter_io import read_artifact
 from landmarks.cli import build_parser
 from tests.tools.test_soak import ROOT
-
-
-def _metadata(path) -> dict:
-    with open(path, "rb") as f:
-        return json.loads(f.read(int.from_bytes(f.read(8), "little")))["__metadata__"]
 
 
 def test_each_category_repeats_its_shipped_lineage_with_commands_that_parse():
@@ -31,7 +26,7 @@ def test_each_category_repeats_its_shipped_lineage_with_commands_that_parse():
     adapts = [vars(build_parser("adapt").parse_args(argv)) | {"argv": argv} for argv in commands if argv[0] == "adapt"]
     for category in ("faces", "cats", "shoes"):
         stages = [a for a in adapts if a["category"] == category]
-        shipped = int(_metadata(ROOT / f"adapters/{category}.safetensors")["training_steps_in_all"].split()[0])
+        shipped = int(read_artifact(ROOT / f"adapters/{category}.safetensors").metadata["training_steps_in_all"].split()[0])
         assert sum(int(a["argv"][a["argv"].index("--steps") + 1]) for a in stages) == shipped
         assert all("--core" in a["argv"] and "new-core.safetensors" in a["argv"] for a in stages)
         assert stages[0]["argv"].count("--warm-start") == 0  # the first stage starts from nothing
