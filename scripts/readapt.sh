@@ -19,7 +19,7 @@
 #
 # 64 px stages use `--preset quick --lr-schedule cosine`, 128 px ones `--preset cpu` (lr 2e-3 cosine).
 # The last stage is calibrated for int8 as `scripts/reproduce_results.sh calibrate` calibrates the
-# shipped files (faces: rows :6655, checked on 6655:; cats and shoes: :-1000, checked on -1000:-500).
+# shipped files. Each category's rows and licence are in scripts/categories.sh, which both scripts read.
 #
 # compare (after the categories named, or alone) scores the last finished stage of each category and
 # the shipped adapter on the same validation rows (faces: MTFL rows 6655: with the regressor on
@@ -33,44 +33,21 @@
 #   setsid nohup scripts/readapt.sh faces cats shoes compare > runs/readapt.out 2>&1 & echo $! > runs/training.pid
 set -euo pipefail
 cd "$(dirname "$0")/.."
-D=${DATA:-../shared/data}
-M=$D/mtfl
-landmarks=${LANDMARKS:-.venv/bin/landmarks}
-python=${PYTHON:-.venv/bin/python}
+source scripts/categories.sh
 core=${CORE:-runs/core-w192/core.safetensors}
 name=${NAME:-w192}
 root=runs/readapt/$name
-dry=0
 todo=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     faces|cats|shoes|compare) todo+=("$arg") ;;
     *) echo "unknown category or step: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ ${#todo[@]} -gt 0 ]] || { echo "name faces, cats, shoes and/or compare (see --help)" >&2; exit 2; }
 
-run() {  # print a command (quoted as a shell would read it), then run it unless --dry-run
-  printf '+'; printf ' %q' "$@"; echo
-  [[ $dry == 1 ]] || "$@"
-}
-
-# the data, splits and licence of each category: what made the shipped files
-data() {
-  case $1 in
-    faces) echo "mtfl:$M/new_training.txt --train-split :6655 --val mtfl:$M/new_training.txt --val-split 6655: --val-fit-split :6655" ;;
-    cats|shoes) echo "folder:$D/$1 --train-split=:-1000 --val folder:$D/$1 --val-split=-1000:-500" ;;
-  esac
-}
-licence() {
-  case $1 in
-    faces) echo "Trained on MTFL images (research use only; Zhang et al. 2014)" ;;
-    cats) echo "Trained on AFHQ cats (CC BY-NC 4.0; Choi et al. 2020)" ;;
-    shoes) echo "Trained on UT-Zappos50K images (research use only; Yu & Grauman 2014)" ;;
-  esac
-}
 # "SIZE STEPS [extra flags]" per stage
 stages() {
   case $1 in
@@ -102,25 +79,18 @@ adapt_category() {
     local recipe=(--preset cpu)
     [[ $size == 64 ]] && recipe=(--preset quick --lr-schedule cosine)
     # shellcheck disable=SC2046,SC2086  # the data options and extra flags are words
-    run "$landmarks" adapt $(data "$category") "${recipe[@]}" --image-size "$size" --steps "$steps" $extra \
+    run "$landmarks" adapt $(training_data "$category") "${recipe[@]}" --image-size "$size" --steps "$steps" $extra \
       --core "$core" --category "$category" --license "$(licence "$category")" ${start:+--warm-start "$start"} \
       --checkpoint-every 250 --picture-every 500 --no-calibrate --resume --out "$out"
     previous=$out
   done < <(stages "$category")
-  case $category in
-    faces) rows=(--images "mtfl:$M/new_training.txt" --split :6655 --held-out 6655:) ;;
-    *) rows=(--images "folder:$D/$category" --split=:-1000 --held-out=-1000:-500) ;;
-  esac
-  run "$landmarks" calibrate "$previous/adapter.safetensors" --core "$core" "${rows[@]}"
+  # shellcheck disable=SC2046
+  run "$landmarks" calibrate "$previous/adapter.safetensors" --core "$core" $(calibration_data "$category")
 }
 
 validate() {  # CATEGORY ADAPTER CORE OUT.json
-  local what=(--adapter "$2" --core "$3")
-  case $1 in
-    faces) run "$landmarks" evaluate "${what[@]}" --train "mtfl:$M/new_training.txt" --train-split :6655 \
-             --test "mtfl:$M/new_training.txt" --test-split 6655: --out "${4%.json}" ;;
-    *) run "$landmarks" evaluate "${what[@]}" --images "folder:$D/$1" --test-split=-1000:-500 --out "${4%.json}" ;;
-  esac
+  # shellcheck disable=SC2046
+  run "$landmarks" evaluate --adapter "$2" --core "$3" $(validation_data "$1") --out "${4%.json}"
   [[ $dry == 1 ]] || cp "${4%.json}/evaluation.json" "$4"
 }
 

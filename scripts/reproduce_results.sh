@@ -32,58 +32,21 @@
 # Then `pytest tests/test_docs.py -k quoted` lists every number the pages quote that the new files
 # no longer say. Hours of CPU in all; nothing is chosen on the test splits.
 #
-# DATA (default ../shared/data), LANDMARKS (default .venv/bin/landmarks) and PYTHON (default
-# .venv/bin/python) override the paths.
+# Each category's rows and licence are in scripts/categories.sh. DATA (default ../shared/data),
+# LANDMARKS (default .venv/bin/landmarks) and PYTHON (default .venv/bin/python) override the paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-D=${DATA:-../shared/data}
-landmarks=${LANDMARKS:-.venv/bin/landmarks}
-python=${PYTHON:-.venv/bin/python}
-M=$D/mtfl
-dry=0
+source scripts/categories.sh
 steps=()
 for arg in "$@"; do
   case $arg in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) usage; exit 0 ;;
     core|faces|served|calibrate|compare) steps+=("$arg") ;;
     *) echo "unknown step or option: $arg (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ ${#steps[@]} -gt 0 ]] || steps=(core faces served)
-
-run() {  # print a command, then run it unless --dry-run
-  echo "+ $*"
-  [[ $dry == 1 ]] || "$@"
-}
-
-keep() {  # copy an output file into docs/ (only when the command ran)
-  echo "+ cp $1 $2"
-  [[ $dry == 1 ]] || cp "$1" "$2"
-}
-
-summary() {  # one line per evaluation file
-  [[ $dry == 1 ]] && return
-  "$python" - "$1" <<'PY'
-import json, sys
-path = sys.argv[1]
-d = json.load(open(path))
-if "mean_pck@0.2" in d:
-    print(f"{path}: PCK@0.2 {d['mean_pck@0.2']:.2f}% on {d['images']} images")
-else:
-    fb = f"forward {d['forward']:6.2f}  backward {d['backward']:6.2f}  " if "forward" in d else ""
-    bg = f"  background {d['background_points_per_image']:.2f}" if "background_points_per_image" in d else ""
-    print(f"{path}: {fb}consistency {d['consistency']:5.2f} px  spread {d['spread']:.1f}{bg}")
-PY
-}
-
-# the data each category is scored on (RESULTS.md's protocols)
-test_data() {
-  case $1 in
-    faces) echo "--train mtfl:$M/new_training.txt --test mtfl:$M/new_testing.txt" ;;
-    cats|shoes) echo "--images folder:$D/$1 --test-split=-500:" ;;
-  esac
-}
 
 has() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 mkdir -p runs/reproduce docs/compare
@@ -91,32 +54,26 @@ mkdir -p runs/reproduce docs/compare
 if has calibrate; then
   mkdir -p runs/calibrate
   for c in faces cats shoes; do
-    case $c in
-      faces) images=(--images "mtfl:$M/new_training.txt" --split :6655 --held-out 6655:) ;;
-      *) images=(--images "folder:$D/$c" --split=:-1000 --held-out=-1000:-500) ;;
-    esac
-    if [[ $dry == 1 ]]; then run "$landmarks" calibrate "adapters/$c.safetensors" "${images[@]}" --threads 1
-    else run "$landmarks" calibrate "adapters/$c.safetensors" "${images[@]}" --threads 1 | tee "runs/calibrate/$c.txt"; fi
+    # shellcheck disable=SC2046  # the data options are words
+    if [[ $dry == 1 ]]; then run "$landmarks" calibrate "adapters/$c.safetensors" $(calibration_data "$c") --threads 1
+    else run "$landmarks" calibrate "adapters/$c.safetensors" $(calibration_data "$c") --threads 1 | tee "runs/calibrate/$c.txt"; fi
   done
 fi
 
 if has core; then
-  run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split 9000: \
-    --out runs/reproduce/core
-  keep runs/reproduce/core/core_eval.json docs/core_eval.json
-  summary docs/core_eval.json
-  run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split 9000: --flip \
-    --out runs/reproduce/core-flip
-  keep runs/reproduce/core-flip/core_eval.json docs/core_eval_flip.json
-  summary docs/core_eval_flip.json
-  run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split 8500:9000 \
-    --out runs/reproduce/core-val
-  keep runs/reproduce/core-val/core_eval.json docs/core_eval_val.json
-  summary docs/core_eval_val.json
-  run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split 8000:8500 \
-    --out runs/reproduce/core-train
-  keep runs/reproduce/core-train/core_eval.json docs/core_eval_train.json
-  summary docs/core_eval_train.json
+  # held out (without and with the flip test), validation, training rows: RUN-DIR DOCS-FILE ROWS [--flip]
+  while read -r -u 3 out file rows flip; do  # (fd 3: the commands keep stdin)
+    # shellcheck disable=SC2086  # no flip is no word
+    run "$landmarks" evaluate-core adapters/core.safetensors --dataset "lspet:$D/lspet" --split "$rows" $flip \
+      --out "runs/reproduce/$out"
+    keep "runs/reproduce/$out/core_eval.json" "docs/$file"
+    summary "docs/$file"
+  done 3<<'ROWS'
+core core_eval.json 9000:
+core-flip core_eval_flip.json 9000: --flip
+core-val core_eval_val.json 8500:9000
+core-train core_eval_train.json 8000:8500
+ROWS
 fi
 
 if has faces; then
@@ -145,15 +102,15 @@ if has compare; then
   for mode in proposed finetune scratch; do
     out=runs/probes/$name$mode
     if [[ ! -f $out/adapter.safetensors && ! -f $out/network.safetensors ]]; then
-      run "$landmarks" adapt "mtfl:$M/new_training.txt" --preset "${PRESET:-quick}" --core "$core" --category faces \
-        --train-split :6655 --val "mtfl:$M/new_training.txt" --val-split 6655: --val-fit-split :6655 \
+      # shellcheck disable=SC2046
+      run "$landmarks" adapt $(training_data faces) --preset "${PRESET:-quick}" --core "$core" --category faces \
         --checkpoint-every 500 --mode "$mode" --steps 1500 --picture-every 250 --seed 0 --no-calibrate --out "$out"
     fi
     # a finetuned or scratch run exports a whole network, the proposed one an adapter (folded with its core)
     if [[ -f $out/network.safetensors || $mode != proposed ]]; then what=(--network "$out/network.safetensors")
     else what=(--adapter "$out/adapter.safetensors" --core "$core"); fi
-    run "$landmarks" evaluate "${what[@]}" --train "mtfl:$M/new_training.txt" --train-split :6655 \
-      --test "mtfl:$M/new_training.txt" --test-split 6655: --out "$out/eval-val"
+    # shellcheck disable=SC2046
+    run "$landmarks" evaluate "${what[@]}" $(validation_data faces) --out "$out/eval-val"
     keep "$out/eval-val/evaluation.json" "docs/compare/$name$mode-val.json"
     # shellcheck disable=SC2046
     run "$landmarks" evaluate "${what[@]}" $(test_data faces) --out "$out/eval-test"
