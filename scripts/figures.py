@@ -2,6 +2,7 @@
 
     # one training curve for a core trained in stages (each stage `--init-from` the previous one)
     python scripts/figures.py core-curve runs/core-cpu runs/core-cpu2 runs/core-cpu3 --out docs/images/core_curve.png
+    python scripts/figures.py core-curve runs/probe-w192 runs/core-w192 --out docs/images/core_w192_curve.png
     # one validation curve for a lineage of warm-started `landmarks adapt` runs
     python scripts/figures.py validation-curve runs/probes/faces-128 runs/probes/faces-128-more \
         --out docs/images/faces_128_curve.png --title "faces at 128 px"
@@ -60,7 +61,10 @@ def core_curve(args) -> None:
         combined += [{**row, "step": row["step"] + offset} for row in rows]
         offset += rows[-1]["step"] if rows else 0
     stages = ", ".join(f"{b - a:,}" for a, b in zip(starts, starts[1:] + [offset]))
-    plot_curves(combined, args.out, f"core (cpu arch, LSPET): stages of {stages} steps", metric_key="val_pck",
+    config = args.runs[-1] / "config.json"
+    arch = json.loads(config.read_text()).get("arch") if config.is_file() else None  # (older runs wrote none)
+    what = f"stages of {stages} steps" if len(starts) > 1 else f"{offset:,} steps"
+    plot_curves(combined, args.out, f"core ({arch + ' arch, ' if arch else ''}LSPET): {what}", metric_key="val_pck",
                 metric_label="val PCK@0.2 (%)", stage_starts=starts[1:])
     print(f"wrote {args.out}: {offset:,} steps in {len(args.runs)} stages")
 
